@@ -1,0 +1,15 @@
+//! The memory subsystem of a small x86-64 kernel, in the shape of Linux's: an RCU-walked B-tree of
+//! VMAs, per-VMA read locks on the fault path with the `mmap_lock` as fallback, and real 4-level
+//! page tables with a split lock per page-table page.
+//!
+//! `mm` knows nothing of the kernel: all it needs from the machine comes through
+//! [`platform::Platform`], so the same code runs on eight CPUs in QEMU and under `cargo test` on
+//! emulated RAM. Lock order and the rules of each field are in `LOCKING.md`.
+
+#![no_std]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod platform;

@@ -1,0 +1,109 @@
+//! The one seam between `mm` and the machine.
+//!
+//! Everything `mm` needs from hardware comes through [`Platform`]: where a physical frame lives in
+//! the kernel's address space, raw frames from the boot memory map, TLB maintenance, which CPU is
+//! running, blocking and waking, and a clock. The kernel implements it on real x86-64; host tests
+//! use [`emulated::Emulated`] (RAM in a host buffer, std threads standing in for CPUs), so the same
+//! code runs under `cargo test` and on eight CPUs in QEMU.
+//!
+//! `mm` code is generic over `P: Platform` and holds a `&'static P` or an `Arc<P>`; the kernel's
+//! implementation is a zero-sized type, so the indirection costs nothing there.
+
+#[cfg(any(test, feature = "emulated"))]
+pub mod emulated;
+
+use core::sync::atomic::AtomicU32;
+
+pub use x86_64::structures::paging::{PageTableFlags, PhysFrame, Size4KiB};
+pub use x86_64::{PhysAddr, VirtAddr};
+
+/// The most CPUs `mm` keeps per-CPU state for.
+pub const MAX_CPUS: usize = 64;
+
+/// A set of CPUs, one bit each (for shootdowns and "CPUs that ran this address space").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuMask(pub u64);
+
+impl CpuMask {
+    /// The empty set.
+    pub const fn empty() -> Self {
+        CpuMask(0)
+    }
+
+    /// The first `n` CPUs.
+    pub const fn first(n: usize) -> Self {
+        if n >= 64 { CpuMask(u64::MAX) } else { CpuMask((1u64 << n) - 1) }
+    }
+
+    /// Adds `cpu` to the set.
+    pub fn insert(&mut self, cpu: usize) {
+        self.0 |= 1 << cpu;
+    }
+
+    /// Whether `cpu` is in the set.
+    pub const fn contains(&self, cpu: usize) -> bool {
+        self.0 & (1 << cpu) != 0
+    }
+
+    /// Iterates over the CPUs in the set, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |&c| self.contains(c))
+    }
+}
+
+/// What `mm` needs from the machine.
+///
+/// # Safety
+/// Implementors promise that:
+/// 1. [`phys_to_ptr`](Platform::phys_to_ptr) returns a pointer through which the whole 4 KiB frame
+///    at that address can be read and written for as long as the platform lives;
+/// 2. [`alloc_frame`](Platform::alloc_frame) never hands out a frame that is already handed out
+///    (and not yet given back by [`free_frame`](Platform::free_frame)), nor one the kernel uses;
+/// 3. [`cpu_id`](Platform::cpu_id) is below [`num_cpus`](Platform::num_cpus) and stays the same
+///    between [`preempt_disable`](Platform::preempt_disable) and the matching
+///    [`preempt_enable`](Platform::preempt_enable);
+/// 4. [`shootdown`](Platform::shootdown) returns only after every CPU in the mask has flushed.
+pub unsafe trait Platform: Send + Sync + 'static {
+    /// The CPU this code runs on, in `0..num_cpus()`. Stable only while preemption is disabled.
+    fn cpu_id(&self) -> usize;
+
+    /// How many CPUs there are (at most [`MAX_CPUS`]).
+    fn num_cpus(&self) -> usize;
+
+    /// Where the 4 KiB frame at `frame` can be accessed.
+    fn phys_to_ptr(&self, frame: PhysAddr) -> *mut u8;
+
+    /// The range of physical frame numbers `alloc_frame` can return, `[first, end)`, so that frame
+    /// metadata can be a flat array indexed by frame number.
+    fn frame_range(&self) -> (u64, u64);
+
+    /// A raw frame from the machine's pool (contents undefined), or `None` when memory is out.
+    fn alloc_frame(&self) -> Option<PhysFrame>;
+
+    /// Gives a frame back to the machine's pool.
+    fn free_frame(&self, frame: PhysFrame);
+
+    /// Flushes `pages` pages from `start` out of this CPU's TLB.
+    fn flush_tlb_local(&self, start: VirtAddr, pages: usize);
+
+    /// Flushes `pages` pages from `start` out of the TLBs of every CPU in `cpus` (including this
+    /// one, if it is in the set) and waits until they all have.
+    fn shootdown(&self, cpus: CpuMask, start: VirtAddr, pages: usize);
+
+    /// Keeps the current thread on this CPU until [`preempt_enable`](Platform::preempt_enable).
+    /// Nests.
+    fn preempt_disable(&self);
+
+    /// Undoes one [`preempt_disable`](Platform::preempt_disable).
+    fn preempt_enable(&self);
+
+    /// Blocks the current thread while `*word == expected` (futex semantics: returns at once if
+    /// the value differs; may return spuriously).
+    fn wait(&self, word: &AtomicU32, expected: u32);
+
+    /// Wakes up to `count` threads blocked in [`wait`](Platform::wait) on `word`.
+    fn wake(&self, word: &AtomicU32, count: usize);
+
+    /// Monotonic time in nanoseconds.
+    fn now_ns(&self) -> u64;
+}
