@@ -9,7 +9,8 @@
 #![no_std]
 
 extern crate alloc;
-#[cfg(any(test, feature = "std"))]
+#[cfg(any(test, loom, feature = "std"))]
 extern crate std;
 
 pub mod platform;
+mod primitive;
