@@ -1,0 +1,84 @@
+//! Physical memory: the boot memory map, the frame allocator over it, the kernel heap.
+//!
+//! The bootloader maps all physical memory at a fixed offset, so every frame is reachable at
+//! `phys + offset` and neither the heap nor the frame allocator has to create mappings.
+
+pub mod frame;
+pub mod heap;
+
+use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use x86_64::{PhysAddr, VirtAddr};
+
+pub use frame::FRAMES;
+
+static PHYS_OFFSET: spin::Once<u64> = spin::Once::new();
+
+/// The kernel virtual address of physical address `pa`.
+pub fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
+    VirtAddr::new(pa.as_u64() + PHYS_OFFSET.get().expect("memory::init not called"))
+}
+
+/// What the boot memory map holds.
+#[derive(Clone, Copy, Debug)]
+pub struct MemorySummary {
+    pub usable_bytes: u64,
+    pub regions: usize,
+    pub highest: u64,
+}
+
+/// Takes the heap out of the memory map, then gives the rest of the usable memory to the frame
+/// allocator. Runs once, on the bootstrap CPU.
+pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
+    PHYS_OFFSET.call_once(|| phys_offset);
+    let mut usable = [const { 0u64..0 }; frame::MAX_REGIONS];
+    let mut n = 0;
+    let mut summary = MemorySummary { usable_bytes: 0, regions: regions.len(), highest: 0 };
+    for r in regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable) {
+        summary.usable_bytes += r.end - r.start;
+        summary.highest = summary.highest.max(r.end);
+        // Memory below 1 MiB stays free for the real-mode trampoline that starts other CPUs.
+        let start = align_up(r.start.max(frame::LOW_MEMORY_END), 4096);
+        let end = r.end & !4095;
+        if start < end && n < usable.len() {
+            usable[n] = start..end;
+            n += 1;
+        }
+    }
+    let heap = heap::carve(&mut usable[..n]).expect("no usable region large enough for the heap");
+    heap::init(phys_to_virt(heap.start), (heap.end - heap.start.as_u64()) as usize);
+    FRAMES.init(&usable[..n]);
+    summary
+}
+
+const fn align_up(x: u64, a: u64) -> u64 {
+    (x + a - 1) & !(a - 1)
+}
+
+/// Why [`map_kernel_page`] failed.
+pub type MapError = x86_64::structures::paging::mapper::MapToError<Size4KiB>;
+
+/// Serializes changes to the kernel's own page tables (rare: stacks, guard pages, tests).
+static KERNEL_PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Maps `page` to `frame` in the active page table, allocating intermediate tables from
+/// [`FRAMES`], and flushes the page from this CPU's TLB.
+///
+/// # Safety
+/// The mapping must not alias memory in a way that breaks Rust's rules (e.g. map a frame that
+/// backs another live object as writable elsewhere), and `page` must not be in use.
+pub unsafe fn map_kernel_page(page: Page, frame: PhysFrame, flags: PageTableFlags) -> Result<(), MapError> {
+    let _guard = KERNEL_PT_LOCK.lock();
+    let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
+    let (root, _) = Cr3::read();
+    let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
+    // SAFETY: CR3 holds a valid PML4 that is reachable at `offset`, and KERNEL_PT_LOCK makes this
+    // the only reference made through this path while it lives.
+    let mut mapper = unsafe { OffsetPageTable::new(&mut *table, offset) };
+    let mut alloc = &FRAMES;
+    // SAFETY: forwarded from the caller.
+    unsafe { mapper.map_to(page, frame, flags, &mut alloc) }?.flush();
+    Ok(())
+}
+
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB};

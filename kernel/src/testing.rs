@@ -1,0 +1,73 @@
+//! The in-QEMU test framework (`custom_test_frameworks`).
+//!
+//! A test kernel prints `running N tests`, then `test NAME ... ok` for each test; a panicking
+//! test prints `test NAME ... FAILED` and the panic, and the kernel exits QEMU with a failure code. The `boot`
+//! runner reads these lines, so a crash or a hang counts the unfinished tests as failed.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::qemu::{ExitCode, exit};
+use crate::serial_println;
+
+/// Something the test runner can run.
+pub trait Testable {
+    fn run(&self);
+}
+
+impl<T: Fn()> Testable for T {
+    fn run(&self) {
+        let name = short_name(core::any::type_name::<T>());
+        *CURRENT.lock() = name;
+        self();
+        serial_println!("test {name} ... ok");
+    }
+}
+
+/// The test running now, for the panic handler's `FAILED` line.
+static CURRENT: spin::Mutex<&'static str> = spin::Mutex::new("");
+
+/// `kernel::memory::tests::heap_grows` -> `memory::tests::heap_grows`.
+fn short_name(name: &str) -> &str {
+    name.split_once("::").map_or(name, |(_, rest)| rest)
+}
+
+/// Runs every test, then leaves QEMU with success.
+pub fn test_runner(tests: &[&dyn Testable]) -> ! {
+    IN_TEST.store(true, Ordering::SeqCst);
+    serial_println!("running {} tests", tests.len());
+    for test in tests {
+        test.run();
+    }
+    exit(ExitCode::Success)
+}
+
+static IN_TEST: AtomicBool = AtomicBool::new(false);
+static PANIC_EXPECTED: AtomicBool = AtomicBool::new(false);
+
+/// Starts a `should_panic`-style test kernel that runs the single test `name`: from now on a
+/// panic is the test passing, and returning from it is a failure.
+pub fn expect_panic(name: &'static str) {
+    IN_TEST.store(true, Ordering::SeqCst);
+    *CURRENT.lock() = name;
+    PANIC_EXPECTED.store(true, Ordering::SeqCst);
+    serial_println!("running 1 tests");
+}
+
+/// Every kernel binary's panic handler. A kernel bug prints the message and location and leaves
+/// QEMU with a failure code; in a test kernel the running test reads as FAILED (or ok, when the
+/// test expected the panic).
+pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    x86_64::instructions::interrupts::disable();
+    // SAFETY: on the panic path a torn line beats a deadlock on the port lock.
+    unsafe { crate::serial::force_unlock() };
+    let name = CURRENT.try_lock().map_or("?", |n| *n);
+    if PANIC_EXPECTED.load(Ordering::SeqCst) {
+        serial_println!("test {name} ... ok");
+        exit(ExitCode::Success)
+    }
+    if IN_TEST.load(Ordering::SeqCst) {
+        serial_println!("test {name} ... FAILED");
+    }
+    serial_println!("KERNEL PANIC on cpu{}: {info}", crate::arch::cpu_id());
+    exit(ExitCode::Failed)
+}
