@@ -16,7 +16,7 @@ use x86_64::structures::paging::PhysFrame;
 pub const LOW_MEMORY_END: u64 = 0x10_0000;
 
 /// The most usable regions the allocator keeps.
-pub const MAX_REGIONS: usize = 32;
+pub const MAX_REGIONS: usize = 256;
 
 /// The global frame allocator.
 pub static FRAMES: FrameAllocator = FrameAllocator { inner: Mutex::new(Inner::EMPTY) };

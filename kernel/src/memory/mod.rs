@@ -39,7 +39,8 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
         // Memory below 1 MiB stays free for the real-mode trampoline that starts other CPUs.
         let start = align_up(r.start.max(frame::LOW_MEMORY_END), 4096);
         let end = r.end & !4095;
-        if start < end && n < usable.len() {
+        if start < end {
+            assert!(n < usable.len(), "more than {} usable regions", usable.len());
             usable[n] = start..end;
             n += 1;
         }
