@@ -71,7 +71,8 @@ pub fn command(image: &Path, opts: &Options) -> Result<Command, String> {
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     cmd.args(["-smp", &opts.smp.to_string(), "-m", &opts.memory]);
     if opts.kvm {
-        cmd.args(["-accel", "kvm", "-cpu", "max"]);
+        // `-cpu max` and `-cpu host` ask nested KVM for MSRs it refuses; the default model boots.
+        cmd.args(["-accel", "kvm"]);
     } else {
         cmd.args(["-accel", "tcg", "-cpu", "max"]);
     }

@@ -18,6 +18,7 @@ pub mod arch;
 pub mod log;
 pub mod memory;
 pub mod qemu;
+pub mod sched;
 pub mod serial;
 pub mod testing;
 
@@ -25,10 +26,16 @@ pub use bootloader_api;
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 
-/// How every kernel binary asks to be loaded: all physical memory mapped at an offset the
-/// bootloader picks, and a kernel stack large enough for debug builds.
+/// Where the kernel image is linked to run: the top 2 GiB, as on Linux.
+pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
+
+/// How every kernel binary asks to be loaded: the kernel and everything the bootloader maps
+/// (all physical memory at an offset, boot info, stack) in the upper half, leaving the lower
+/// half to user address spaces; and a kernel stack large enough for debug builds.
 pub const BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
+    config.mappings.kernel_base = Mapping::FixedAddress(KERNEL_BASE);
+    config.mappings.dynamic_range_start = Some(0xffff_8000_0000_0000);
     config.mappings.physical_memory = Some(Mapping::Dynamic);
     config.kernel_stack_size = 256 * 1024;
     config
@@ -39,11 +46,21 @@ pub const BOOTLOADER_CONFIG: BootloaderConfig = {
 pub struct Boot {
     pub memory: memory::MemorySummary,
     pub cpus: Result<acpi::Cpus, acpi::AcpiError>,
+    pub smp: arch::smp::SmpReport,
+    /// Time from entering the kernel to all CPUs online, in microseconds.
+    pub boot_us: u64,
 }
 
-/// Brings up the bootstrap CPU: serial, GDT/TSS, IDT, the legacy PIC masked, frame allocator
-/// and heap, and reads the CPU list from ACPI. Interrupts stay off.
+/// The local APIC's address when ACPI does not say.
+const DEFAULT_XAPIC: u64 = 0xfee0_0000;
+
+/// Brings the machine up: per-CPU area, serial, GDT/TSS, IDT, the legacy PIC masked, frame
+/// allocator and heap, the CPU list from ACPI, the local APIC and its timer, the scheduler,
+/// then every other CPU. Returns with interrupts on and the calling code running as thread
+/// `main` on CPU 0.
 pub fn init(boot_info: &'static mut BootInfo) -> Boot {
+    let t0 = arch::apic::rdtsc();
+    arch::percpu::init_cpu(0, arch::apic::id());
     serial::init();
     arch::gdt::init_bsp();
     arch::idt::load();
@@ -53,8 +70,22 @@ pub fn init(boot_info: &'static mut BootInfo) -> Boot {
         .into_option()
         .expect("bootloader did not map physical memory (BOOTLOADER_CONFIG asks it to)");
     let memory = memory::init(&boot_info.memory_regions, offset);
+    memory::clear_lower_half();
     let cpus = acpi::cpus(boot_info.rsdp_addr.into_option());
-    Boot { memory, cpus }
+    let xapic = cpus.as_ref().map_or(DEFAULT_XAPIC, |c| c.local_apic_address);
+    arch::apic::init_cpu(xapic);
+    arch::apic::calibrate();
+    arch::percpu::PERCPU[0].online.store(true, core::sync::atomic::Ordering::Release);
+    sched::init_bsp();
+    let bsp = [arch::apic::id()];
+    let apic_ids = cpus.as_ref().map_or(&bsp[..], |c| &c.apic_ids[..]);
+    let smp = arch::smp::start_all(apic_ids);
+    arch::apic::start_timer(arch::smp::TIMER_HZ);
+    x86_64::instructions::interrupts::enable();
+    // The trampoline's identity mapping may linger in the APs' TLBs.
+    arch::tlb::shootdown(u64::MAX, x86_64::VirtAddr::zero(), u64::MAX);
+    let boot_us = (arch::apic::rdtsc() - t0) / arch::apic::tsc_mhz().max(1);
+    Boot { memory, cpus, smp, boot_us }
 }
 
 /// Declares the entry point of a test kernel: `init`, then the crate's tests.

@@ -32,6 +32,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         ),
         Err(e) => error!("acpi: cannot read the CPU list: {e:?}"),
     }
+    info!("smp: {} CPUs online (all up {} us after kernel entry)", boot.smp.online, boot.boot_us);
+    if !boot.smp.failed.is_empty() {
+        error!("smp: CPUs that did not start (APIC ids): {:?}", boot.smp.failed);
+    }
     let (used, free_heap) = heap::usage();
     info!("heap: {} KiB used, {} KiB free", used >> 10, free_heap >> 10);
     info!("done; leaving QEMU");

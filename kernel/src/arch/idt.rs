@@ -10,7 +10,9 @@ use x86_64::VirtAddr;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
+use super::apic::{self, vector};
 use super::gdt::DOUBLE_FAULT_IST_INDEX;
+use super::percpu::this_cpu;
 
 /// Resolves a page fault at `addr`. Returns `true` when the faulting instruction can be retried.
 pub type PageFaultHook = fn(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool;
@@ -20,7 +22,7 @@ static PAGE_FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs (or with `None` removes) the page-fault hook.
 pub fn set_page_fault_hook(hook: Option<PageFaultHook>) {
-    PAGE_FAULT_HOOK.store(hook.map_or(0, |h| h as usize), Ordering::Release);
+    PAGE_FAULT_HOOK.store(hook.map_or(0, |h| h as *const () as usize), Ordering::Release);
 }
 
 static IDT: spin::Lazy<InterruptDescriptorTable> = spin::Lazy::new(|| {
@@ -28,6 +30,11 @@ static IDT: spin::Lazy<InterruptDescriptorTable> = spin::Lazy::new(|| {
     idt.breakpoint.set_handler_fn(breakpoint);
     idt.general_protection_fault.set_handler_fn(general_protection);
     idt.page_fault.set_handler_fn(page_fault);
+    idt[vector::TIMER].set_handler_fn(timer);
+    idt[vector::RESCHEDULE].set_handler_fn(reschedule);
+    idt[vector::TLB_SHOOTDOWN].set_handler_fn(tlb_shootdown);
+    idt[vector::CALL].set_handler_fn(call);
+    idt[vector::SPURIOUS].set_handler_fn(spurious);
     // SAFETY: DOUBLE_FAULT_IST_INDEX names a stack that every CPU's TSS sets up (gdt.rs).
     unsafe {
         idt.double_fault.set_handler_fn(double_fault).set_stack_index(DOUBLE_FAULT_IST_INDEX);
@@ -38,6 +45,39 @@ static IDT: spin::Lazy<InterruptDescriptorTable> = spin::Lazy::new(|| {
 /// Loads the shared IDT on the calling CPU.
 pub fn load() {
     IDT.load();
+}
+
+extern "x86-interrupt" fn timer(_frame: InterruptStackFrame) {
+    count_interrupt();
+    // Acknowledge first: the tick may switch to another thread, which must get further ticks.
+    apic::eoi();
+    crate::sched::tick();
+}
+
+extern "x86-interrupt" fn reschedule(_frame: InterruptStackFrame) {
+    count_interrupt();
+    apic::eoi();
+    crate::sched::reschedule_ipi();
+}
+
+extern "x86-interrupt" fn tlb_shootdown(_frame: InterruptStackFrame) {
+    count_interrupt();
+    super::tlb::handle_shootdown_ipi();
+    apic::eoi();
+}
+
+extern "x86-interrupt" fn call(_frame: InterruptStackFrame) {
+    count_interrupt();
+    this_cpu().ipi_calls.fetch_add(1, Ordering::Relaxed);
+    apic::eoi();
+}
+
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
+    // Spurious interrupts are not acknowledged (Intel SDM 10.9).
+}
+
+fn count_interrupt() {
+    this_cpu().interrupts.fetch_add(1, Ordering::Relaxed);
 }
 
 extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {

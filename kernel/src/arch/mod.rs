@@ -1,17 +1,13 @@
 //! x86-64 specifics: descriptor tables, exception handlers, CPU identity.
 
+pub mod apic;
 pub mod gdt;
 pub mod idt;
+pub mod percpu;
+pub mod smp;
+pub mod tlb;
 
-/// The number of the CPU running this code.
-///
-/// Until per-CPU areas exist this is the initial APIC id from CPUID, which QEMU numbers
-/// 0..N-1 in the order of the MADT.
-pub fn cpu_id() -> u32 {
-    // CPUID leaf 1 exists on every x86-64 CPU; EBX[31:24] is the initial APIC id.
-    let leaf = core::arch::x86_64::__cpuid(1);
-    leaf.ebx >> 24
-}
+pub use percpu::cpu_id;
 
 /// Stops this CPU for good, with interrupts off.
 pub fn halt_forever() -> ! {

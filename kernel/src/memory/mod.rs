@@ -5,6 +5,9 @@
 
 pub mod frame;
 pub mod heap;
+pub mod stack;
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use x86_64::{PhysAddr, VirtAddr};
@@ -12,6 +15,15 @@ use x86_64::{PhysAddr, VirtAddr};
 pub use frame::FRAMES;
 
 static PHYS_OFFSET: spin::Once<u64> = spin::Once::new();
+
+/// The page below 1 MiB that application processors start in (see `arch/trampoline.s`).
+pub const TRAMPOLINE_PAGE: u64 = 0x8000;
+static TRAMPOLINE_FREE: AtomicBool = AtomicBool::new(false);
+
+/// Whether the memory map leaves [`TRAMPOLINE_PAGE`] free for the SMP trampoline.
+pub fn trampoline_page_free() -> bool {
+    TRAMPOLINE_FREE.load(Ordering::Relaxed)
+}
 
 /// The kernel virtual address of physical address `pa`.
 pub fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
@@ -34,6 +46,9 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
     let mut n = 0;
     let mut summary = MemorySummary { usable_bytes: 0, regions: regions.len(), highest: 0 };
     for r in regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable) {
+        if r.start <= TRAMPOLINE_PAGE && TRAMPOLINE_PAGE + 4096 <= r.end {
+            TRAMPOLINE_FREE.store(true, Ordering::Relaxed);
+        }
         summary.usable_bytes += r.end - r.start;
         summary.highest = summary.highest.max(r.end);
         // Memory below 1 MiB stays free for the real-mode trampoline that starts other CPUs.
@@ -53,6 +68,21 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
 
 const fn align_up(x: u64, a: u64) -> u64 {
     (x + a - 1) & !(a - 1)
+}
+
+/// Drops whatever the bootloader left mapped in the lower half (its identity mappings for the
+/// switch into the kernel): the lower half belongs to user address spaces.
+pub fn clear_lower_half() {
+    let _guard = KERNEL_PT_LOCK.lock();
+    let (root, _) = Cr3::read();
+    let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
+    // SAFETY: CR3 holds a valid PML4 reachable through the physical map; nothing the kernel runs
+    // or touches lives in the lower half (kernel, stacks, heap and the physical map are above).
+    let table = unsafe { &mut *table };
+    for entry in table.iter_mut().take(256) {
+        entry.set_unused();
+    }
+    x86_64::instructions::tlb::flush_all();
 }
 
 /// Why [`map_kernel_page`] failed.
@@ -79,6 +109,24 @@ pub unsafe fn map_kernel_page(page: Page, frame: PhysFrame, flags: PageTableFlag
     // SAFETY: forwarded from the caller.
     unsafe { mapper.map_to(page, frame, flags, &mut alloc) }?.flush();
     Ok(())
+}
+
+/// Removes the mapping of `page` from the active page table and flushes it from this CPU's TLB
+/// (other CPUs must not have used it, or must be shot down by the caller). Returns the frame it
+/// mapped, if any.
+///
+/// # Safety
+/// Nothing may use the page any more.
+pub unsafe fn unmap_kernel_page(page: Page) -> Option<PhysFrame> {
+    let _guard = KERNEL_PT_LOCK.lock();
+    let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
+    let (root, _) = Cr3::read();
+    let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
+    // SAFETY: as in `map_kernel_page`.
+    let mut mapper = unsafe { OffsetPageTable::new(&mut *table, offset) };
+    let (frame, flush) = mapper.unmap(page).ok()?;
+    flush.flush();
+    Some(frame)
 }
 
 use x86_64::registers::control::Cr3;

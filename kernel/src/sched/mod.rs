@@ -1,0 +1,330 @@
+//! The scheduler: kernel threads on per-CPU run queues, preempted by the timer tick.
+//!
+//! Each CPU runs the head of its own queue; a CPU whose queue is empty steals from the longest
+//! one, and idles (`hlt`) when every queue is empty. `spawn` spreads new threads round-robin and
+//! kicks an idle target CPU with a reschedule IPI. The timer preempts a thread only when its
+//! CPU's `preempt_count` is zero. A context switch and the idle loop are the CPU's RCU
+//! quiescent states (`mm`'s RCU is told through [`set_quiescent_hook`]).
+//!
+//! Everything here that touches run queues or `current` runs with interrupts off.
+
+mod switch;
+pub mod thread;
+pub mod wait;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use spin::Mutex;
+use x86_64::instructions::interrupts;
+
+use crate::arch::apic;
+use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, this_cpu};
+use crate::memory::stack::Stack;
+pub use thread::{JoinHandle, Thread};
+use thread::State;
+pub use wait::{WaitQueue, futex_wait, futex_wake, sleep_ns};
+
+/// Stack size of spawned threads.
+pub const THREAD_STACK_SIZE: usize = 64 * 1024;
+
+/// One CPU's scheduler state.
+pub struct CpuSched {
+    queue: Mutex<VecDeque<Arc<Thread>>>,
+    /// The running thread and the one this CPU just switched away from; see [`Slots`].
+    slots: Slots,
+    /// Context switches done.
+    pub switches: AtomicU64,
+    /// Threads in `queue` (read by other CPUs choosing where to steal or place).
+    queued: AtomicUsize,
+}
+
+/// # Invariants
+/// Only the owning CPU touches these, with interrupts off.
+struct Slots(UnsafeCell<(Option<Arc<Thread>>, Option<Arc<Thread>>)>);
+
+// SAFETY: see the invariant: there is no concurrent access.
+unsafe impl Sync for Slots {}
+
+impl CpuSched {
+    /// An empty scheduler state (before the CPU is up).
+    pub const fn new() -> Self {
+        CpuSched {
+            queue: Mutex::new(VecDeque::new()),
+            slots: Slots(UnsafeCell::new((None, None))),
+            switches: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// # Safety
+    /// Interrupts off, on the owning CPU, and no other reference from `slots` alive.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slots(&self) -> &mut (Option<Arc<Thread>>, Option<Arc<Thread>>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { &mut *self.slots.0.get() }
+    }
+
+    fn push(&self, t: Arc<Thread>) {
+        self.queue.lock().push_back(t);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn pop(&self) -> Option<Arc<Thread>> {
+        let t = self.queue.lock().pop_front()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(t)
+    }
+}
+
+impl Default for CpuSched {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Makes the code running on this application processor its idle thread. Called once per AP
+/// during bring-up, before [`idle_loop`].
+pub fn init_cpu() {
+    let cpu = this_cpu();
+    let idle = Thread::new(format!("idle/{}", cpu.id()), None, None, true, true, cpu.id());
+    IDLE[cpu.id()].call_once(|| idle.clone());
+    interrupts::without_interrupts(|| {
+        // SAFETY: interrupts are off and we are on the owning CPU.
+        unsafe { cpu.sched.slots().0 = Some(idle) };
+    });
+}
+
+/// Makes the code running on the bootstrap CPU the thread `main`, and gives the BSP an idle
+/// thread of its own to run when `main` blocks.
+pub fn init_bsp() {
+    let cpu = this_cpu();
+    let main = Thread::new(String::from("main"), None, None, false, true, cpu.id());
+    let stack = Stack::new(THREAD_STACK_SIZE).expect("stack for the BSP's idle thread");
+    let top = stack.top().as_u64();
+    let idle = Thread::new(format!("idle/{}", cpu.id()), Some(stack), None, true, false, cpu.id());
+    // SAFETY: `top` is the aligned top of the idle thread's fresh stack.
+    let rsp = unsafe { switch::initial_stack(top, idle_start) };
+    // SAFETY: nobody runs the idle thread yet.
+    unsafe { *idle.rsp.get() = rsp };
+    IDLE[cpu.id()].call_once(|| idle);
+    interrupts::without_interrupts(|| {
+        // SAFETY: interrupts are off and we are on the owning CPU.
+        unsafe { cpu.sched.slots().0 = Some(main) };
+    });
+}
+
+extern "C" fn idle_start() -> ! {
+    finish_switch();
+    idle_loop()
+}
+
+/// The running thread.
+pub fn current() -> Arc<Thread> {
+    interrupts::without_interrupts(|| {
+        // SAFETY: interrupts are off, on this CPU.
+        unsafe { this_cpu().sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU")
+    })
+}
+
+static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts a thread running `f`; its return value is the exit code `join` gives.
+pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, crate::memory::stack::StackError>
+where
+    F: FnOnce() -> i64 + Send + 'static,
+{
+    let stack = Stack::new(THREAD_STACK_SIZE)?;
+    let top = stack.top().as_u64();
+    let online = crate::arch::percpu::online_count().max(1);
+    let cpu = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % online;
+    let t = Thread::new(name.into(), Some(stack), Some(Box::new(f)), false, false, cpu);
+    // SAFETY: `top` is the aligned top of the thread's fresh stack.
+    let rsp = unsafe { switch::initial_stack(top, thread_start) };
+    // SAFETY: nobody runs the thread yet.
+    unsafe { *t.rsp.get() = rsp };
+    let handle = JoinHandle { thread: t.clone() };
+    enqueue(cpu, t);
+    Ok(handle)
+}
+
+/// Puts a `Ready` thread on `cpu`'s queue and kicks that CPU if it idles.
+fn enqueue(cpu: usize, t: Arc<Thread>) {
+    interrupts::without_interrupts(|| PERCPU[cpu].sched.push(t));
+    if cpu != crate::arch::percpu::cpu_id() && PERCPU[cpu].online.load(Ordering::Acquire) {
+        apic::send_ipi(PERCPU[cpu].apic_id.load(Ordering::Relaxed), apic::vector::RESCHEDULE);
+    }
+}
+
+/// Makes a blocked thread runnable again (no-op if it is not blocked).
+pub fn wake(t: Arc<Thread>) {
+    if t.cas_state(State::Blocked, State::Ready) {
+        let cpu = t.last_cpu.load(Ordering::Relaxed);
+        enqueue(cpu, t);
+    }
+}
+
+/// Gives the CPU to another ready thread, if there is one.
+pub fn yield_now() {
+    let were_enabled = interrupts::are_enabled();
+    interrupts::disable();
+    schedule();
+    if were_enabled {
+        interrupts::enable();
+    }
+}
+
+/// Picks the next thread for this CPU and switches to it. Interrupts must be off. The current
+/// thread goes back to the queue if it is still `Running`; a `Blocked` or `Exited` one does not.
+pub(crate) fn schedule() {
+    debug_assert!(!interrupts::are_enabled());
+    let cpu = this_cpu();
+    // SAFETY: interrupts are off, on this CPU; the borrow ends before the switch.
+    let cur = unsafe { cpu.sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU");
+    if !cur.idle && cur.cas_state(State::Running, State::Ready) {
+        cpu.sched.push(cur.clone());
+    }
+    let next = match cpu.sched.pop().or_else(|| steal(cpu)) {
+        Some(t) => t,
+        None if cur.idle || cur.state() == State::Running => return,
+        // Nothing else to run: the idle thread, which is never queued.
+        None => idle_thread(cpu),
+    };
+    if Arc::ptr_eq(&next, &cur) {
+        cur.set_state(State::Running);
+        return;
+    }
+    // The CPU that last ran `next` may still be on its stack.
+    while next.on_cpu.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    next.on_cpu.store(true, Ordering::Relaxed);
+    next.set_state(State::Running);
+    next.last_cpu.store(cpu.id(), Ordering::Relaxed);
+    let save = cur.rsp.get();
+    // SAFETY: `on_cpu` was clear, so the CPU that saved `next`'s rsp is done with it.
+    let next_rsp = unsafe { *next.rsp.get() };
+    {
+        // SAFETY: interrupts are off, on this CPU.
+        let slots = unsafe { cpu.sched.slots() };
+        slots.1 = slots.0.replace(next);
+    }
+    cpu.sched.switches.fetch_add(1, Ordering::Relaxed);
+    // Keep the refcount of `cur` above zero across the switch through `slots.1`.
+    drop(cur);
+    // SAFETY: interrupts are off; `next_rsp` was saved by `switch_stacks` or built by
+    // `initial_stack`, and its stack is alive (the thread is referenced by `slots.0`).
+    unsafe { switch::switch_stacks(save, next_rsp) };
+    finish_switch();
+}
+
+/// Runs on the new thread right after a switch, on whatever CPU it now is: releases the thread
+/// this CPU switched away from, and reports the quiescent state.
+fn finish_switch() {
+    let cpu = this_cpu();
+    // SAFETY: interrupts are off, on this CPU.
+    let prev = unsafe { cpu.sched.slots().1.take() };
+    if let Some(prev) = prev {
+        prev.on_cpu.store(false, Ordering::Release);
+        // Dropping `prev` may free an exited thread's stack: we are off it now.
+        drop(prev);
+    }
+    quiescent_state();
+}
+
+fn idle_thread(cpu: &PerCpu) -> Arc<Thread> {
+    IDLE[cpu.id()].get().expect("idle thread registered").clone()
+}
+
+/// Each CPU's idle thread, to switch to when nothing is ready.
+static IDLE: [spin::Once<Arc<Thread>>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+
+/// Takes a thread from the longest other queue.
+fn steal(me: &PerCpu) -> Option<Arc<Thread>> {
+    let victim = PERCPU
+        .iter()
+        .filter(|c| c.id() != me.id() && c.online.load(Ordering::Relaxed))
+        .max_by_key(|c| c.sched.queued.load(Ordering::Relaxed))?;
+    if victim.sched.queued.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    victim.sched.pop()
+}
+
+extern "C" fn thread_start() -> ! {
+    finish_switch();
+    interrupts::enable();
+    let me = current();
+    let f = me.entry.lock().take().expect("thread started twice");
+    let code = f();
+    exit(code)
+}
+
+/// Ends the calling thread with `code`.
+pub fn exit(code: i64) -> ! {
+    let me = current();
+    assert!(!me.idle, "the idle thread cannot exit");
+    me.exit_code.store(code, Ordering::Release);
+    interrupts::disable();
+    me.set_state(State::Exited);
+    me.done.store(true, Ordering::Release);
+    me.joiners.wake_all();
+    drop(me);
+    schedule();
+    unreachable!("an exited thread was scheduled again");
+}
+
+/// This CPU's idle loop: runs ready threads, halts when there are none.
+pub fn idle_loop() -> ! {
+    let cpu = this_cpu();
+    loop {
+        interrupts::disable();
+        quiescent_state();
+        let work = cpu.sched.queued.load(Ordering::Relaxed) > 0
+            || PERCPU.iter().any(|c| c.sched.queued.load(Ordering::Relaxed) > 0);
+        if work {
+            schedule();
+            interrupts::enable();
+        } else {
+            interrupts::enable_and_hlt();
+        }
+    }
+}
+
+/// The timer tick: wake sleepers, and preempt unless preemption is disabled.
+pub(crate) fn tick() {
+    let cpu = this_cpu();
+    cpu.ticks.fetch_add(1, Ordering::Relaxed);
+    wait::wake_sleepers(apic::now_ns());
+    if cpu.preempt_count.load(Ordering::Relaxed) == 0 {
+        schedule();
+    }
+}
+
+/// A reschedule IPI: another CPU queued work here.
+pub(crate) fn reschedule_ipi() {
+    if this_cpu().preempt_count.load(Ordering::Relaxed) == 0 {
+        schedule();
+    }
+}
+
+static QUIESCENT_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the function told about this CPU's quiescent states (context switch, idle).
+pub fn set_quiescent_hook(hook: fn()) {
+    QUIESCENT_HOOK.store(hook as *const () as usize, Ordering::Release);
+}
+
+fn quiescent_state() {
+    let h = QUIESCENT_HOOK.load(Ordering::Acquire);
+    if h != 0 {
+        // SAFETY: only `set_quiescent_hook` stores non-zero values, and they are `fn()`s.
+        let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
+        hook();
+    }
+}

@@ -1,0 +1,138 @@
+//! Kernel threads.
+//!
+//! # States
+//! `Running` (on a CPU) -> `Ready` (in a run queue) when preempted or yielding, -> `Blocked` when
+//! it waits (it puts itself on a wait queue first, under the queue's lock), -> `Exited` when its
+//! closure returns. Only a waker moves `Blocked` -> `Ready`, and whoever does a move to `Ready`
+//! puts the thread in a run queue, so a thread is queued at most once.
+//!
+//! A thread can be `Ready` in a queue while the CPU it last ran on is still switching away from
+//! it; `on_cpu` stays set until that CPU is off its stack, and a CPU about to run the thread
+//! waits for it to clear.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use crate::memory::stack::Stack;
+
+use super::wait::WaitQueue;
+
+/// A thread's scheduling state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Running = 0,
+    Ready = 1,
+    Blocked = 2,
+    Exited = 3,
+}
+
+/// A kernel thread.
+///
+/// # Invariants
+/// `rsp` is written only by the CPU switching away from the thread and read only by the CPU
+/// switching to it, after it saw `on_cpu` clear (acquire), which the first CPU released after
+/// the write.
+pub struct Thread {
+    pub(super) id: u64,
+    pub(super) name: String,
+    pub(super) state: AtomicU8,
+    pub(super) on_cpu: AtomicBool,
+    pub(super) rsp: UnsafeCell<u64>,
+    pub(super) entry: spin::Mutex<Option<Box<dyn FnOnce() -> i64 + Send>>>,
+    pub(super) exit_code: AtomicI64,
+    pub(super) done: AtomicBool,
+    pub(super) joiners: WaitQueue,
+    /// The CPU it last ran on (a hint for where to queue it when woken).
+    pub(super) last_cpu: AtomicUsize,
+    /// Idle threads run only on their own CPU and are never queued.
+    pub(super) idle: bool,
+    /// Where a woken sleeper sees the deadline it waited for.
+    pub(super) wake_at: AtomicU64,
+    _stack: Option<Stack>,
+}
+
+// SAFETY: `rsp` is the only non-Sync field; its accesses are ordered by `on_cpu` (see the type's
+// invariants).
+unsafe impl Sync for Thread {}
+// SAFETY: as above; the closure is `Send`.
+unsafe impl Send for Thread {}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Thread {
+    pub(super) fn new(
+        name: String,
+        stack: Option<Stack>,
+        entry: Option<Box<dyn FnOnce() -> i64 + Send>>,
+        idle: bool,
+        running: bool,
+        cpu: usize,
+    ) -> Arc<Thread> {
+        Arc::new(Thread {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name,
+            state: AtomicU8::new(if running { State::Running } else { State::Ready } as u8),
+            on_cpu: AtomicBool::new(running),
+            rsp: UnsafeCell::new(0),
+            entry: spin::Mutex::new(entry),
+            exit_code: AtomicI64::new(0),
+            done: AtomicBool::new(false),
+            joiners: WaitQueue::new(),
+            last_cpu: AtomicUsize::new(cpu),
+            idle,
+            wake_at: AtomicU64::new(0),
+            _stack: stack,
+        })
+    }
+
+    /// The thread's id (unique for the kernel's lifetime).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Running,
+            1 => State::Ready,
+            2 => State::Blocked,
+            _ => State::Exited,
+        }
+    }
+
+    pub(super) fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub(super) fn cas_state(&self, from: State, to: State) -> bool {
+        self.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+/// Waits for a thread to finish.
+#[must_use = "a thread that is not joined runs on, and its exit code is lost"]
+pub struct JoinHandle {
+    pub(super) thread: Arc<Thread>,
+}
+
+impl JoinHandle {
+    /// Blocks until the thread returns; gives its exit code.
+    pub fn join(self) -> i64 {
+        let t = &self.thread;
+        t.joiners.wait_while(|| !t.done.load(Ordering::Acquire));
+        t.exit_code.load(Ordering::Acquire)
+    }
+
+    /// The thread's id.
+    pub fn id(&self) -> u64 {
+        self.thread.id
+    }
+}

@@ -1,0 +1,135 @@
+//! Blocking: wait queues, futex-style waiting on a word, and sleeping until a deadline.
+//!
+//! A waiter checks its condition and enqueues itself under the queue's lock with interrupts
+//! off, and a waker changes the condition before taking that lock, so a wake-up between the
+//! check and the block cannot be lost.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use spin::Mutex;
+use x86_64::instructions::interrupts;
+
+use super::thread::{State, Thread};
+use super::{current, schedule, wake};
+
+/// Threads blocked until someone wakes them.
+pub struct WaitQueue {
+    waiters: Mutex<VecDeque<Arc<Thread>>>,
+}
+
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WaitQueue {
+    /// An empty queue.
+    pub const fn new() -> Self {
+        WaitQueue { waiters: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Blocks the calling thread as long as `cond()` holds. `cond` is checked under the queue's
+    /// lock, so it must not block or take this queue's lock.
+    pub fn wait_while(&self, cond: impl Fn() -> bool) {
+        loop {
+            let were_enabled = interrupts::are_enabled();
+            interrupts::disable();
+            {
+                let mut q = self.waiters.lock();
+                if !cond() {
+                    drop(q);
+                    if were_enabled {
+                        interrupts::enable();
+                    }
+                    return;
+                }
+                let me = current();
+                me.set_state(State::Blocked);
+                q.push_back(me);
+            }
+            schedule();
+            if were_enabled {
+                interrupts::enable();
+            }
+        }
+    }
+
+    /// Wakes up to `n` waiters. Returns how many were woken.
+    pub fn wake_n(&self, n: usize) -> usize {
+        let woken: Vec<Arc<Thread>> = interrupts::without_interrupts(|| {
+            let mut q = self.waiters.lock();
+            let k = n.min(q.len());
+            q.drain(..k).collect()
+        });
+        let count = woken.len();
+        woken.into_iter().for_each(wake);
+        count
+    }
+
+    /// Wakes every waiter.
+    pub fn wake_all(&self) -> usize {
+        self.wake_n(usize::MAX)
+    }
+}
+
+/// Futex buckets: a waiter on a word sleeps in the bucket its address hashes to.
+const BUCKETS: usize = 64;
+static FUTEX: [WaitQueue; BUCKETS] = [const { WaitQueue::new() }; BUCKETS];
+
+fn bucket(word: &AtomicU32) -> &'static WaitQueue {
+    let addr = word as *const AtomicU32 as usize;
+    &FUTEX[(addr >> 2).wrapping_mul(0x9e37_79b9) % BUCKETS]
+}
+
+/// Blocks while `*word == expected` (returns at once otherwise; may return spuriously, when
+/// another word in the same bucket is woken).
+pub fn futex_wait(word: &AtomicU32, expected: u32) {
+    bucket(word).wait_while(|| word.load(Ordering::SeqCst) == expected);
+}
+
+/// Wakes threads blocked on `word`. Every waiter of the bucket wakes and re-checks its own word,
+/// so `count` is an upper bound for this word only when the bucket is not shared.
+pub fn futex_wake(word: &AtomicU32, _count: usize) {
+    bucket(word).wake_all();
+}
+
+/// Threads sleeping until their `wake_at` deadline.
+static SLEEPERS: Mutex<Vec<Arc<Thread>>> = Mutex::new(Vec::new());
+
+/// Blocks the calling thread for at least `ns` nanoseconds (to the next timer tick after).
+pub fn sleep_ns(ns: u64) {
+    let deadline = crate::arch::apic::now_ns() + ns;
+    let me = current();
+    me.wake_at.store(deadline, Ordering::Relaxed);
+    while crate::arch::apic::now_ns() < deadline {
+        let were_enabled = interrupts::are_enabled();
+        interrupts::disable();
+        {
+            let mut s = SLEEPERS.lock();
+            me.set_state(State::Blocked);
+            s.push(me.clone());
+        }
+        schedule();
+        if were_enabled {
+            interrupts::enable();
+        }
+    }
+}
+
+/// Wakes sleepers whose deadline passed. Called from the timer interrupt.
+pub(super) fn wake_sleepers(now: u64) {
+    let due: Vec<Arc<Thread>> = match SLEEPERS.try_lock() {
+        Some(mut s) if !s.is_empty() => {
+            let (due, rest): (Vec<_>, Vec<_>) =
+                s.drain(..).partition(|t| t.wake_at.load(Ordering::Relaxed) <= now);
+            *s = rest;
+            due
+        }
+        _ => return,
+    };
+    due.into_iter().for_each(wake);
+}
