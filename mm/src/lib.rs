@@ -14,3 +14,4 @@ extern crate std;
 
 pub mod platform;
 mod primitive;
+pub mod rcu;
