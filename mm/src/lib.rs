@@ -12,5 +12,9 @@ extern crate alloc;
 #[cfg(any(test, loom, feature = "std"))]
 extern crate std;
 
+#[cfg(not(loom))]
+pub mod maple;
 pub mod platform;
 mod primitive;
+pub mod rcu;
+mod spin;
