@@ -27,7 +27,7 @@ run: setup $(if $(filter 1,$(UEFI)),ovmf) boot-tool kernel
 ## gdb: boot a debug kernel that waits for GDB on localhost:1234
 gdb: PROFILE = dev
 gdb: setup boot-tool kernel
-	@echo "In another terminal: gdb -ex 'add-symbol-file $(KERNEL) -o 0x10000000000' -ex 'target remote :1234' -ex 'hbreak kernel::init' -ex c"
+	@echo "In another terminal: gdb -ex 'add-symbol-file $(KERNEL) -o 0xffffffff80000000' -ex 'target remote :1234' -ex 'hbreak kernel::init' -ex c"
 	$(BOOT) run $(KERNEL) $(RUN_FLAGS) --gdb --timeout 0
 
 ## test: every test: host tests of mm/ and boot/, then the in-QEMU test kernels; one summary line

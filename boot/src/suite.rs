@@ -13,7 +13,7 @@ use crate::testlog::{self, Counts};
 
 /// Test kernels that must pass on several CPU counts, by binary name; the rest run on
 /// `KTEST_SMP` CPUs (default 8).
-const SMP_MATRIX: &[(&str, &[u32])] = &[];
+const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8])];
 
 /// `boot runner <ELF> [libtest args, ignored]`.
 pub fn runner(args: &[String]) -> Result<bool, String> {
@@ -33,7 +33,11 @@ pub fn runner(args: &[String]) -> Result<bool, String> {
             ..Default::default()
         };
         let out = qemu::run(&image, &opts)?;
-        let counts = testlog::kernel_counts(&out.log, out.success);
+        let mut counts = testlog::kernel_counts(&out.log, out.success);
+        if let Some(seen) = testlog::cpus_online(&out.log).filter(|&n| n != smp) {
+            println!("ktest {name}: the kernel reports {seen} CPUs online, QEMU was given {smp}");
+            counts.failed += 1;
+        }
         let ok = out.success && counts.failed == 0;
         all_ok &= ok;
         println!(

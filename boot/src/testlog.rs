@@ -42,6 +42,14 @@ pub fn kernel_counts(log: &[String], kernel_succeeded: bool) -> Counts {
     c
 }
 
+/// The CPU count a kernel reports in its `smp: N CPUs online` line, if it printed one.
+pub fn cpus_online(log: &[String]) -> Option<u32> {
+    log.iter().find_map(|l| {
+        let rest = &l[l.find("smp: ")? + 5..];
+        rest.strip_suffix(" CPUs online")?.parse().ok()
+    })
+}
+
 /// Sums libtest's `test result: ok. 3 passed; 0 failed; ...` lines.
 pub fn libtest_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<Counts> {
     let mut total: Option<Counts> = None;
@@ -98,6 +106,14 @@ mod tests {
     fn a_failing_exit_after_passing_tests_is_still_a_failure() {
         let log = lines("running 1 tests\ntest a ... ok\n");
         assert_eq!(kernel_counts(&log, false), Counts { passed: 1, failed: 1 });
+    }
+
+    #[test]
+    fn the_online_cpu_count_is_read_from_the_log() {
+        assert_eq!(cpus_online(&lines("x\nsmp: 8 CPUs online\n")), Some(8));
+        assert_eq!(cpus_online(&lines("[INFO  cpu0] smp: 2 CPUs online\n")), Some(2));
+        assert_eq!(cpus_online(&lines("smp: 8 CPUs online (all up)\n")), None);
+        assert_eq!(cpus_online(&lines("nothing\n")), None);
     }
 
     #[test]

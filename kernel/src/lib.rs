@@ -17,6 +17,7 @@ pub mod acpi;
 pub mod arch;
 pub mod log;
 pub mod memory;
+pub mod platform;
 pub mod qemu;
 pub mod sched;
 pub mod serial;
@@ -58,7 +59,7 @@ const DEFAULT_XAPIC: u64 = 0xfee0_0000;
 /// allocator and heap, the CPU list from ACPI, the local APIC and its timer, the scheduler,
 /// then every other CPU. Returns with interrupts on and the calling code running as thread
 /// `main` on CPU 0.
-pub fn init(boot_info: &'static mut BootInfo) -> Boot {
+pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     let t0 = arch::apic::rdtsc();
     arch::percpu::init_cpu(0, arch::apic::id());
     serial::init();
@@ -80,12 +81,20 @@ pub fn init(boot_info: &'static mut BootInfo) -> Boot {
     let bsp = [arch::apic::id()];
     let apic_ids = cpus.as_ref().map_or(&bsp[..], |c| &c.apic_ids[..]);
     let smp = arch::smp::start_all(apic_ids);
+    platform::init_rcu();
     arch::apic::start_timer(arch::smp::TIMER_HZ);
     x86_64::instructions::interrupts::enable();
     // The trampoline's identity mapping may linger in the APs' TLBs.
     arch::tlb::shootdown(u64::MAX, x86_64::VirtAddr::zero(), u64::MAX);
     let boot_us = (arch::apic::rdtsc() - t0) / arch::apic::tsc_mhz().max(1);
-    Boot { memory, cpus, smp, boot_us }
+    BOOT.call_once(|| Boot { memory, cpus, smp, boot_us })
+}
+
+static BOOT: spin::Once<Boot> = spin::Once::new();
+
+/// What `init` found.
+pub fn boot() -> &'static Boot {
+    BOOT.get().expect("kernel::init first")
 }
 
 /// Declares the entry point of a test kernel: `init`, then the crate's tests.

@@ -1,13 +1,20 @@
-//! The kernel binary: boots, prints what it found, shows the memory subsystem at work, and leaves
-//! QEMU cleanly.
+//! The kernel binary: boots every CPU, prints what it found, shows the scheduler and the memory
+//! subsystem at work, and leaves QEMU cleanly.
 
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use bootloader_api::BootInfo;
+use kernel::arch::percpu::{PERCPU, cpu_id, online_count};
+use kernel::arch::{apic, tlb};
 use kernel::memory::{FRAMES, heap};
 use kernel::qemu::{ExitCode, exit};
-use kernel::{error, info};
+use kernel::{error, info, sched};
 
 bootloader_api::entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -32,12 +39,73 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         ),
         Err(e) => error!("acpi: cannot read the CPU list: {e:?}"),
     }
-    info!("smp: {} CPUs online (all up {} us after kernel entry)", boot.smp.online, boot.boot_us);
+    info!("smp: {} CPUs online", online_count());
+    for cpu in PERCPU.iter().filter(|c| c.online.load(Ordering::Acquire)) {
+        info!(
+            "  cpu{}: APIC id {}, {} mode, timer {} kHz (tick {} Hz), TSC {} MHz",
+            cpu.id(),
+            cpu.apic_id.load(Ordering::Relaxed),
+            if apic::is_x2apic() { "x2APIC" } else { "xAPIC" },
+            apic::timer_hz() / 1000,
+            kernel::arch::smp::TIMER_HZ,
+            apic::tsc_mhz()
+        );
+    }
+    info!("smp: all CPUs up {} us after kernel entry", boot.boot_us);
     if !boot.smp.failed.is_empty() {
         error!("smp: CPUs that did not start (APIC ids): {:?}", boot.smp.failed);
     }
+    threads_demo();
     let (used, free_heap) = heap::usage();
     info!("heap: {} KiB used, {} KiB free", used >> 10, free_heap >> 10);
     info!("done; leaving QEMU");
     exit(ExitCode::Success)
+}
+
+/// 64 threads share the CPUs: each does a slice of work, yields now and then, and records where
+/// it ran; the timer preempts them, idle CPUs steal them.
+fn threads_demo() {
+    const THREADS: usize = 64;
+    const WORK: u64 = 20_000;
+    static TOTAL: AtomicU64 = AtomicU64::new(0);
+    let t0 = apic::now_ns();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            sched::spawn(alloc::format!("worker/{i}"), move || {
+                let mut cpus = 0u64;
+                for n in 0..WORK {
+                    TOTAL.fetch_add(1, Ordering::Relaxed);
+                    cpus |= 1 << cpu_id();
+                    if n % 5_000 == 0 {
+                        sched::yield_now();
+                    }
+                }
+                cpus as i64
+            })
+            .expect("spawn a demo thread")
+        })
+        .collect();
+    let mut per_cpu = [0u32; 64];
+    let mut migrated = 0;
+    for h in handles {
+        let cpus = h.join() as u64;
+        migrated += (cpus.count_ones() > 1) as u32;
+        for (c, n) in per_cpu.iter_mut().enumerate() {
+            *n += (cpus & (1 << c) != 0) as u32;
+        }
+    }
+    let ms = (apic::now_ns() - t0) / 1_000_000;
+    info!(
+        "threads: {THREADS} threads did {} increments in {ms} ms; {migrated} ran on more than one CPU",
+        TOTAL.load(Ordering::Relaxed)
+    );
+    let n = online_count();
+    info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
+    let switches: Vec<u64> = PERCPU[..n].iter().map(|c| c.sched.switches.load(Ordering::Relaxed)).collect();
+    info!("threads: context switches per CPU: {switches:?}");
+    info!(
+        "tlb: {} shootdowns, {} IPIs so far",
+        tlb::SHOOTDOWNS.load(Ordering::Relaxed),
+        tlb::SHOOTDOWN_IPIS.load(Ordering::Relaxed)
+    );
 }

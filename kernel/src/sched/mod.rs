@@ -25,7 +25,7 @@ use x86_64::instructions::interrupts;
 
 use crate::arch::apic;
 use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, this_cpu};
-use crate::memory::stack::Stack;
+use crate::memory::stack::{Stack, StackError};
 pub use thread::{JoinHandle, Thread};
 use thread::State;
 pub use wait::{WaitQueue, futex_wait, futex_wake, sleep_ns};
@@ -75,6 +75,15 @@ impl CpuSched {
         self.queued.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The first thread that may move to another CPU.
+    fn steal(&self) -> Option<Arc<Thread>> {
+        let mut q = self.queue.lock();
+        let i = q.iter().position(|t| t.pinned.is_none())?;
+        let t = q.remove(i)?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(t)
+    }
+
     fn pop(&self) -> Option<Arc<Thread>> {
         let t = self.queue.lock().pop_front()?;
         self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -92,7 +101,7 @@ impl Default for CpuSched {
 /// during bring-up, before [`idle_loop`].
 pub fn init_cpu() {
     let cpu = this_cpu();
-    let idle = Thread::new(format!("idle/{}", cpu.id()), None, None, true, true, cpu.id());
+    let idle = Thread::new(format!("idle/{}", cpu.id()), None, None, true, true, cpu.id(), Some(cpu.id()));
     IDLE[cpu.id()].call_once(|| idle.clone());
     interrupts::without_interrupts(|| {
         // SAFETY: interrupts are off and we are on the owning CPU.
@@ -104,10 +113,10 @@ pub fn init_cpu() {
 /// thread of its own to run when `main` blocks.
 pub fn init_bsp() {
     let cpu = this_cpu();
-    let main = Thread::new(String::from("main"), None, None, false, true, cpu.id());
+    let main = Thread::new(String::from("main"), None, None, false, true, cpu.id(), None);
     let stack = Stack::new(THREAD_STACK_SIZE).expect("stack for the BSP's idle thread");
     let top = stack.top().as_u64();
-    let idle = Thread::new(format!("idle/{}", cpu.id()), Some(stack), None, true, false, cpu.id());
+    let idle = Thread::new(format!("idle/{}", cpu.id()), Some(stack), None, true, false, cpu.id(), Some(cpu.id()));
     // SAFETY: `top` is the aligned top of the idle thread's fresh stack.
     let rsp = unsafe { switch::initial_stack(top, idle_start) };
     // SAFETY: nobody runs the idle thread yet.
@@ -135,15 +144,33 @@ pub fn current() -> Arc<Thread> {
 static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
 /// Starts a thread running `f`; its return value is the exit code `join` gives.
-pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, crate::memory::stack::StackError>
+pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
     F: FnOnce() -> i64 + Send + 'static,
 {
-    let stack = Stack::new(THREAD_STACK_SIZE)?;
-    let top = stack.top().as_u64();
     let online = crate::arch::percpu::online_count().max(1);
     let cpu = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % online;
-    let t = Thread::new(name.into(), Some(stack), Some(Box::new(f)), false, false, cpu);
+    start(name.into(), cpu, None, Box::new(f))
+}
+
+/// Starts a thread that runs only on `cpu` (which must be online).
+pub fn spawn_on<F>(cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
+where
+    F: FnOnce() -> i64 + Send + 'static,
+{
+    assert!(PERCPU[cpu].online.load(Ordering::Acquire), "CPU {cpu} is not online");
+    start(name.into(), cpu, Some(cpu), Box::new(f))
+}
+
+fn start(
+    name: String,
+    cpu: usize,
+    pinned: Option<usize>,
+    f: Box<dyn FnOnce() -> i64 + Send>,
+) -> Result<JoinHandle, StackError> {
+    let stack = Stack::new(THREAD_STACK_SIZE)?;
+    let top = stack.top().as_u64();
+    let t = Thread::new(name, Some(stack), Some(f), false, false, cpu, pinned);
     // SAFETY: `top` is the aligned top of the thread's fresh stack.
     let rsp = unsafe { switch::initial_stack(top, thread_start) };
     // SAFETY: nobody runs the thread yet.
@@ -164,7 +191,7 @@ fn enqueue(cpu: usize, t: Arc<Thread>) {
 /// Makes a blocked thread runnable again (no-op if it is not blocked).
 pub fn wake(t: Arc<Thread>) {
     if t.cas_state(State::Blocked, State::Ready) {
-        let cpu = t.last_cpu.load(Ordering::Relaxed);
+        let cpu = t.pinned.unwrap_or_else(|| t.last_cpu.load(Ordering::Relaxed));
         enqueue(cpu, t);
     }
 }
@@ -253,7 +280,7 @@ fn steal(me: &PerCpu) -> Option<Arc<Thread>> {
     if victim.sched.queued.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    victim.sched.pop()
+    victim.sched.steal()
 }
 
 extern "C" fn thread_start() -> ! {

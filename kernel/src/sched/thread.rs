@@ -50,6 +50,8 @@ pub struct Thread {
     pub(super) last_cpu: AtomicUsize,
     /// Idle threads run only on their own CPU and are never queued.
     pub(super) idle: bool,
+    /// The only CPU the thread may run on, if it is pinned.
+    pub(super) pinned: Option<usize>,
     /// Where a woken sleeper sees the deadline it waited for.
     pub(super) wake_at: AtomicU64,
     _stack: Option<Stack>,
@@ -71,6 +73,7 @@ impl Thread {
         idle: bool,
         running: bool,
         cpu: usize,
+        pinned: Option<usize>,
     ) -> Arc<Thread> {
         Arc::new(Thread {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -84,6 +87,7 @@ impl Thread {
             joiners: WaitQueue::new(),
             last_cpu: AtomicUsize::new(cpu),
             idle,
+            pinned,
             wake_at: AtomicU64::new(0),
             _stack: stack,
         })

@@ -1,0 +1,94 @@
+//! `mm`'s view of this machine: [`KernelPlatform`] implements `mm::platform::Platform` on the
+//! real hardware (frames from the boot memory map, the physical-memory mapping, `invlpg` and
+//! shootdown IPIs, the per-CPU preemption count, futex-style wait queues, the TSC clock), and
+//! [`rcu`] is the kernel's one RCU domain, whose quiescent states the scheduler reports.
+
+use alloc::sync::Arc;
+use core::sync::atomic::AtomicU32;
+
+use mm::platform::{CpuMask, PhysAddr, PhysFrame, Platform, VirtAddr};
+use mm::rcu::Rcu;
+
+use crate::arch::{apic, percpu, tlb};
+use crate::memory::{FRAMES, phys_to_virt};
+
+/// The machine, as `mm` sees it. Zero-sized: every method goes to kernel globals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelPlatform;
+
+// SAFETY: 1. all physical memory is mapped at the bootloader's offset for the kernel's lifetime;
+// 2. `FRAMES` hands out each frame once until freed, and never the heap, the kernel image or
+// page tables it does not own; 3. `cpu_id` reads the per-CPU area, which a thread cannot leave
+// while `preempt_disable` holds; 4. `tlb::shootdown` returns after every target acknowledged.
+unsafe impl Platform for KernelPlatform {
+    fn cpu_id(&self) -> usize {
+        percpu::cpu_id()
+    }
+
+    fn num_cpus(&self) -> usize {
+        percpu::online_count()
+    }
+
+    fn phys_to_ptr(&self, frame: PhysAddr) -> *mut u8 {
+        phys_to_virt(frame).as_mut_ptr()
+    }
+
+    fn frame_range(&self) -> (u64, u64) {
+        FRAMES.frame_range()
+    }
+
+    fn alloc_frame(&self) -> Option<PhysFrame> {
+        FRAMES.alloc()
+    }
+
+    fn free_frame(&self, frame: PhysFrame) {
+        // SAFETY: `mm` gives back only frames it got from `alloc_frame` and no longer uses.
+        unsafe { FRAMES.free(frame) }
+    }
+
+    fn flush_tlb_local(&self, start: VirtAddr, pages: usize) {
+        tlb::flush_local(start, pages as u64);
+    }
+
+    fn shootdown(&self, cpus: CpuMask, start: VirtAddr, pages: usize) {
+        tlb::shootdown(cpus.0, start, pages as u64);
+    }
+
+    fn preempt_disable(&self) {
+        percpu::preempt_disable();
+    }
+
+    fn preempt_enable(&self) {
+        percpu::preempt_enable();
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32) {
+        crate::sched::futex_wait(word, expected);
+    }
+
+    fn wake(&self, word: &AtomicU32, count: usize) {
+        crate::sched::futex_wake(word, count);
+    }
+
+    fn now_ns(&self) -> u64 {
+        apic::now_ns()
+    }
+}
+
+static RCU: spin::Once<Arc<Rcu<KernelPlatform>>> = spin::Once::new();
+
+/// Creates the RCU domain (once every CPU is online: it keeps state per CPU) and has the
+/// scheduler report quiescent states to it.
+pub(crate) fn init_rcu() {
+    RCU.call_once(|| Arc::new(Rcu::new(Arc::new(KernelPlatform))));
+    crate::sched::set_quiescent_hook(|| {
+        if let Some(rcu) = RCU.get() {
+            rcu.quiescent_state();
+        }
+    });
+}
+
+/// The kernel's RCU domain.
+pub fn rcu() -> &'static Arc<Rcu<KernelPlatform>> {
+    RCU.get().expect("kernel::init sets up RCU")
+}

@@ -1,0 +1,292 @@
+//! SMP and threads, run on 1, 2 and 8 CPUs: every CPU online, threads spread and counted
+//! exactly, preemption, IPIs, TLB shootdowns that really invalidate, RCU grace periods with every
+//! CPU busy, and locks under contention.
+
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::test_runner)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use kernel::arch::percpu::{PERCPU, cpu_id, online_count, preempt_disable, preempt_enable};
+use kernel::arch::{apic, tlb};
+use kernel::memory::{FRAMES, map_kernel_page, phys_to_virt, unmap_kernel_page};
+use kernel::sched::{self, futex_wait, futex_wake, sleep_ns, spawn, spawn_on};
+use x86_64::VirtAddr;
+use x86_64::structures::paging::{Page, PageTableFlags};
+
+kernel::test_kernel!();
+
+/// Spins until `cond` holds, failing the test after `secs` seconds.
+fn wait_for(what: &str, secs: u64, cond: impl Fn() -> bool) {
+    let deadline = apic::now_ns() + secs * 1_000_000_000;
+    while !cond() {
+        assert!(apic::now_ns() < deadline, "timed out waiting for {what}");
+        core::hint::spin_loop();
+    }
+}
+
+#[test_case]
+fn every_cpu_in_the_madt_is_online() {
+    let boot = kernel::boot();
+    let listed = boot.cpus.as_ref().expect("MADT").apic_ids.len();
+    // The runner checks this line against the -smp it passed.
+    kernel::serial_println!("smp: {} CPUs online", online_count());
+    assert_eq!(online_count(), listed, "failed to start: {:?}", boot.smp.failed);
+    for cpu in PERCPU.iter().take(listed) {
+        assert!(cpu.online.load(Ordering::Acquire));
+    }
+}
+
+#[test_case]
+fn sixty_four_threads_count_exactly() {
+    const THREADS: usize = 64;
+    const ADDS: u64 = 5_000;
+    let shared = Arc::new(AtomicU64::new(0));
+    let cpus_used = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let shared = shared.clone();
+            let cpus_used = cpus_used.clone();
+            spawn(alloc::format!("adder/{i}"), move || {
+                let mut mine = 0i64;
+                for _ in 0..ADDS {
+                    mine += 1;
+                    shared.fetch_add(1, Ordering::Relaxed);
+                    cpus_used.fetch_or(1 << cpu_id(), Ordering::Relaxed);
+                }
+                mine
+            })
+            .expect("spawn")
+        })
+        .collect();
+    let per_thread: Vec<i64> = handles.into_iter().map(|h| h.join()).collect();
+    assert!(per_thread.iter().all(|&n| n == ADDS as i64));
+    assert_eq!(shared.load(Ordering::Relaxed), THREADS as u64 * ADDS);
+    let used = cpus_used.load(Ordering::Relaxed).count_ones() as usize;
+    assert!(used == online_count().min(THREADS), "threads ran on {used} of {} CPUs", online_count());
+}
+
+#[test_case]
+fn a_spinning_thread_does_not_starve_others() {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    // Twice as many never-yielding threads as CPUs: all of them, and this thread, only get to
+    // run if the timer preempts.
+    let hogs = 2 * online_count();
+    let handles: Vec<_> = (0..hogs)
+        .map(|_| {
+            spawn("hog", || {
+                STARTED.fetch_add(1, Ordering::SeqCst);
+                while !STOP.load(Ordering::Relaxed) {
+                    core::hint::spin_loop();
+                }
+                0
+            })
+            .expect("spawn")
+        })
+        .collect();
+    wait_for("every hog to start", 20, || STARTED.load(Ordering::SeqCst) == hogs as u64);
+    STOP.store(true, Ordering::SeqCst);
+    handles.into_iter().for_each(|h| assert_eq!(h.join(), 0));
+}
+
+#[test_case]
+fn ipis_reach_every_cpu() {
+    use apic::vector::CALL;
+    preempt_disable();
+    let me = cpu_id();
+    let others: Vec<usize> = (0..online_count()).filter(|&c| c != me).collect();
+    let calls = |c: usize| PERCPU[c].ipi_calls.load(Ordering::SeqCst);
+    // One at a time.
+    for &c in &others {
+        let before = calls(c);
+        apic::send_ipi(PERCPU[c].apic_id.load(Ordering::Relaxed), CALL);
+        wait_for("an IPI to one CPU", 5, || calls(c) > before);
+    }
+    // To a set: every other CPU of the others.
+    let set: Vec<usize> = others.iter().copied().step_by(2).collect();
+    let before: Vec<u64> = set.iter().map(|&c| calls(c)).collect();
+    for &c in &set {
+        apic::send_ipi(PERCPU[c].apic_id.load(Ordering::Relaxed), CALL);
+    }
+    for (i, &c) in set.iter().enumerate() {
+        wait_for("an IPI to a set", 5, || calls(c) > before[i]);
+    }
+    // To all others at once.
+    let before: Vec<u64> = others.iter().map(|&c| calls(c)).collect();
+    let mine = calls(me);
+    apic::send_ipi_all_but_self(CALL);
+    for (i, &c) in others.iter().enumerate() {
+        wait_for("a broadcast IPI", 5, || calls(c) > before[i]);
+    }
+    assert_eq!(calls(me), mine, "the broadcast excludes the sender");
+    preempt_enable();
+}
+
+#[test_case]
+fn a_shootdown_invalidates_every_cpus_translation() {
+    const VA: u64 = 0xffff_d000_0000_0000;
+    let page = Page::containing_address(VirtAddr::new(VA));
+    let frames = [FRAMES.alloc().expect("frame"), FRAMES.alloc().expect("frame")];
+    for (i, f) in frames.iter().enumerate() {
+        // SAFETY: fresh frames, reached through the physical map.
+        unsafe { phys_to_virt(f.start_address()).as_mut_ptr::<u64>().write(i as u64 + 1) };
+    }
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+    // SAFETY: VA is in an otherwise unused slot of the upper half.
+    unsafe { map_kernel_page(page, frames[0], flags) }.expect("map");
+    static READY: AtomicU64 = AtomicU64::new(0);
+    static REMAPPED: AtomicBool = AtomicBool::new(false);
+    READY.store(0, Ordering::SeqCst);
+    REMAPPED.store(false, Ordering::SeqCst);
+    let n = online_count();
+    let readers: Vec<_> = (0..n)
+        .map(|cpu| {
+            spawn_on(cpu, "tlb-reader", move || {
+                let p = VA as *const u64;
+                // SAFETY: VA is mapped for the whole test.
+                let first = unsafe { p.read_volatile() };
+                READY.fetch_add(1, Ordering::SeqCst);
+                while !REMAPPED.load(Ordering::SeqCst) {
+                    core::hint::spin_loop();
+                }
+                // SAFETY: as above.
+                let second = unsafe { p.read_volatile() };
+                (first * 10 + second) as i64
+            })
+            .expect("spawn")
+        })
+        .collect();
+    wait_for("readers to cache the old translation", 20, || READY.load(Ordering::SeqCst) == n as u64);
+    // SAFETY: the readers only read VA, and it is remapped to a frame of the same kind.
+    let old = unsafe { unmap_kernel_page(page) }.expect("mapped");
+    // SAFETY: as above.
+    unsafe { map_kernel_page(page, frames[1], flags) }.expect("remap");
+    tlb::shootdown(u64::MAX, VirtAddr::new(VA), 1);
+    REMAPPED.store(true, Ordering::SeqCst);
+    for (cpu, r) in readers.into_iter().enumerate() {
+        assert_eq!(r.join(), 12, "CPU {cpu} read through a stale translation");
+    }
+    // SAFETY: nothing uses VA any more.
+    let last = unsafe { unmap_kernel_page(page) }.expect("mapped");
+    tlb::shootdown(u64::MAX, VirtAddr::new(VA), 1);
+    // SAFETY: both frames are unmapped everywhere.
+    unsafe {
+        FRAMES.free(old);
+        FRAMES.free(last);
+    }
+}
+
+#[test_case]
+fn rcu_grace_periods_complete_with_every_cpu_busy() {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static SECTIONS: AtomicU64 = AtomicU64::new(0);
+    STOP.store(false, Ordering::SeqCst);
+    let rcu = kernel::platform::rcu();
+    let busy: Vec<_> = (0..online_count())
+        .map(|cpu| {
+            spawn_on(cpu, "rcu-reader", move || {
+                let rcu = kernel::platform::rcu();
+                while !STOP.load(Ordering::Relaxed) {
+                    let _g = rcu.read_lock();
+                    SECTIONS.fetch_add(1, Ordering::Relaxed);
+                }
+                0
+            })
+            .expect("spawn")
+        })
+        .collect();
+    wait_for("readers to start", 20, || SECTIONS.load(Ordering::Relaxed) > 100);
+    let freed = Arc::new(AtomicBool::new(false));
+    let object = Box::new([0xa5u8; 64]);
+    let flag = freed.clone();
+    rcu.call_rcu(Box::new(move || {
+        assert!(object.iter().all(|&b| b == 0xa5), "object changed before its grace period ended");
+        drop(object);
+        flag.store(true, Ordering::SeqCst);
+    }));
+    for _ in 0..3 {
+        rcu.synchronize();
+    }
+    // Callbacks run at quiescent states: context switches and idle.
+    wait_for("the deferred free", 20, || {
+        sched::yield_now();
+        freed.load(Ordering::SeqCst)
+    });
+    STOP.store(true, Ordering::SeqCst);
+    busy.into_iter().for_each(|h| assert_eq!(h.join(), 0));
+}
+
+#[test_case]
+fn a_spinlock_under_contention_loses_no_update() {
+    struct Pair {
+        a: u64,
+        b: u64,
+    }
+    const THREADS: usize = 16;
+    const ROUNDS: u64 = 2_000;
+    let lock = Arc::new(spin::Mutex::new(Pair { a: 0, b: 0 }));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let lock = lock.clone();
+            spawn("locker", move || {
+                for _ in 0..ROUNDS {
+                    let mut p = lock.lock();
+                    assert_eq!(p.a, p.b, "two holders at once");
+                    p.a += 1;
+                    core::hint::spin_loop();
+                    p.b += 1;
+                }
+                0
+            })
+            .expect("spawn")
+        })
+        .collect();
+    handles.into_iter().for_each(|h| assert_eq!(h.join(), 0));
+    let p = lock.lock();
+    assert_eq!((p.a, p.b), (THREADS as u64 * ROUNDS, THREADS as u64 * ROUNDS));
+}
+
+#[test_case]
+fn blocked_threads_are_woken_without_losing_a_wakeup() {
+    // Two threads hand a token back and forth through futex words: every handoff blocks one of
+    // them, so a lost wake-up hangs the test (and the runner's timeout fails it).
+    static TURN: AtomicU32 = AtomicU32::new(0);
+    const ROUNDS: u32 = 2_000;
+    TURN.store(0, Ordering::SeqCst);
+    let player = |me: u32| {
+        move || {
+            for _ in 0..ROUNDS {
+                loop {
+                    let t = TURN.load(Ordering::SeqCst);
+                    if t % 2 == me {
+                        break;
+                    }
+                    futex_wait(&TURN, t);
+                }
+                TURN.fetch_add(1, Ordering::SeqCst);
+                futex_wake(&TURN, 1);
+            }
+            0
+        }
+    };
+    let a = spawn("ping", player(0)).expect("spawn");
+    let b = spawn("pong", player(1)).expect("spawn");
+    assert_eq!(a.join() + b.join(), 0);
+    assert_eq!(TURN.load(Ordering::SeqCst), 2 * ROUNDS);
+}
+
+#[test_case]
+fn sleep_lasts_at_least_its_duration() {
+    let t0 = apic::now_ns();
+    sleep_ns(20_000_000);
+    assert!(apic::now_ns() - t0 >= 20_000_000);
+}
