@@ -69,7 +69,9 @@ pub fn init_bsp() {
         static mut TABLES: Option<CpuTables> = None;
         // SAFETY: `call_once` runs this exactly once, on the bootstrap CPU before any other CPU
         // starts, so nothing else touches TABLES.
-        let tables = unsafe { (*&raw mut TABLES).insert(CpuTables::new(top)) };
+        let slot: *mut Option<CpuTables> = &raw mut TABLES;
+        // SAFETY: (as above) the only access to TABLES, ever.
+        let tables = unsafe { (*slot).insert(CpuTables::new(top)) };
         tables.load();
     });
 }

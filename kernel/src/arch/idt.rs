@@ -98,10 +98,10 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, error: PageFaul
     if hook != 0 {
         // SAFETY: only `set_page_fault_hook` stores non-zero values, and they are `PageFaultHook`s.
         let hook: PageFaultHook = unsafe { core::mem::transmute::<usize, PageFaultHook>(hook) };
-        if let Ok(va) = VirtAddr::try_new(addr) {
-            if hook(va, error, &frame) {
-                return;
-            }
+        if let Ok(va) = VirtAddr::try_new(addr)
+            && hook(va, error, &frame)
+        {
+            return;
         }
     }
     panic!(

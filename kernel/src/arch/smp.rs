@@ -9,8 +9,10 @@
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
 
-use x86_64::registers::control::{Cr3, Cr4};
-use x86_64::registers::model_specific::Efer;
+use core::sync::atomic::AtomicU64;
+
+use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -41,6 +43,9 @@ const START_TIMEOUT_US: u64 = 200_000;
 
 /// Interrupts per second of each CPU's timer (the scheduler's tick).
 pub const TIMER_HZ: u64 = 100;
+
+/// The BSP's CR4, which every AP copies once in long mode.
+static BSP_CR4: AtomicU64 = AtomicU64::new(0);
 
 /// The outcome of [`start_all`].
 #[derive(Debug)]
@@ -113,8 +118,13 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
     };
     let (root, _) = Cr3::read();
     set_word(&raw const ap_trampoline_cr3, root.start_address().as_u64());
-    set_word(&raw const ap_trampoline_cr4, Cr4::read_raw());
-    set_word(&raw const ap_trampoline_efer, Efer::read_raw());
+    // Only what entering long mode needs: bits such as PCIDE are illegal before it, so the
+    // rest of CR4 is set by `ap_entry`, in 64-bit code.
+    let cr4 = Cr4::read() & (Cr4Flags::PHYSICAL_ADDRESS_EXTENSION | Cr4Flags::PAGE_GLOBAL);
+    set_word(&raw const ap_trampoline_cr4, cr4.bits());
+    let efer = Efer::read() & (EferFlags::LONG_MODE_ENABLE | EferFlags::NO_EXECUTE_ENABLE | EferFlags::SYSTEM_CALL_EXTENSIONS);
+    set_word(&raw const ap_trampoline_efer, efer.bits());
+    BSP_CR4.store(Cr4::read_raw(), Ordering::Relaxed);
     set_word(&raw const ap_trampoline_stack, stack.top().as_u64());
     set_word(&raw const ap_trampoline_entry, ap_entry as *const () as u64);
     set_word(&raw const ap_trampoline_arg, cpu as u64);
@@ -133,6 +143,9 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
 
 /// Where an AP lands in Rust, on its own stack, with the kernel's page table.
 extern "C" fn ap_entry(cpu: usize) -> ! {
+    // SAFETY: the BSP runs with these CR4 bits, so this CPU (of the same kind) supports them;
+    // the trampoline already set the paging bits among them.
+    unsafe { Cr4::write_raw(BSP_CR4.load(Ordering::Relaxed)) };
     percpu::init_cpu(cpu, apic::id());
     let df_stack = Box::leak(Box::new([0u8; DOUBLE_FAULT_STACK_SIZE]));
     let top = VirtAddr::from_ptr(df_stack.as_ptr()) + DOUBLE_FAULT_STACK_SIZE as u64;

@@ -46,7 +46,10 @@ pub struct CpuSched {
 
 /// # Invariants
 /// Only the owning CPU touches these, with interrupts off.
-struct Slots(UnsafeCell<(Option<Arc<Thread>>, Option<Arc<Thread>>)>);
+struct Slots(UnsafeCell<SlotPair>);
+
+/// (the running thread, the thread this CPU just switched away from)
+type SlotPair = (Option<Arc<Thread>>, Option<Arc<Thread>>);
 
 // SAFETY: see the invariant: there is no concurrent access.
 unsafe impl Sync for Slots {}
@@ -65,7 +68,7 @@ impl CpuSched {
     /// # Safety
     /// Interrupts off, on the owning CPU, and no other reference from `slots` alive.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slots(&self) -> &mut (Option<Arc<Thread>>, Option<Arc<Thread>>) {
+    unsafe fn slots(&self) -> &mut SlotPair {
         // SAFETY: forwarded from the caller.
         unsafe { &mut *self.slots.0.get() }
     }

@@ -35,7 +35,7 @@ pub unsafe extern "C" fn switch_stacks(save: *mut u64, next: u64) {
 /// `top` must be the 16-byte-aligned top of a mapped stack of at least 64 bytes that nothing
 /// uses.
 pub unsafe fn initial_stack(top: u64, entry: extern "C" fn() -> !) -> u64 {
-    debug_assert!(top % 16 == 0);
+    debug_assert!(top.is_multiple_of(16));
     let frame: [u64; 8] = [0, 0, 0, 0, 0, 0, entry as *const () as u64, 0];
     let rsp = top - 8 * frame.len() as u64;
     // SAFETY: the caller guarantees the 64 bytes below `top` are ours.
