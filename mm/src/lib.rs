@@ -14,3 +14,9 @@ extern crate std;
 
 pub mod platform;
 mod primitive;
+pub mod stats;
+pub mod sync;
+pub mod vma;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
