@@ -12,8 +12,13 @@ extern crate alloc;
 #[cfg(any(test, loom, feature = "std"))]
 extern crate std;
 
+#[cfg(not(loom))]
+pub mod maple;
+pub mod frame;
 pub mod platform;
 mod primitive;
+pub mod rcu;
+mod spin;
 pub mod stats;
 pub mod sync;
 pub mod vma;

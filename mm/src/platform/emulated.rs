@@ -218,6 +218,11 @@ unsafe impl Platform for Emulated {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
+
+    fn relax(&self) {
+        // Host threads stand in for CPUs and share few real cores: let the awaited one run.
+        thread::yield_now();
+    }
 }
 
 #[cfg(test)]

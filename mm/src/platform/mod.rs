@@ -106,4 +106,11 @@ pub unsafe trait Platform: Send + Sync + 'static {
 
     /// Monotonic time in nanoseconds.
     fn now_ns(&self) -> u64;
+
+    /// Called in each round of a busy-wait (e.g. waiting for an RCU grace period). A CPU spins;
+    /// a platform whose "CPUs" are preemptible host threads yields, so that the thread being
+    /// waited for gets to run.
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
 }

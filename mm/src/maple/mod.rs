@@ -1,0 +1,309 @@
+//! The maple tree: an RCU-safe B-tree of non-overlapping ranges `[start, end)` of `u64`, each
+//! mapped to a one-word value (an `Arc<Vma>` for the VMA tree), in the spirit of Linux's
+//! `lib/maple_tree.c`.
+//!
+//! # Shape
+//! 256-byte nodes ([`node`]): leaves hold up to 16 ranges (15 pivots), internal nodes up to 10
+//! children with, for each, the largest free range below it. Ranges partition the whole key
+//! space: unmapped stretches are stored as empty slots, never two in a row, so the free range
+//! around any address is one slot and the per-child gaps are exact ([`gap`]).
+//!
+//! # Concurrency protocol
+//! * **Readers** ([`walk`]) take no lock: under an [`RcuReadGuard`] they load the root and descend
+//!   with acquire loads, and what they return borrows from the guard.
+//! * **One writer at a time** (the caller holds the `mmap_lock` for write; an internal spinlock
+//!   makes a missing caller lock a wait, not a corruption). A write ([`write`]) never changes a
+//!   node a reader can reach, except by one atomic store of a pointer: it copies the affected
+//!   leaves and their ancestors up to the lowest one whose range does not change, and publishes
+//!   the new subtree with a single release store into that node's parent slot (or the root).
+//!   A reader thus sees, for any one lookup, the tree before or after each write, never a mix.
+//! * Replaced nodes are marked dead and freed, and removed values dropped, after a grace period
+//!   (`call_rcu`): a reader still inside an old node keeps a consistent old version. Because a
+//!   reader may still hold a `&V` to a removed value, `erase`/`replace` hand back a clone and the
+//!   tree's own copy is dropped after the grace period.
+//! * Gap values are updated in place; only writers read them (`find_gap` takes the writer lock).
+//!
+//! See `API.md` beside this file for the contract in short.
+
+mod gap;
+mod node;
+mod validate;
+mod walk;
+mod write;
+#[cfg(test)]
+mod tests;
+
+use alloc::sync::Arc;
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use core::num::NonZeroUsize;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::platform::Platform;
+use crate::rcu::{Rcu, RcuReadGuard};
+use crate::spin::SpinLock;
+pub use gap::GapDir;
+pub use validate::ValidateError;
+pub use walk::Iter;
+use write::{Writer, WriteOp};
+
+/// A value the tree can hold in one slot: a non-null pointer-like word.
+///
+/// # Safety
+/// Implementors are exactly one `u64` in size with alignment at most 8, no value of the type is
+/// all-zero bits (0 marks an empty slot), and the type may be moved by copying its bits (so a
+/// slot holding those bits can be borrowed as `&Self`).
+pub unsafe trait MapleValue: Clone + Send + Sync + 'static {}
+
+// SAFETY: an `Arc` is one non-null pointer.
+unsafe impl<T: Send + Sync + 'static> MapleValue for Arc<T> {}
+// SAFETY: a non-zero word.
+unsafe impl MapleValue for NonZeroUsize {}
+// SAFETY: a non-null pointer; shared references are `Copy`.
+unsafe impl<T: Sync + 'static> MapleValue for &'static T {}
+
+/// The value's bits, ownership moving into the word.
+fn into_word<V: MapleValue>(v: V) -> u64 {
+    const { assert!(size_of::<V>() == 8 && align_of::<V>() <= 8) };
+    let v = ManuallyDrop::new(v);
+    // SAFETY: `V` is one word (checked above, promised by `MapleValue`); the bits now own it.
+    unsafe { core::mem::transmute_copy::<V, u64>(&v) }
+}
+
+/// Takes ownership of the value whose bits are `word`.
+///
+/// # Safety
+/// `word` came from [`into_word::<V>`] and this is the one place its ownership goes back to.
+unsafe fn from_word<V: MapleValue>(word: u64) -> V {
+    // SAFETY: same size (checked in `into_word`), bits of a valid `V` by the caller's promise.
+    unsafe { core::mem::transmute_copy::<u64, V>(&word) }
+}
+
+/// A clone of the value stored as `word`, which the tree keeps owning.
+///
+/// # Safety
+/// `word` is the bits of a `V` the tree owns and will not drop during the call.
+unsafe fn clone_word<V: MapleValue>(word: u64) -> V {
+    // SAFETY: by the caller's promise; `ManuallyDrop` keeps the tree's copy alive.
+    let v = ManuallyDrop::new(unsafe { from_word::<V>(word) });
+    V::clone(&v)
+}
+
+/// Why [`MapleTree::insert`] failed; hands the value back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertError<V> {
+    /// Part of the range is already mapped.
+    Overlap(V),
+    /// The range is empty (`start >= end`).
+    InvalidRange(V),
+    /// A node could not be allocated; the tree is unchanged.
+    NoMemory(V),
+}
+
+/// Why [`MapleTree::store`] failed; hands the value back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoreError<V> {
+    /// The range is empty (`start >= end`).
+    InvalidRange(V),
+    /// A node could not be allocated; the tree is unchanged.
+    NoMemory(V),
+}
+
+/// Why [`MapleTree::replace`] failed; hands the value back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplaceError<V> {
+    /// No range contains the address.
+    NotFound(V),
+    /// A node could not be allocated; the tree is unchanged.
+    NoMemory(V),
+}
+
+/// A range tree readable under RCU with no lock. See the module documentation.
+///
+/// # Invariants
+/// `root` is 0 (empty tree) or a [`node::NodeRef`] word of a tree of height `writer.height`
+/// satisfying everything [`MapleTree::validate`] checks; every non-zero leaf slot owns a `V`
+/// (moved in with [`into_word`]); `len` counts them; nodes and values removed from the tree are
+/// handed to `rcu.call_rcu` and never touched by the tree again.
+pub struct MapleTree<V: MapleValue, P: Platform> {
+    root: AtomicU64,
+    writer: SpinLock<Writer>,
+    len: AtomicUsize,
+    /// Nodes allocated and not yet freed (live, or dead and waiting for a grace period).
+    nodes: Arc<AtomicUsize>,
+    rcu: Arc<Rcu<P>>,
+    _values: PhantomData<V>,
+}
+
+impl<V: MapleValue, P: Platform> MapleTree<V, P> {
+    /// An empty tree whose readers use `rcu`.
+    pub fn new(rcu: Arc<Rcu<P>>) -> Self {
+        MapleTree {
+            root: AtomicU64::new(0),
+            writer: SpinLock::new(Writer::new()),
+            len: AtomicUsize::new(0),
+            nodes: Arc::new(AtomicUsize::new(0)),
+            rcu,
+            _values: PhantomData,
+        }
+    }
+
+    /// The RCU domain readers must hold a guard of.
+    pub fn rcu(&self) -> &Arc<Rcu<P>> {
+        &self.rcu
+    }
+
+    /// Number of ranges stored.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no range is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Nodes allocated and not yet freed, including dead ones waiting for a grace period.
+    pub fn allocated_nodes(&self) -> usize {
+        self.nodes.load(Ordering::Relaxed)
+    }
+
+    /// Maps `range` to `v`; fails if any part of it is already mapped.
+    pub fn insert(&self, range: Range<u64>, v: V) -> Result<(), InsertError<V>> {
+        if range.start >= range.end {
+            return Err(InsertError::InvalidRange(v));
+        }
+        let mut w = self.writer.lock();
+        let (s, e) = (range.start, range.end - 1);
+        if let Some((lo, _, _)) = self.find_locked(&w, s) {
+            if lo <= e {
+                return Err(InsertError::Overlap(v));
+            }
+        }
+        let word = into_word(v);
+        match WriteOp::<V, P>::new(self, &mut w).store(s, e, word) {
+            Ok(()) => Ok(()),
+            // SAFETY: a failed write leaves `word`, just made from a `V`, to us.
+            Err(_) => Err(InsertError::NoMemory(unsafe { from_word(word) })),
+        }
+    }
+
+    /// Maps `range` to `v`, trimming or removing whatever was mapped there (entries partly
+    /// covered keep their uncovered parts; one cut on both sides is split, cloning its value).
+    pub fn store(&self, range: Range<u64>, v: V) -> Result<(), StoreError<V>> {
+        if range.start >= range.end {
+            return Err(StoreError::InvalidRange(v));
+        }
+        let mut w = self.writer.lock();
+        let word = into_word(v);
+        match WriteOp::<V, P>::new(self, &mut w).store(range.start, range.end - 1, word) {
+            Ok(()) => Ok(()),
+            // SAFETY: a failed write leaves `word`, just made from a `V`, to us.
+            Err(_) => Err(StoreError::NoMemory(unsafe { from_word(word) })),
+        }
+    }
+
+    /// Removes the range containing `addr` and returns it with its value. The value returned is
+    /// a clone: readers may still hold the tree's copy, which is dropped after a grace period.
+    ///
+    /// `None` when no range contains `addr`, or (tree unchanged) when memory for the new nodes
+    /// ran out.
+    pub fn erase(&self, addr: u64) -> Option<(Range<u64>, V)> {
+        let mut w = self.writer.lock();
+        let (lo, hi, word) = self.find_locked(&w, addr).filter(|&(lo, _, _)| lo <= addr)?;
+        // SAFETY: `word` is a value the tree owns; the op below retires it only on success.
+        let old = unsafe { clone_word::<V>(word) };
+        WriteOp::<V, P>::new(self, &mut w).store(lo, hi, 0).ok()?;
+        Some((lo..hi + 1, old))
+    }
+
+    /// Gives the range containing `addr` a new value, returning (a clone of) the old one.
+    pub fn replace(&self, addr: u64, v: V) -> Result<V, ReplaceError<V>> {
+        let mut w = self.writer.lock();
+        let Some((lo, hi, old)) = self.find_locked(&w, addr).filter(|&(lo, _, _)| lo <= addr) else {
+            return Err(ReplaceError::NotFound(v));
+        };
+        // SAFETY: as in `erase`.
+        let old = unsafe { clone_word::<V>(old) };
+        let word = into_word(v);
+        match WriteOp::<V, P>::new(self, &mut w).store(lo, hi, word) {
+            Ok(()) => Ok(old),
+            // SAFETY: a failed write leaves `word`, just made from a `V`, to us.
+            Err(_) => Err(ReplaceError::NoMemory(unsafe { from_word(word) })),
+        }
+    }
+
+    /// A free, `align`-aligned range of `size` inside `[low, high)`: the lowest (bottom-up) or
+    /// highest (top-down) such start. `align` must be a power of two.
+    pub fn find_gap(&self, size: u64, align: u64, low: u64, high: u64, dir: GapDir) -> Option<u64> {
+        let _w = self.writer.lock();
+        gap::find_gap(self.root.load(Ordering::Relaxed), size, align, low, high, dir)
+    }
+
+    /// Checks every structural invariant of the live tree.
+    pub fn validate(&self) -> Result<(), ValidateError> {
+        let w = self.writer.lock();
+        validate::validate(self.root.load(Ordering::Relaxed), w.height(), self.len()).map(|_| ())
+    }
+
+    /// Nodes reachable from the root (after validating the tree).
+    pub fn reachable_nodes(&self) -> Result<usize, ValidateError> {
+        let w = self.writer.lock();
+        validate::validate(self.root.load(Ordering::Relaxed), w.height(), self.len())
+    }
+
+    /// Makes node allocations fail after the next `n` (tests of the out-of-memory paths).
+    #[cfg(test)]
+    pub(crate) fn fail_node_allocs_after(&self, n: Option<usize>) {
+        self.writer.lock().fail_allocs_after = n;
+    }
+
+    /// The range `(lo, hi)` (inclusive) and value word of the first entry ending at or above
+    /// `addr`, read under the writer lock.
+    fn find_locked(&self, _w: &Writer, addr: u64) -> Option<(u64, u64, u64)> {
+        walk::find_word(self.root.load(Ordering::Relaxed), addr)
+    }
+
+    /// Walks under `g` (see [`walk`]); the guard must belong to this tree's RCU domain.
+    pub fn walk<'g>(&'g self, g: &'g RcuReadGuard<'_, P>, addr: u64) -> Option<(Range<u64>, &'g V)> {
+        self.check_guard(g);
+        walk::walk(&self.root, addr).map(|(lo, hi, slot)| (lo..hi + 1, self.borrow(slot, g)))
+    }
+
+    /// The first range ending above `addr` (the one containing it, or the next one).
+    pub fn find<'g>(&'g self, g: &'g RcuReadGuard<'_, P>, addr: u64) -> Option<(Range<u64>, &'g V)> {
+        self.check_guard(g);
+        walk::find(&self.root, addr).map(|(lo, hi, slot)| (lo..hi + 1, self.borrow(slot, g)))
+    }
+
+    /// The ranges that intersect `range`, in address order. Each step is a fresh lookup, so a
+    /// range inserted or removed meanwhile may or may not show up, but every range present
+    /// throughout the iteration does.
+    pub fn iter<'g>(&'g self, g: &'g RcuReadGuard<'_, P>, range: Range<u64>) -> Iter<'g, V, P> {
+        self.check_guard(g);
+        Iter::new(self, g, range)
+    }
+
+    fn check_guard(&self, g: &RcuReadGuard<'_, P>) {
+        debug_assert!(core::ptr::eq(g.rcu(), &*self.rcu), "RCU guard of another domain");
+    }
+
+    /// Borrows the value in a leaf slot for as long as the guard lives.
+    fn borrow<'g>(&'g self, slot: *const u64, _g: &'g RcuReadGuard<'_, P>) -> &'g V {
+        // SAFETY: `slot` is a non-empty slot of a leaf reached under `_g`: it holds the bits of a
+        // `V` (type invariant) that are never rewritten while the leaf lives (leaf slots are
+        // immutable once published), and neither the leaf nor the value is freed before a grace
+        // period that cannot end while `_g` lives. `MapleValue` allows borrowing the bits.
+        unsafe { &*(slot as *const V) }
+    }
+}
+
+impl<V: MapleValue, P: Platform> Drop for MapleTree<V, P> {
+    fn drop(&mut self) {
+        // `&mut self`: no reader can hold anything of this tree, so everything goes now.
+        let root = *self.root.get_mut();
+        // SAFETY: `&mut self` proves no reader or writer can reach the tree.
+        unsafe { write::destroy::<V>(root, &self.nodes) };
+    }
+}

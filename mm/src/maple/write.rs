@@ -1,0 +1,590 @@
+//! Writes: one general operation, "make `[s, e]` hold this word" (0 erases), that copies what it
+//! changes and publishes it with one pointer store.
+//!
+//! It works bottom-up on a *span*: a run of adjacent nodes of one height that are being replaced,
+//! covering `[lo, hi]`, and the items (entries, or children) that will fill their replacements.
+//! 1. Leaves: the leaves holding `s` and `e` are opened; their entries outside `[s, e]` are kept,
+//!    entries cut by `s` or `e` keep their outside parts, the new entry goes between, and
+//!    adjacent empty slots are merged. A leaf neighbour is absorbed into the span when an empty
+//!    slot would otherwise touch one across the boundary, or when the span holds too few items
+//!    for a node.
+//! 2. The items are packed into as few nodes as fit, evenly. If that is one node replacing one
+//!    node (same range), it is stored into the parent's slot in place and gaps are fixed up the
+//!    path: done. Otherwise the parents of the span's ends are opened: their children left of
+//!    `lo` and right of `hi` are kept, the new nodes go between, and everything else between is
+//!    retired whole. Repeat one level up; at the root, a new root is stored.
+//! Nothing visible changes until that single store; on allocation failure all new nodes are
+//! freed and the tree is as it was.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::node::{INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, MAX_HEIGHT, NodeRef};
+use super::walk::slot_for;
+use super::{MapleTree, MapleValue, clone_word, from_word, into_word};
+use crate::platform::Platform;
+
+/// State owned by the writer lock.
+pub(super) struct Writer {
+    /// Height of the tree: 0 when empty, 1 when the root is a leaf.
+    height: usize,
+    /// Test hook: node allocations left before they start failing.
+    #[cfg(test)]
+    pub(super) fail_allocs_after: Option<usize>,
+}
+
+impl Writer {
+    pub(super) fn new() -> Self {
+        Writer {
+            height: 0,
+            #[cfg(test)]
+            fail_allocs_after: None,
+        }
+    }
+
+    pub(super) fn height(&self) -> usize {
+        self.height
+    }
+}
+
+/// A node could not be allocated.
+#[derive(Debug)]
+pub(super) struct NoMemory;
+
+/// An entry (leaf level: `word` is a value, 0 for empty) or a child (`word` is a node, `gap` its
+/// largest free range), ending at `hi` inclusive.
+#[derive(Clone, Copy, Default)]
+struct Item {
+    hi: u64,
+    word: u64,
+    gap: u64,
+}
+
+/// Enough for two opened leaves, two absorbed neighbours and the new pieces.
+const ITEMS_CAP: usize = 96;
+
+struct Items {
+    buf: [Item; ITEMS_CAP],
+    len: usize,
+}
+
+impl Items {
+    fn new() -> Self {
+        Items { buf: [Item::default(); ITEMS_CAP], len: 0 }
+    }
+
+    fn push(&mut self, it: Item) {
+        // Bounded by construction (see ITEMS_CAP); not reachable from caller input.
+        assert!(self.len < ITEMS_CAP, "maple: item buffer overflow");
+        self.buf[self.len] = it;
+        self.len += 1;
+    }
+
+    fn get(&self) -> &[Item] {
+        &self.buf[..self.len]
+    }
+
+    /// Joins adjacent empty entries into one, so a free range is always a single slot.
+    fn merge_nulls(&mut self) {
+        let mut out = 0;
+        for i in 0..self.len {
+            let it = self.buf[i];
+            if out > 0 && it.word == 0 && self.buf[out - 1].word == 0 {
+                self.buf[out - 1].hi = it.hi;
+            } else {
+                self.buf[out] = it;
+                out += 1;
+            }
+        }
+        self.len = out;
+    }
+}
+
+/// A node of the live tree and the range it covers.
+#[derive(Clone, Copy)]
+struct Located {
+    node: NodeRef,
+    min: u64,
+    max: u64,
+}
+
+/// How the new version becomes visible.
+enum Publish {
+    /// Store this word (0: empty tree) as the root of a tree of this height.
+    Root(u64, usize),
+    /// Store `child` into the slot covering `key` of the node at height `height`.
+    Slot { height: usize, key: u64, child: Item },
+}
+
+/// One write, from planning to publication.
+pub(super) struct WriteOp<'a, V: MapleValue, P: Platform> {
+    tree: &'a MapleTree<V, P>,
+    w: &'a mut Writer,
+    root: u64,
+    /// Allocated here and not yet published: freed if the write fails.
+    fresh: Vec<NodeRef>,
+    /// Nodes the new version no longer reaches: retired once it is published.
+    dead_nodes: Vec<NodeRef>,
+    /// Values the new version no longer holds: dropped a grace period after publication.
+    dead_values: Vec<u64>,
+    /// A value cloned to split an entry in two: dropped if the write fails.
+    clone: Option<u64>,
+    added: usize,
+    _v: PhantomData<V>,
+}
+
+fn push<T>(v: &mut Vec<T>, x: T) -> Result<(), NoMemory> {
+    v.try_reserve(1).map_err(|_| NoMemory)?;
+    v.push(x);
+    Ok(())
+}
+
+fn capacity(h: usize) -> usize {
+    if h == 1 { LEAF_SLOTS } else { INTERNAL_SLOTS }
+}
+
+fn min_fill(h: usize) -> usize {
+    if h == 1 { LEAF_MIN } else { INTERNAL_MIN }
+}
+
+/// Number of keys in `[lo, hi]`, saturating for the whole space.
+pub(super) fn range_size(lo: u64, hi: u64) -> u64 {
+    (hi - lo).saturating_add(1)
+}
+
+/// Calls `f(lo, hi, word, gap)` for each slot of a node covering `[min, max]`.
+fn for_each_slot(n: NodeRef, min: u64, max: u64, mut f: impl FnMut(u64, u64, u64, u64)) {
+    let end = n.end();
+    let mut lo = min;
+    for i in 0..end {
+        let hi = if i == end - 1 { max } else { n.pivot(i) };
+        f(lo, hi, n.slot(i), if n.is_leaf() { 0 } else { n.gap(i) });
+        lo = hi.wrapping_add(1);
+    }
+}
+
+impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
+    pub(super) fn new(tree: &'a MapleTree<V, P>, w: &'a mut Writer) -> Self {
+        let root = tree.root.load(Ordering::Relaxed);
+        WriteOp {
+            tree,
+            w,
+            root,
+            fresh: Vec::new(),
+            dead_nodes: Vec::new(),
+            dead_values: Vec::new(),
+            clone: None,
+            added: 0,
+            _v: PhantomData,
+        }
+    }
+
+    /// Makes `[s, e]` hold `word` (0: nothing). On success the tree owns `word`; on failure the
+    /// tree is unchanged and the caller still owns it.
+    pub(super) fn store(mut self, s: u64, e: u64, word: u64) -> Result<(), NoMemory> {
+        debug_assert!(s <= e && e < u64::MAX);
+        match self.build(s, e, word) {
+            Ok(p) => {
+                self.commit(p);
+                Ok(())
+            }
+            Err(NoMemory) => {
+                self.abort();
+                Err(NoMemory)
+            }
+        }
+    }
+
+    fn build(&mut self, s: u64, e: u64, word: u64) -> Result<Publish, NoMemory> {
+        let mut items = Items::new();
+        let mut opened: Vec<NodeRef> = Vec::new();
+        let mut placed = false;
+        let (mut lo, mut hi);
+        if self.w.height == 0 {
+            (lo, hi) = (0, u64::MAX);
+            self.cut(&mut items, 0, u64::MAX, 0, s, e, word, &mut placed)?;
+        } else {
+            let l = self.locate(1, s);
+            let r = self.locate(1, e);
+            (lo, hi) = (l.min, r.max);
+            let both = [l, r];
+            for leaf in &both[..if l.node == r.node { 1 } else { 2 }] {
+                self.open(&mut opened, leaf.node)?;
+                let (n, end) = (leaf.node, leaf.node.end());
+                let mut elo = leaf.min;
+                for i in 0..end {
+                    let ehi = if i == end - 1 { leaf.max } else { n.pivot(i) };
+                    self.cut(&mut items, elo, ehi, n.slot(i), s, e, word, &mut placed)?;
+                    elo = ehi.wrapping_add(1);
+                }
+            }
+        }
+        if word != 0 {
+            self.added += 1;
+        }
+        let mut h = 1;
+        loop {
+            if h == 1 {
+                items.merge_nulls();
+            }
+            let whole = lo == 0 && hi == u64::MAX;
+            if whole && !opened.is_empty() && h < self.w.height {
+                // The span covers every node of this level: the levels above go entirely.
+                let root = self.root;
+                self.retire_above(root, self.w.height, h)?;
+                opened.clear();
+            }
+            if !whole {
+                let (first, last) = (items.get()[0], items.get()[items.len - 1]);
+                if h == 1 && first.word == 0 && lo > 0 {
+                    let n = self.locate(1, lo - 1);
+                    if n.node.slot(n.node.end() - 1) == 0 {
+                        lo = self.absorb(&mut items, &mut opened, n, true)?;
+                        continue;
+                    }
+                }
+                if h == 1 && last.word == 0 && hi < u64::MAX {
+                    let n = self.locate(1, hi + 1);
+                    if n.node.slot(0) == 0 {
+                        hi = self.absorb(&mut items, &mut opened, n, false)?;
+                        continue;
+                    }
+                }
+                if items.len < min_fill(h) {
+                    if lo > 0 {
+                        let n = self.locate(h, lo - 1);
+                        lo = self.absorb(&mut items, &mut opened, n, true)?;
+                    } else {
+                        let n = self.locate(h, hi + 1);
+                        hi = self.absorb(&mut items, &mut opened, n, false)?;
+                    }
+                    continue;
+                }
+            }
+            if whole && items.len == 1 {
+                let only = items.get()[0];
+                if h == 1 && only.word == 0 {
+                    return Ok(Publish::Root(0, 0));
+                }
+                if h > 1 {
+                    // A root with one child: the child becomes the root.
+                    return Ok(Publish::Root(only.word, h - 1));
+                }
+            }
+            let built = self.pack(&items, h, lo)?;
+            if whole {
+                if built.len == 1 {
+                    return Ok(Publish::Root(built.get()[0].word, h));
+                }
+                // The root split: build a level above it.
+                items = built;
+                opened.clear();
+                h += 1;
+                continue;
+            }
+            if built.len == 1 && opened.len() == 1 {
+                return Ok(Publish::Slot { height: h + 1, key: lo, child: built.get()[0] });
+            }
+            // Replace the parents of the span's ends.
+            let pl = self.locate(h + 1, lo);
+            let pr = self.locate(h + 1, hi);
+            let mut up = Items::new();
+            let both = [pl, pr];
+            let parents = &both[..if pl.node == pr.node { 1 } else { 2 }];
+            let mut kept_after = Items::new();
+            for p in parents {
+                let mut children = Items::new();
+                for_each_slot(p.node, p.min, p.max, |_, chi, w, g| {
+                    children.push(Item { hi: chi, word: w, gap: g })
+                });
+                let mut clo = p.min;
+                for c in children.get() {
+                    if c.hi < lo {
+                        up.push(*c);
+                    } else if clo > hi {
+                        kept_after.push(*c);
+                    } else if !opened.iter().any(|o| o.word() == c.word) {
+                        self.retire_subtree(c.word)?;
+                    }
+                    clo = c.hi.wrapping_add(1);
+                }
+            }
+            for c in built.get() {
+                up.push(*c);
+            }
+            for c in kept_after.get() {
+                up.push(*c);
+            }
+            opened.clear();
+            for p in parents {
+                self.open(&mut opened, p.node)?;
+            }
+            (lo, hi) = (pl.min, pr.max);
+            items = up;
+            h += 1;
+        }
+    }
+
+    /// Adds the pieces of entry `[elo, ehi] -> w` that survive a store of `word` over `[s, e]`
+    /// (and the new entry itself, once, where it belongs).
+    #[allow(clippy::too_many_arguments)]
+    fn cut(
+        &mut self,
+        items: &mut Items,
+        elo: u64,
+        ehi: u64,
+        w: u64,
+        s: u64,
+        e: u64,
+        word: u64,
+        placed: &mut bool,
+    ) -> Result<(), NoMemory> {
+        if ehi < s || elo > e {
+            items.push(Item { hi: ehi, word: w, gap: 0 });
+            return Ok(());
+        }
+        let (left, right) = (elo < s, ehi > e);
+        if left {
+            items.push(Item { hi: s - 1, word: w, gap: 0 });
+        }
+        if !*placed {
+            items.push(Item { hi: e, word, gap: 0 });
+            *placed = true;
+        }
+        if right {
+            let mut rw = w;
+            if left && w != 0 {
+                // One entry cut on both sides becomes two: the right part gets its own clone.
+                // SAFETY: `w` is a value the tree owns and keeps (as the left part).
+                rw = into_word(unsafe { clone_word::<V>(w) });
+                self.clone = Some(rw);
+                self.added += 1;
+            }
+            items.push(Item { hi: ehi, word: rw, gap: 0 });
+        }
+        if !left && !right && w != 0 {
+            // Covered whole: dropped a grace period after the new version is published.
+            push(&mut self.dead_values, w)?;
+        }
+        Ok(())
+    }
+
+    /// Adds node `n` (adjacent to the span) to the span, on its left or right; returns the new
+    /// span end on that side.
+    fn absorb(&mut self, items: &mut Items, opened: &mut Vec<NodeRef>, n: Located, left: bool) -> Result<u64, NoMemory> {
+        self.open(opened, n.node)?;
+        let mut theirs = Items::new();
+        for_each_slot(n.node, n.min, n.max, |_, hi, w, g| theirs.push(Item { hi, word: w, gap: g }));
+        if left {
+            for it in items.get() {
+                theirs.push(*it);
+            }
+            *items = theirs;
+            Ok(n.min)
+        } else {
+            for it in theirs.get() {
+                items.push(*it);
+            }
+            Ok(n.max)
+        }
+    }
+
+    /// Packs `items` into the fewest nodes of height `h`, evenly; the first starts at `lo`.
+    fn pack(&mut self, items: &Items, h: usize, lo: u64) -> Result<Items, NoMemory> {
+        let len = items.len;
+        let k = len.div_ceil(capacity(h));
+        let (base, extra) = (len / k, len % k);
+        let mut out = Items::new();
+        let mut idx = 0;
+        let mut min = lo;
+        for j in 0..k {
+            let n = base + usize::from(j < extra);
+            let node = self.alloc(h == 1, n)?;
+            let mut gap = 0;
+            let mut elo = min;
+            for (t, it) in items.get()[idx..idx + n].iter().enumerate() {
+                node.init_slot(t, it.hi, it.word, it.gap);
+                gap = gap.max(if h > 1 {
+                    it.gap
+                } else if it.word == 0 {
+                    range_size(elo, it.hi)
+                } else {
+                    0
+                });
+                elo = it.hi.wrapping_add(1);
+            }
+            let max = items.get()[idx + n - 1].hi;
+            out.push(Item { hi: max, word: node.word(), gap });
+            idx += n;
+            min = max.wrapping_add(1);
+        }
+        Ok(out)
+    }
+
+    /// The node at height `h` covering `key` in the tree being replaced.
+    fn locate(&self, h: usize, key: u64) -> Located {
+        let mut node = NodeRef::from_word(self.root).expect("locate in a non-empty tree");
+        let (mut min, mut max) = (0, u64::MAX);
+        for _ in h..self.w.height {
+            let (i, lo, hi) = slot_for(node, min, max, key);
+            node = NodeRef::from_word(node.slot(i)).expect("internal slots hold children");
+            (min, max) = (lo, hi);
+        }
+        Located { node, min, max }
+    }
+
+    fn open(&mut self, opened: &mut Vec<NodeRef>, n: NodeRef) -> Result<(), NoMemory> {
+        push(opened, n)?;
+        push(&mut self.dead_nodes, n)
+    }
+
+    /// Retires the nodes of the subtree at `word` (of height `k`) that are above height `h`.
+    fn retire_above(&mut self, word: u64, k: usize, h: usize) -> Result<(), NoMemory> {
+        let n = NodeRef::from_word(word).expect("internal slots hold children");
+        push(&mut self.dead_nodes, n)?;
+        if k - 1 > h {
+            for i in 0..n.end() {
+                self.retire_above(n.slot(i), k - 1, h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn retire_subtree(&mut self, word: u64) -> Result<(), NoMemory> {
+        let n = NodeRef::from_word(word).expect("internal slots hold children");
+        push(&mut self.dead_nodes, n)?;
+        for i in 0..n.end() {
+            let w = n.slot(i);
+            if n.is_leaf() {
+                if w != 0 {
+                    push(&mut self.dead_values, w)?;
+                }
+            } else {
+                self.retire_subtree(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, leaf: bool, end: usize) -> Result<NodeRef, NoMemory> {
+        #[cfg(test)]
+        if let Some(left) = self.w.fail_allocs_after.as_mut() {
+            if *left == 0 {
+                return Err(NoMemory);
+            }
+            *left -= 1;
+        }
+        self.fresh.try_reserve(1).map_err(|_| NoMemory)?;
+        let n = NodeRef::alloc(leaf, end).ok_or(NoMemory)?;
+        self.fresh.push(n);
+        self.tree.nodes.fetch_add(1, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn commit(mut self, p: Publish) {
+        match p {
+            Publish::Root(word, height) => {
+                self.tree.root.store(word, Ordering::Release);
+                self.w.height = height;
+            }
+            Publish::Slot { height, key, child } => self.publish_slot(height, key, child),
+        }
+        self.fresh.clear();
+        for n in &self.dead_nodes {
+            n.mark_dead();
+        }
+        let removed = self.dead_values.len();
+        self.clone = None;
+        let len = &self.tree.len;
+        len.store(len.load(Ordering::Relaxed) + self.added - removed, Ordering::Relaxed);
+        if self.dead_nodes.is_empty() && self.dead_values.is_empty() {
+            return;
+        }
+        let (nodes, values) = (core::mem::take(&mut self.dead_nodes), core::mem::take(&mut self.dead_values));
+        let count = self.tree.nodes.clone();
+        self.tree.rcu.call_rcu(Box::new(move || free_retired::<V>(nodes, values, &count)));
+    }
+
+    /// Stores `child` into the slot covering `key` of the live node at height `height`, then
+    /// brings the gaps on the path up to date.
+    fn publish_slot(&mut self, height: usize, key: u64, child: Item) {
+        let mut path = [(NodeRef::from_word(self.root), 0usize); MAX_HEIGHT];
+        let mut node = NodeRef::from_word(self.root).expect("slot publish in a non-empty tree");
+        let (mut min, mut max) = (0, u64::MAX);
+        let mut depth = 0;
+        loop {
+            let (i, lo, hi) = slot_for(node, min, max, key);
+            path[depth] = (Some(node), i);
+            depth += 1;
+            if self.w.height + 1 - depth == height {
+                break;
+            }
+            node = NodeRef::from_word(node.slot(i)).expect("internal slots hold children");
+            (min, max) = (lo, hi);
+        }
+        let (parent, slot) = path[depth - 1];
+        let parent = parent.expect("path entries are set");
+        parent.publish_slot(slot, NodeRef::from_word(child.word).expect("a new node"));
+        let mut gap = child.gap;
+        for &(n, slot) in path[..depth].iter().rev() {
+            let n = n.expect("path entries are set");
+            if n.gap(slot) == gap {
+                break;
+            }
+            n.set_gap(slot, gap);
+            gap = (0..n.end()).map(|i| n.gap(i)).max().unwrap_or(0);
+        }
+    }
+
+    fn abort(&mut self) {
+        for n in self.fresh.drain(..) {
+            // SAFETY: allocated by this write and never published.
+            unsafe { n.free() };
+            self.tree.nodes.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(c) = self.clone.take() {
+            // SAFETY: the clone was made by this write and never published.
+            drop(unsafe { from_word::<V>(c) });
+        }
+    }
+}
+
+/// The callback run a grace period after a write: no reader can hold these nodes or values.
+fn free_retired<V: MapleValue>(nodes: Vec<NodeRef>, values: Vec<u64>, count: &AtomicUsize) {
+    for w in values {
+        // SAFETY: the tree owned this value and gave it up when the write was published; the
+        // grace period has passed, so no reader still borrows it.
+        drop(unsafe { from_word::<V>(w) });
+    }
+    count.fetch_sub(nodes.len(), Ordering::Relaxed);
+    for n in nodes {
+        // SAFETY: unlinked when the write was published, and a grace period has passed.
+        unsafe { n.free() };
+    }
+}
+
+/// Frees a whole tree and drops its values at once.
+///
+/// # Safety
+/// Nothing else can reach the tree at `root` any more (no reader, no writer).
+pub(super) unsafe fn destroy<V: MapleValue>(root: u64, count: &Arc<AtomicUsize>) {
+    let Some(n) = NodeRef::from_word(root) else { return };
+    for i in 0..n.end() {
+        let w = n.slot(i);
+        if n.is_leaf() {
+            if w != 0 {
+                // SAFETY: the tree owns its values and no one else can see them (caller).
+                drop(unsafe { from_word::<V>(w) });
+            }
+        } else {
+            // SAFETY: a child of an unreachable tree is unreachable.
+            unsafe { destroy::<V>(w, count) };
+        }
+    }
+    count.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: unreachable (caller), and freed once: each node has one parent.
+    unsafe { n.free() };
+}

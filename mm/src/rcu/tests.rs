@@ -1,0 +1,236 @@
+//! Host tests: std threads bound to emulated CPUs.
+
+extern crate std;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::Rcu;
+use crate::platform::emulated::Emulated;
+
+const LIVE: u64 = 0x11fe_11fe_11fe_11fe;
+const POISON: u64 = 0xdead_dead_dead_dead;
+
+struct Obj {
+    magic: AtomicU64,
+    serial: u64,
+}
+
+/// Freed objects are poisoned and parked here instead of being freed, so a late reader reads
+/// poison (and fails its check) rather than reused memory.
+#[derive(Default)]
+#[allow(clippy::vec_box)] // the objects must stay where readers saw them
+struct Quarantine(Mutex<Vec<Box<Obj>>>);
+
+struct ObjPtr(*mut Obj);
+// SAFETY: the pointer is only turned back into a box by the one callback that owns it.
+unsafe impl Send for ObjPtr {}
+
+impl Quarantine {
+    fn retire(&self, p: ObjPtr) {
+        // SAFETY: `p` came from `Box::into_raw` and was unpublished before the grace period that
+        // led here; nothing else frees it.
+        let b = unsafe { Box::from_raw(p.0) };
+        b.magic.store(POISON, Ordering::Relaxed);
+        self.0.lock().unwrap().push(b);
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn domain(cpus: usize) -> (Arc<Emulated>, Arc<Rcu<Emulated>>) {
+    let p = Arc::new(Emulated::new(1, cpus));
+    p.bind_cpu(0);
+    let rcu = Arc::new(Rcu::new(p.clone()));
+    (p, rcu)
+}
+
+#[test]
+fn read_sections_nest_and_do_not_block_an_idle_grace_period() {
+    let (_p, rcu) = domain(4);
+    {
+        let g1 = rcu.read_lock();
+        let g2 = rcu.read_lock();
+        assert_eq!(g1.cpu(), 0);
+        drop(g1);
+        // Still nested: the word must not read as quiescent.
+        assert!(!rcu.cpu_passed(0, rcu.gp_seq.load(Ordering::Relaxed) + 1));
+        drop(g2);
+    }
+    // CPUs 1..3 never ran a reader: they must not stall the grace period.
+    rcu.synchronize();
+    rcu.synchronize();
+}
+
+#[test]
+fn a_running_reader_holds_up_synchronize_until_it_leaves() {
+    let (p, rcu) = domain(2);
+    let entered = AtomicBool::new(false);
+    let release = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        p.spawn_cpu(s, 1, || {
+            let g = rcu.read_lock();
+            entered.store(true, Ordering::Release);
+            while !release.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            // The writer must still be waiting for us.
+            assert!(!done.load(Ordering::Acquire), "grace period ended under a reader");
+            drop(g);
+        });
+        while !entered.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        s.spawn(|| {
+            p.bind_cpu(0);
+            rcu.synchronize();
+            done.store(true, Ordering::Release);
+        });
+        thread::sleep(Duration::from_millis(30));
+        assert!(!done.load(Ordering::Acquire));
+        release.store(true, Ordering::Release);
+    });
+    assert!(done.load(Ordering::Acquire));
+}
+
+#[test]
+fn call_rcu_waits_for_readers_and_runs_at_a_quiescent_state() {
+    let (p, rcu) = domain(2);
+    let ran = Arc::new(AtomicBool::new(false));
+    let entered = AtomicBool::new(false);
+    let release = AtomicBool::new(false);
+    thread::scope(|s| {
+        p.spawn_cpu(s, 1, || {
+            let _g = rcu.read_lock();
+            entered.store(true, Ordering::Release);
+            while !release.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+        });
+        while !entered.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        let r = ran.clone();
+        rcu.call_rcu(Box::new(move || r.store(true, Ordering::Release)));
+        for _ in 0..100 {
+            rcu.quiescent_state();
+        }
+        assert!(!ran.load(Ordering::Acquire), "callback ran under a reader");
+        assert_eq!(rcu.pending_callbacks(), 1);
+        release.store(true, Ordering::Release);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ran.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "callback never ran");
+        rcu.quiescent_state();
+        thread::yield_now();
+    }
+    assert_eq!(rcu.pending_callbacks(), 0);
+}
+
+/// Readers keep a reference across the writer's replace and deferred free, and check that what
+/// they hold is never poisoned; both `call_rcu` and `synchronize` paths are exercised.
+#[test]
+fn readers_never_see_freed_objects() {
+    const READERS: usize = 3;
+    const REPLACES: u64 = 4_000;
+    let (p, rcu) = domain(READERS + 1);
+    let quarantine = Arc::new(Quarantine::default());
+    let first = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial: 0 }));
+    let slot = AtomicPtr::new(first);
+    let stop = AtomicBool::new(false);
+    let reads = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for cpu in 1..=READERS {
+            let (rcu, slot, stop, reads) = (&rcu, &slot, &stop, &reads);
+            p.spawn_cpu(s, cpu, move || {
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let g = rcu.read_lock();
+                    // SAFETY: under the guard, the published object is not freed.
+                    let obj = unsafe { &*slot.load(Ordering::Acquire) };
+                    assert_eq!(obj.magic.load(Ordering::Relaxed), LIVE);
+                    assert!(obj.serial >= last, "went back in time");
+                    last = obj.serial;
+                    // Hold it across (very likely) a replace.
+                    for _ in 0..50 {
+                        core::hint::spin_loop();
+                    }
+                    thread::yield_now();
+                    assert_eq!(obj.magic.load(Ordering::Relaxed), LIVE, "reader saw freed memory");
+                    drop(g);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    rcu.quiescent_state();
+                }
+            });
+        }
+        for serial in 1..=REPLACES {
+            let new = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial }));
+            let old = ObjPtr(slot.swap(new, Ordering::AcqRel));
+            if serial % 8 == 0 {
+                rcu.synchronize();
+                quarantine.retire(old);
+            } else {
+                let q = quarantine.clone();
+                rcu.call_rcu(Box::new(move || q.retire(old)));
+            }
+            rcu.quiescent_state();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    rcu.barrier();
+    assert_eq!(quarantine.len() as u64, REPLACES);
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    // SAFETY: the last object is still published and all readers are gone.
+    drop(unsafe { Box::from_raw(slot.load(Ordering::Relaxed)) });
+}
+
+#[test]
+fn grace_periods_complete_under_read_load() {
+    const READERS: usize = 3;
+    let (p, rcu) = domain(READERS + 1);
+    let stop = AtomicBool::new(false);
+    let mut gps = 0;
+    thread::scope(|s| {
+        for cpu in 1..=READERS {
+            let (rcu, stop) = (&rcu, &stop);
+            p.spawn_cpu(s, cpu, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let g = rcu.read_lock();
+                    let inner = rcu.read_lock();
+                    drop(inner);
+                    drop(g);
+                }
+            });
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(300) {
+            rcu.synchronize();
+            gps += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(gps > 10, "only {gps} grace periods in 300 ms");
+}
+
+#[test]
+fn dropping_the_domain_runs_pending_callbacks() {
+    let (_p, rcu) = domain(1);
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..5 {
+        let r = ran.clone();
+        rcu.call_rcu(Box::new(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    drop(rcu);
+    assert_eq!(ran.load(Ordering::Relaxed), 5);
+}
