@@ -15,7 +15,11 @@ extern crate std;
 #[cfg(not(loom))]
 pub mod maple;
 pub mod frame;
+#[cfg(not(loom))]
+pub mod memory;
 pub mod platform;
+#[cfg(not(loom))]
+pub mod pgtable;
 mod primitive;
 pub mod rcu;
 mod spin;

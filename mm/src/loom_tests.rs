@@ -173,3 +173,35 @@ fn loom_rwsem_reader_vs_writer() {
         assert!(!m.sem.is_locked());
     });
 }
+
+/// The upper-level install protocol, from the same source as the page-table code.
+#[path = "pgtable/install.rs"]
+mod install;
+
+/// Two CPUs race to fill one empty entry, each with its own new table: exactly one table is
+/// installed, both end up using it, and the loser's is the one given back.
+#[test]
+fn loom_pgtable_install_race() {
+    use install::{Installed, install_or_discard};
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    model(|| {
+        let slot = Arc::new(AtomicU64::new(0));
+        let freed = Arc::new(AtomicU64::new(0));
+        let racer = |table: u64| {
+            let (slot, freed) = (slot.clone(), freed.clone());
+            thread::spawn(move || match install_or_discard(&*slot, table) {
+                Installed::Ours(e) => e,
+                Installed::Theirs(e) => {
+                    freed.fetch_add(table, Ordering::Relaxed);
+                    e
+                }
+            })
+        };
+        let (a, b) = (racer(0x1000 | 1), racer(0x2000 | 1));
+        let (ea, eb) = (a.join().unwrap(), b.join().unwrap());
+        assert_eq!(ea, eb, "the CPUs use different tables");
+        let installed = slot.load(Ordering::Relaxed);
+        assert_eq!(installed, ea);
+        assert_eq!(installed + freed.load(Ordering::Relaxed), 0x3002, "a table leaked");
+    });
+}
