@@ -14,9 +14,17 @@ extern crate std;
 
 #[cfg(not(loom))]
 pub mod maple;
+#[cfg(not(loom))]
+pub mod fault;
 pub mod frame;
 #[cfg(not(loom))]
 pub mod memory;
+#[cfg(not(loom))]
+pub mod mm;
+#[cfg(all(not(loom), any(test, feature = "emulated")))]
+pub mod mmu;
+#[cfg(not(loom))]
+pub mod ops;
 pub mod platform;
 #[cfg(not(loom))]
 pub mod pgtable;

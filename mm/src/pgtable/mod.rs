@@ -29,7 +29,7 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use install::{EntrySlot, Installed, install_or_discard};
-pub use zap::{ProtectFlush, ZapFlush};
+pub use zap::{ProtectFlush, ZapFlush, pte_flags_for};
 
 use crate::frame::{FrameAllocError, FrameKind, mem};
 use crate::memory::Memory;

@@ -19,7 +19,7 @@ fn map(pt: &PageTables<Emulated>, addr: u64, writable: bool) -> PhysFrame {
     frames.meta(f).map();
     let pte = pt.pte_offset_map_lock(addr).unwrap();
     assert_eq!(pte.get(addr), 0);
-    pte.set(addr, make_pte(f, zap::pte_flags_for(Prot::READ | Prot::WRITE, writable)));
+    pte.set(addr, make_pte(f, pte_flags_for(Prot::READ | Prot::WRITE, writable)));
     f
 }
 
