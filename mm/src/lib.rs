@@ -37,3 +37,5 @@ pub mod vma;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod testutil;
