@@ -39,3 +39,5 @@ pub mod vma;
 mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod testutil;
+#[cfg(all(test, not(loom)))]
+mod tests;
