@@ -36,7 +36,11 @@ fn vma_model() -> Arc<VmaModel> {
         vma.mark_attached(&g);
         vma
     };
-    Arc::new(VmaModel { mm, vma, data: UnsafeCell::new(0) })
+    Arc::new(VmaModel {
+        mm,
+        vma,
+        data: UnsafeCell::new(0),
+    })
 }
 
 /// A reader racing a writer that locks, changes and detaches the VMA: a successful reader never
@@ -65,7 +69,10 @@ fn loom_vma_start_read_vs_start_write_and_detach() {
         reader.join().unwrap();
         writer.join().unwrap();
         assert!(!m.vma.is_attached());
-        assert_eq!(m.vma.start_read(&m.mm, || true), Err(StartReadError::Detached));
+        assert_eq!(
+            m.vma.start_read(&m.mm, || true),
+            Err(StartReadError::Detached)
+        );
     });
 }
 
@@ -93,7 +100,10 @@ fn loom_vma_start_read_vs_end_write_all() {
             m.data.with_mut(|p| unsafe { *p = 2 });
         }
         reader.join().unwrap();
-        assert!(m.vma.start_read(&m.mm, || true).is_ok(), "not unlocked by vma_end_write_all");
+        assert!(
+            m.vma.start_read(&m.mm, || true).is_ok(),
+            "not unlocked by vma_end_write_all"
+        );
         m.vma.end_read(&m.mm);
     });
 }
@@ -126,7 +136,10 @@ struct SemModel {
 unsafe impl Sync for SemModel {}
 
 fn sem_model() -> Arc<SemModel> {
-    Arc::new(SemModel { sem: RwSemaphore::new(StdArc::new(LoomPark)), data: UnsafeCell::new(0) })
+    Arc::new(SemModel {
+        sem: RwSemaphore::new(StdArc::new(LoomPark)),
+        data: UnsafeCell::new(0),
+    })
 }
 
 /// Two writers: each update is exclusive and none is lost.
@@ -202,6 +215,10 @@ fn loom_pgtable_install_race() {
         assert_eq!(ea, eb, "the CPUs use different tables");
         let installed = slot.load(Ordering::Relaxed);
         assert_eq!(installed, ea);
-        assert_eq!(installed + freed.load(Ordering::Relaxed), 0x3002, "a table leaked");
+        assert_eq!(
+            installed + freed.load(Ordering::Relaxed),
+            0x3002,
+            "a table leaked"
+        );
     });
 }

@@ -60,7 +60,10 @@ impl<P: Platform> AddressSpace<P> {
         mem: &Arc<Memory<P>>,
         kernel_half: &[u64; USER_PML4_ENTRIES],
     ) -> Result<Self, FrameAllocError> {
-        Ok(Self::from_tables(mem, PageTables::with_kernel_half(mem.clone(), kernel_half)?))
+        Ok(Self::from_tables(
+            mem,
+            PageTables::with_kernel_half(mem.clone(), kernel_half)?,
+        ))
     }
 
     fn from_tables(mem: &Arc<Memory<P>>, pgtables: PageTables<P>) -> Self {
@@ -136,7 +139,10 @@ impl<P: Platform> AddressSpace<P> {
     /// The VMAs overlapping `range`, in order (a snapshot; stable while `mmap_lock` is held).
     pub fn vmas_in(&self, range: Range<u64>) -> Vec<Arc<Vma>> {
         let rcu = self.mem.rcu().read_lock();
-        self.tree.iter(&rcu, range).map(|(_, v)| v.clone()).collect()
+        self.tree
+            .iter(&rcu, range)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Every VMA, in order.
@@ -152,7 +158,10 @@ impl<P: Platform> AddressSpace<P> {
         let mut prev: Option<&Arc<Vma>> = None;
         for (stored, vma) in self.tree.iter(&rcu, 0..USER_END) {
             if stored != vma.range() {
-                return Err(MmValidateError::RangeMismatch { stored, vma: vma.range() });
+                return Err(MmValidateError::RangeMismatch {
+                    stored,
+                    vma: vma.range(),
+                });
             }
             if !vma.lock().is_attached()
                 || vma.vm_mm() != self.id
@@ -161,10 +170,11 @@ impl<P: Platform> AddressSpace<P> {
             {
                 return Err(MmValidateError::BadVma { vma: vma.range() });
             }
-            if let Some(p) = prev {
-                if p.end() == vma.start() && p.prot() == vma.prot() {
-                    return Err(MmValidateError::Unmerged { at: vma.start() });
-                }
+            if let Some(p) = prev
+                && p.end() == vma.start()
+                && p.prot() == vma.prot()
+            {
+                return Err(MmValidateError::Unmerged { at: vma.start() });
             }
             prev = Some(vma);
         }

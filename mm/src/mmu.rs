@@ -16,7 +16,9 @@ use crate::platform::{PageTableFlags, Platform, VirtAddr};
 /// Reads the 8-byte word at `addr` (8-aligned) as `access` would.
 pub fn load<P: Platform>(mm: &AddressSpace<P>, addr: u64, user: bool) -> Result<u64, FaultResult> {
     let kind = AccessKind::Read;
-    access(mm, addr, Access { kind, user }, |w| w.load(Ordering::Relaxed))
+    access(mm, addr, Access { kind, user }, |w| {
+        w.load(Ordering::Relaxed)
+    })
 }
 
 /// Writes the 8-byte word at `addr` (8-aligned) as `access` would.
@@ -36,7 +38,9 @@ pub fn store<P: Platform>(
 
 /// Fetches (reads) the word at `addr` as an instruction fetch.
 pub fn fetch<P: Platform>(mm: &AddressSpace<P>, addr: u64) -> Result<u64, FaultResult> {
-    access(mm, addr, Access::user(AccessKind::Exec), |w| w.load(Ordering::Relaxed))
+    access(mm, addr, Access::user(AccessKind::Exec), |w| {
+        w.load(Ordering::Relaxed)
+    })
 }
 
 fn access<P: Platform>(
@@ -45,7 +49,10 @@ fn access<P: Platform>(
     access: Access,
     op: impl Fn(&core::sync::atomic::AtomicU64) -> u64,
 ) -> Result<u64, FaultResult> {
-    assert!(addr % 8 == 0, "emulated accesses are aligned words");
+    assert!(
+        addr.is_multiple_of(8),
+        "emulated accesses are aligned words"
+    );
     let platform = mm.memory().platform();
     platform.preempt_disable();
     mm.activate_on(platform.cpu_id());

@@ -145,7 +145,9 @@ impl StatsSnapshot {
 
     /// Events counted since `earlier`.
     pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot(core::array::from_fn(|i| self.0[i].wrapping_sub(earlier.0[i])))
+        StatsSnapshot(core::array::from_fn(|i| {
+            self.0[i].wrapping_sub(earlier.0[i])
+        }))
     }
 }
 

@@ -77,7 +77,8 @@ pub(crate) fn prot_of(c: char) -> Prot {
 pub(crate) fn draw(mm: &AddressSpace<Emulated>, prots: &str) {
     for (i, c) in prots.chars().enumerate() {
         if c != ' ' {
-            mm.mmap(PIC_BASE + i as u64 * PAGE, PAGE, prot_of(c), fixed()).unwrap();
+            mm.mmap(PIC_BASE + i as u64 * PAGE, PAGE, prot_of(c), fixed())
+                .unwrap();
         }
     }
 }

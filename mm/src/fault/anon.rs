@@ -32,10 +32,17 @@ pub(super) fn do_anonymous_page<P: Platform>(
         let Ok(f) = frames.alloc_zeroed(FrameKind::Anon) else {
             return Outcome::Done(FaultResult::Oom);
         };
-        let flags = pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+        let flags =
+            pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
         (f, make_pte(f, flags))
     } else {
-        (zero, make_pte(zero, pte_flags_for(vma.prot(), false) | PageTableFlags::ACCESSED))
+        (
+            zero,
+            make_pte(
+                zero,
+                pte_flags_for(vma.prot(), false) | PageTableFlags::ACCESSED,
+            ),
+        )
     };
     // Lock order: VMA read lock / mmap_lock > PTE lock.
     let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
@@ -100,7 +107,9 @@ pub(super) fn do_wp_page<P: Platform>(
     let new = if old == zero {
         frames.alloc_zeroed(FrameKind::Anon)
     } else {
-        frames.alloc(FrameKind::Anon).inspect(|&f| crate::frame::mem::copy(&**mem.platform(), f, old))
+        frames
+            .alloc(FrameKind::Anon)
+            .inspect(|&f| crate::frame::mem::copy(&**mem.platform(), f, old))
     };
     let Ok(new) = new else {
         put_src();
@@ -153,6 +162,10 @@ pub(super) fn restore_protnone<P: Platform>(
     pte: PteGuard<'_, P>,
     orig: u64,
 ) -> Outcome {
-    let _ = pte.replace(addr, orig, make_pte(pte_frame(orig), pte_flags_for(vma.prot(), false)));
+    let _ = pte.replace(
+        addr,
+        orig,
+        make_pte(pte_frame(orig), pte_flags_for(vma.prot(), false)),
+    );
     Outcome::Done(FaultResult::Resolved)
 }

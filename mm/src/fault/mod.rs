@@ -64,7 +64,10 @@ impl Access {
         } else {
             AccessKind::Read
         };
-        Access { kind, user: code & (1 << 2) != 0 }
+        Access {
+            kind,
+            user: code & (1 << 2) != 0,
+        }
     }
 }
 
@@ -119,17 +122,23 @@ pub fn handle_mm_fault<P: Platform>(
     mem.count(Event::Fault);
     let a = addr.as_u64();
     if a >= USER_END {
-        return finish(mm, FaultResult::Segv { addr, reason: SegvReason::NotUserAddress });
+        return finish(
+            mm,
+            FaultResult::Segv {
+                addr,
+                reason: SegvReason::NotUserAddress,
+            },
+        );
     }
-    if mem.fault_policy() == FaultPolicy::PerVmaLock {
-        if let Some(vma) = lock_vma_under_rcu(mm, a) {
-            match handle_vma_fault(mm, vma.vma(), addr, access) {
-                Outcome::Done(r) => {
-                    mem.count(Event::VmaLockSuccess);
-                    return finish(mm, r);
-                }
-                Outcome::Retry => mem.count(Event::VmaLockRetry),
+    if mem.fault_policy() == FaultPolicy::PerVmaLock
+        && let Some(vma) = lock_vma_under_rcu(mm, a)
+    {
+        match handle_vma_fault(mm, vma.vma(), addr, access) {
+            Outcome::Done(r) => {
+                mem.count(Event::VmaLockSuccess);
+                return finish(mm, r);
             }
+            Outcome::Retry => mem.count(Event::VmaLockRetry),
         }
     }
     mem.count(Event::MmapLockFallback);
@@ -137,7 +146,13 @@ pub fn handle_mm_fault<P: Platform>(
     let g = mm.mmap_read_lock();
     loop {
         let Some(vma) = mm.vma_lookup(&g, a) else {
-            return finish(mm, FaultResult::Segv { addr, reason: SegvReason::NoVma });
+            return finish(
+                mm,
+                FaultResult::Segv {
+                    addr,
+                    reason: SegvReason::NoVma,
+                },
+            );
         };
         if let Outcome::Done(r) = handle_vma_fault(mm, &vma, addr, access) {
             return finish(mm, r);
@@ -167,7 +182,9 @@ pub fn lock_vma_under_rcu<P: Platform>(
     for _ in 0..MAX_MISS_RETRIES {
         let guard = {
             let rcu = mem.rcu().read_lock();
-            let Some((_, vma)) = mm.tree().walk(&rcu, addr) else { break };
+            let Some((_, vma)) = mm.tree().walk(&rcu, addr) else {
+                break;
+            };
             vma.start_read(mm.mmap_lock(), mm.id())
         };
         match guard {
@@ -209,7 +226,10 @@ fn handle_vma_fault<P: Platform>(
     debug_assert!(vma.contains(addr.as_u64()));
     debug_assert!(vma.lock().readers() > 0 || mm.mmap_lock().is_locked());
     if !access_allowed(vma.prot(), access) {
-        return Outcome::Done(FaultResult::Segv { addr, reason: SegvReason::AccessDenied });
+        return Outcome::Done(FaultResult::Segv {
+            addr,
+            reason: SegvReason::AccessDenied,
+        });
     }
     handle_pte_fault(mm, vma, addr.as_u64() & !0xfff, access)
 }
@@ -225,7 +245,9 @@ fn handle_pte_fault<P: Platform>(
     access: Access,
 ) -> Outcome {
     let pt = mm.page_tables();
-    let Ok(pmd) = pt.pmd_alloc(addr) else { return Outcome::Done(FaultResult::Oom) };
+    let Ok(pmd) = pt.pmd_alloc(addr) else {
+        return Outcome::Done(FaultResult::Oom);
+    };
     if pt.pte_alloc(pmd).is_err() {
         return Outcome::Done(FaultResult::Oom);
     }
@@ -250,7 +272,9 @@ fn handle_pte_fault<P: Platform>(
     }
     drop(pte);
     // Spurious: a racing CPU resolved it, or this CPU's TLB held a stale entry.
-    mm.memory().platform().flush_tlb_local(VirtAddr::new(addr), 1);
+    mm.memory()
+        .platform()
+        .flush_tlb_local(VirtAddr::new(addr), 1);
     Outcome::Done(FaultResult::Resolved)
 }
 

@@ -16,12 +16,18 @@ fn read_maps_the_zero_frame_and_a_write_copies_it() {
         let mm = env.mm();
         mm.mmap(PIC_BASE, PAGE, rw(), fixed()).unwrap();
         let read = Access::user(AccessKind::Read);
-        assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE + 5), read), FaultResult::Resolved);
+        assert_eq!(
+            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE + 5), read),
+            FaultResult::Resolved
+        );
         let e = mm.page_tables().lookup_pte(PIC_BASE);
         assert_eq!(pte_frame(e), env.mem.frames().zero_frame());
         assert!(!pte_flags(e).contains(PageTableFlags::WRITABLE));
         let write = Access::user(AccessKind::Write);
-        assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), write), FaultResult::Resolved);
+        assert_eq!(
+            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), write),
+            FaultResult::Resolved
+        );
         let e = mm.page_tables().lookup_pte(PIC_BASE);
         let f = pte_frame(e);
         assert_ne!(f, env.mem.frames().zero_frame());
@@ -41,19 +47,40 @@ fn illegal_accesses_are_segv_with_a_reason() {
     let env = Env::new(4, 1);
     let mm = env.mm();
     mm.mmap(PIC_BASE, PAGE, Prot::READ, fixed()).unwrap();
-    let segv = |addr: u64, reason| FaultResult::Segv { addr: VirtAddr::new(addr), reason };
+    let segv = |addr: u64, reason| FaultResult::Segv {
+        addr: VirtAddr::new(addr),
+        reason,
+    };
     let w = Access::user(AccessKind::Write);
-    assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w), segv(PIC_BASE, SegvReason::AccessDenied));
+    assert_eq!(
+        handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
+        segv(PIC_BASE, SegvReason::AccessDenied)
+    );
     let x = Access::user(AccessKind::Exec);
-    assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), x), segv(PIC_BASE, SegvReason::AccessDenied));
+    assert_eq!(
+        handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), x),
+        segv(PIC_BASE, SegvReason::AccessDenied)
+    );
     let r = Access::kernel(AccessKind::Read);
     let hole = PIC_BASE + PAGE;
-    assert_eq!(handle_mm_fault(&mm, VirtAddr::new(hole), r), segv(hole, SegvReason::NoVma));
+    assert_eq!(
+        handle_mm_fault(&mm, VirtAddr::new(hole), r),
+        segv(hole, SegvReason::NoVma)
+    );
     let high = 0xffff_8000_0000_0000;
-    assert_eq!(handle_mm_fault(&mm, VirtAddr::new(high), r), segv(high, SegvReason::NotUserAddress));
+    assert_eq!(
+        handle_mm_fault(&mm, VirtAddr::new(high), r),
+        segv(high, SegvReason::NotUserAddress)
+    );
     assert_eq!(env.mem.stats().snapshot().get(Event::Segv), 4);
-    assert_eq!(Access::from_error_code(0b110), Access::user(AccessKind::Write));
-    assert_eq!(Access::from_error_code(0b10000), Access::kernel(AccessKind::Exec));
+    assert_eq!(
+        Access::from_error_code(0b110),
+        Access::user(AccessKind::Write)
+    );
+    assert_eq!(
+        Access::from_error_code(0b10000),
+        Access::kernel(AccessKind::Exec)
+    );
 }
 
 #[test]
@@ -65,12 +92,21 @@ fn out_of_memory_is_reported_and_nothing_leaks() {
         env.mem.frames().drain_caches();
         env.p.fail_allocs_after(0);
         let w = Access::user(AccessKind::Write);
-        assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w), FaultResult::Oom);
+        assert_eq!(
+            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
+            FaultResult::Oom
+        );
         env.p.fail_allocs_after(3);
         // Three page-table levels succeed, the data frame does not.
-        assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w), FaultResult::Oom);
+        assert_eq!(
+            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
+            FaultResult::Oom
+        );
         env.p.fail_allocs_after(u64::MAX);
-        assert_eq!(handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w), FaultResult::Resolved);
+        assert_eq!(
+            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
+            FaultResult::Resolved
+        );
         assert_eq!(env.mem.stats().snapshot().get(Event::Oom), 2);
     }
     env.assert_baseline();
@@ -91,7 +127,8 @@ fn two_cpus_faulting_one_page_both_succeed_with_one_frame() {
                     for i in 0..pages {
                         barrier.wait();
                         let a = PIC_BASE + i * PAGE;
-                        let r = handle_mm_fault(mm, VirtAddr::new(a), Access::user(AccessKind::Write));
+                        let r =
+                            handle_mm_fault(mm, VirtAddr::new(a), Access::user(AccessKind::Write));
                         assert_eq!(r, FaultResult::Resolved);
                     }
                 });
@@ -127,7 +164,11 @@ fn mmap_lock_only_policy_never_takes_the_fast_path() {
     assert_eq!(s.get(Event::MmapLockFallback), 4);
     env.mem.set_fault_policy(FaultPolicy::PerVmaLock);
     mmu::store(&mm, PIC_BASE + 4 * PAGE - 8, 1, true).unwrap_or(());
-    assert_eq!(env.mem.stats().snapshot().get(Event::VmaLockSuccess), 0, "page already mapped");
+    assert_eq!(
+        env.mem.stats().snapshot().get(Event::VmaLockSuccess),
+        0,
+        "page already mapped"
+    );
 }
 
 #[test]

@@ -16,7 +16,10 @@ pub const WORDS: usize = 512;
 /// The words of `frame`, for as long as the platform is borrowed.
 pub fn words<P: Platform>(platform: &P, frame: PhysFrame) -> &[AtomicU64; WORDS] {
     let ptr = platform.phys_to_ptr(frame.start_address());
-    assert!(ptr as usize % 8 == 0, "platform maps frames to unaligned pointers");
+    assert!(
+        (ptr as usize).is_multiple_of(8),
+        "platform maps frames to unaligned pointers"
+    );
     // SAFETY: 1. `Platform` promises `ptr` addresses the whole 4 KiB frame for as long as the
     // platform lives, which outlives the returned borrow of `platform`; 2. it is 8-aligned
     // (checked), and `AtomicU64` has the size and alignment of `u64`, so the frame is a valid

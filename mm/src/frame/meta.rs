@@ -112,14 +112,22 @@ impl FrameMeta {
     }
 
     pub(super) fn set_allocated(&self, kind: FrameKind) {
-        debug_assert_eq!(self.refcount.load(Ordering::Relaxed), 0, "allocating a used frame");
+        debug_assert_eq!(
+            self.refcount.load(Ordering::Relaxed),
+            0,
+            "allocating a used frame"
+        );
         self.kind.store(kind as u8, Ordering::Relaxed);
         self.mapcount.store(0, Ordering::Relaxed);
         self.refcount.store(1, Ordering::Release);
     }
 
     pub(super) fn set_free(&self) {
-        debug_assert_eq!(self.mapcount.load(Ordering::Relaxed), 0, "freeing a mapped frame");
+        debug_assert_eq!(
+            self.mapcount.load(Ordering::Relaxed),
+            0,
+            "freeing a mapped frame"
+        );
         self.kind.store(FrameKind::Free as u8, Ordering::Relaxed);
     }
 
@@ -141,7 +149,10 @@ pub struct FrameTable {
 impl FrameTable {
     /// Metadata for frame numbers `[first, end)`.
     pub fn new((first, end): (u64, u64)) -> Self {
-        let metas = (first..end).map(|_| FrameMeta::new()).collect::<Vec<_>>().into_boxed_slice();
+        let metas = (first..end)
+            .map(|_| FrameMeta::new())
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
         FrameTable { first, metas }
     }
 

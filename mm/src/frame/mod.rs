@@ -76,14 +76,22 @@ impl<P: Platform> FrameAllocator<P> {
         table.get(zero).pin_forever(FrameKind::Zero);
         let caches = (0..platform.num_cpus())
             .map(|_| {
-                SpinLock::new(LockClass::FrameCache, FrameCache {
-                    frames: [None; CACHE_CAPACITY],
-                    len: 0,
-                })
+                SpinLock::new(
+                    LockClass::FrameCache,
+                    FrameCache {
+                        frames: [None; CACHE_CAPACITY],
+                        len: 0,
+                    },
+                )
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        Ok(FrameAllocator { platform, table, caches, zero })
+        Ok(FrameAllocator {
+            platform,
+            table,
+            caches,
+            zero,
+        })
     }
 
     /// The platform.
@@ -155,7 +163,9 @@ impl<P: Platform> FrameAllocator<P> {
                 Some(f) => Some(f),
                 None => {
                     for _ in 0..CACHE_BATCH {
-                        let Some(f) = self.platform.alloc_frame() else { break };
+                        let Some(f) = self.platform.alloc_frame() else {
+                            break;
+                        };
                         // Cannot fail: the cache was empty.
                         let _ = c.push(f);
                     }
@@ -219,13 +229,21 @@ mod tests {
         let (p, a) = setup(1, 2);
         let base = p.free_frames();
         let f = a.alloc_zeroed(FrameKind::Anon).unwrap();
-        assert!(mem::words(&*p, f).iter().all(|w| w.load(Ordering::Relaxed) == 0));
+        assert!(
+            mem::words(&*p, f)
+                .iter()
+                .all(|w| w.load(Ordering::Relaxed) == 0)
+        );
         mem::words(&*p, f)[7].store(42, Ordering::Relaxed);
         assert_eq!(a.meta(f).refcount(), 1);
         assert_eq!(a.meta(f).kind(), FrameKind::Anon);
         a.meta(f).get();
         a.put(f);
-        assert_eq!(a.meta(f).kind(), FrameKind::Anon, "freed with a reference left");
+        assert_eq!(
+            a.meta(f).kind(),
+            FrameKind::Anon,
+            "freed with a reference left"
+        );
         a.put(f);
         assert_eq!(a.meta(f).kind(), FrameKind::Free);
         // The next allocation on this CPU reuses the cached frame, and zeroes it.
@@ -267,7 +285,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(a.cached_frames(), 0, "OOM reported with frames still cached");
+        assert_eq!(
+            a.cached_frames(),
+            0,
+            "OOM reported with frames still cached"
+        );
         assert_eq!(p.free_frames(), 0);
         for f in got {
             a.put(f);

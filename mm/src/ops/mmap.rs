@@ -78,7 +78,8 @@ impl<P: Platform> AddressSpace<P> {
         let range: Range<u64> = match requested {
             Some(r) if fixed => {
                 let r = r.map_err(MmapError::BadRange)?;
-                if flags.contains(MapFlags::FIXED_NOREPLACE) && !self.vmas_in(r.clone()).is_empty() {
+                if flags.contains(MapFlags::FIXED_NOREPLACE) && !self.vmas_in(r.clone()).is_empty()
+                {
                     return Err(MmapError::AlreadyMapped);
                 }
                 r
@@ -92,7 +93,8 @@ impl<P: Platform> AddressSpace<P> {
                 start..start + len
             }
         };
-        rewrite(self, &g, range.clone(), Some(prot)).map_err(|TreeOutOfMemory| MmapError::OutOfMemory)?;
+        rewrite(self, &g, range.clone(), Some(prot))
+            .map_err(|TreeOutOfMemory| MmapError::OutOfMemory)?;
         // MAP_FIXED over existing mappings: their pages go (a no-op on a free range).
         let zap = self.page_tables().zap(&g, range.clone());
         zap.flush(self.memory(), self.cpus());

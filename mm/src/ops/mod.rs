@@ -50,7 +50,7 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
     if len == 0 {
         return Err(RangeError::ZeroLength);
     }
-    if addr % PAGE != 0 {
+    if !addr.is_multiple_of(PAGE) {
         return Err(RangeError::Unaligned);
     }
     let len = len.checked_add(PAGE - 1).ok_or(RangeError::Overflow)? & !(PAGE - 1);
@@ -106,7 +106,10 @@ pub(crate) fn rewrite<P: Platform>(
     let mut removed: Vec<Arc<Vma>> = Vec::new();
     let mut kept = Vec::new();
     for v in old {
-        if merged.iter().any(|(r, p)| *r == v.range() && *p == v.prot()) {
+        if merged
+            .iter()
+            .any(|(r, p)| *r == v.range() && *p == v.prot())
+        {
             kept.push(v.range());
         } else {
             removed.push(v);

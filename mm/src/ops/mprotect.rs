@@ -31,7 +31,7 @@ impl<P: Platform> AddressSpace<P> {
         }
         let range = match user_range(addr, len) {
             Ok(r) => r,
-            Err(RangeError::ZeroLength) if addr % 4096 == 0 => return Ok(()),
+            Err(RangeError::ZeroLength) if addr.is_multiple_of(4096) => return Ok(()),
             Err(e) => return Err(MprotectError::BadRange(e)),
         };
         // Lock order: mmap_lock (write), outermost.

@@ -23,7 +23,8 @@ impl<P: Platform> AddressSpace<P> {
         let range = user_range(addr, len).map_err(MunmapError::BadRange)?;
         // Lock order: mmap_lock (write), outermost.
         let g = self.mmap_write_lock();
-        rewrite(self, &g, range.clone(), None).map_err(|TreeOutOfMemory| MunmapError::OutOfMemory)?;
+        rewrite(self, &g, range.clone(), None)
+            .map_err(|TreeOutOfMemory| MunmapError::OutOfMemory)?;
         let zap = self.page_tables().zap(&g, range);
         zap.flush(self.memory(), self.cpus());
         Ok(())

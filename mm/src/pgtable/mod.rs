@@ -211,7 +211,8 @@ impl<P: Platform> PageTables<P> {
     /// The PTE for `addr` as the MMU would see it now (0 if any level is missing). Lockless, for
     /// the emulated MMU and for checks.
     pub fn lookup_pte(&self, addr: u64) -> u64 {
-        self.with_pte(addr, |pte| pte.load(Ordering::Acquire)).unwrap_or(0)
+        self.with_pte(addr, |pte| pte.load(Ordering::Acquire))
+            .unwrap_or(0)
     }
 
     /// Runs `f` on the PTE slot for `addr`, as a hardware walk would reach it (no lock; under
@@ -228,7 +229,11 @@ impl<P: Platform> PageTables<P> {
     /// Page-table frames currently reachable from the user half, root included (for checks).
     pub fn count_tables(&self) -> usize {
         fn walk<P: Platform>(pt: &PageTables<P>, frame: PhysFrame, level: u32) -> usize {
-            let slots = if level == 4 { &pt.table(frame)[..USER_PML4_ENTRIES] } else { &pt.table(frame)[..] };
+            let slots = if level == 4 {
+                &pt.table(frame)[..USER_PML4_ENTRIES]
+            } else {
+                &pt.table(frame)[..]
+            };
             let mut total = 1;
             if level > 1 {
                 for e in slots.iter().map(|e| e.load(Ordering::Relaxed)) {
@@ -251,7 +256,11 @@ impl<P: Platform> PageTables<P> {
 
     fn free_level(&self, frame: PhysFrame, level: u32) {
         let slots = self.table(frame);
-        let slots = if level == 4 { &slots[..USER_PML4_ENTRIES] } else { &slots[..] };
+        let slots = if level == 4 {
+            &slots[..USER_PML4_ENTRIES]
+        } else {
+            &slots[..]
+        };
         let frames = self.mem.frames();
         for slot in slots {
             let e = slot.swap(0, Ordering::Relaxed);
@@ -295,7 +304,10 @@ pub struct PteGuard<'a, P: Platform> {
 
 impl<P: Platform> PteGuard<'_, P> {
     fn slot(&self, addr: u64) -> &AtomicU64 {
-        debug_assert!(addr.wrapping_sub(self.base) < PMD_SIZE, "address outside the locked table");
+        debug_assert!(
+            addr.wrapping_sub(self.base) < PMD_SIZE,
+            "address outside the locked table"
+        );
         &self.table[index(addr, 1)]
     }
 
@@ -312,7 +324,8 @@ impl<P: Platform> PteGuard<'_, P> {
 
     /// Replaces the PTE for `addr` if it is still `old` (the MMU may have set A/D meanwhile).
     pub fn replace(&self, addr: u64, old: u64, new: u64) -> Result<u64, u64> {
-        self.slot(addr).compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
+        self.slot(addr)
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
     }
 
     /// Clears the PTE for `addr`, returning what it held (with any A/D bits the MMU set).

@@ -19,7 +19,10 @@ fn map(pt: &PageTables<Emulated>, addr: u64, writable: bool) -> PhysFrame {
     frames.meta(f).map();
     let pte = pt.pte_offset_map_lock(addr).unwrap();
     assert_eq!(pte.get(addr), 0);
-    pte.set(addr, make_pte(f, pte_flags_for(Prot::READ | Prot::WRITE, writable)));
+    pte.set(
+        addr,
+        make_pte(f, pte_flags_for(Prot::READ | Prot::WRITE, writable)),
+    );
     f
 }
 
@@ -132,6 +135,9 @@ fn out_of_memory_while_allocating_tables_is_an_error() {
     let pt = PageTables::new(mem.clone()).unwrap();
     mem.frames().drain_caches();
     p.fail_allocs_after(1);
-    assert_eq!(pt.pmd_alloc(0x8000_0000).err(), Some(FrameAllocError::OutOfMemory));
+    assert_eq!(
+        pt.pmd_alloc(0x8000_0000).err(),
+        Some(FrameAllocError::OutOfMemory)
+    );
     p.fail_allocs_after(u64::MAX);
 }

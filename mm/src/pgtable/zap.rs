@@ -11,7 +11,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use super::{PTE_PROTNONE, PageTables, pmd_chunks, pte_frame, pte_flags, pte_holds_frame};
+use super::{PTE_PROTNONE, PageTables, pmd_chunks, pte_flags, pte_frame, pte_holds_frame};
 use crate::memory::Memory;
 use crate::platform::{CpuMask, PageTableFlags, PhysFrame, Platform, VirtAddr};
 use crate::stats::Event;
@@ -30,7 +30,12 @@ pub struct ZapFlush {
 impl ZapFlush {
     /// A token for nothing.
     pub fn empty() -> Self {
-        ZapFlush { range: 0..0, cleared: 0, frames: Vec::new(), tables: Vec::new() }
+        ZapFlush {
+            range: 0..0,
+            cleared: 0,
+            frames: Vec::new(),
+            tables: Vec::new(),
+        }
     }
 
     /// Adds the work of `other` to this token.
@@ -57,7 +62,8 @@ impl ZapFlush {
     pub fn flush<P: Platform>(self, mem: &Arc<Memory<P>>, cpus: CpuMask) {
         if self.cleared > 0 {
             let pages = ((self.range.end - self.range.start) / 4096) as usize;
-            mem.platform().shootdown(cpus, VirtAddr::new(self.range.start), pages);
+            mem.platform()
+                .shootdown(cpus, VirtAddr::new(self.range.start), pages);
         }
         for f in self.frames {
             mem.frames().put(f);
@@ -116,10 +122,15 @@ impl<P: Platform> PageTables<P> {
     /// write-locked.
     pub fn zap(&self, _proof: &MmapWriteGuard<'_, P>, range: Range<u64>) -> ZapFlush {
         let frames = self.mem.frames();
-        let mut out = ZapFlush { range: range.clone(), ..ZapFlush::empty() };
+        let mut out = ZapFlush {
+            range: range.clone(),
+            ..ZapFlush::empty()
+        };
         for chunk in pmd_chunks(range) {
             // Lock order: mmap_lock (write) > PTE lock.
-            let Some(pte) = self.pte_offset_map_lock(chunk.start) else { continue };
+            let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
+                continue;
+            };
             for addr in chunk.step_by(4096) {
                 let e = pte.take(addr);
                 if e == 0 {
@@ -151,11 +162,16 @@ impl<P: Platform> PageTables<P> {
         range: Range<u64>,
         prot: Prot,
     ) -> ProtectFlush {
-        let mut out = ProtectFlush { range: range.clone(), downgraded: false };
+        let mut out = ProtectFlush {
+            range: range.clone(),
+            downgraded: false,
+        };
         let keep = PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
         for chunk in pmd_chunks(range) {
             // Lock order: mmap_lock (write) > PTE lock.
-            let Some(pte) = self.pte_offset_map_lock(chunk.start) else { continue };
+            let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
+                continue;
+            };
             for addr in chunk.step_by(4096) {
                 let mut old = pte.get(addr);
                 loop {

@@ -42,23 +42,34 @@ impl<W: Park> MmapLock<W> {
     /// `mmap_read_lock`.
     pub fn read(&self) -> MmapReadGuard<'_, W> {
         self.sem.down_read();
-        MmapReadGuard { lock: self, _not_send: PhantomData }
+        MmapReadGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
     }
 
     /// `mmap_read_trylock`.
     pub fn try_read(&self) -> Option<MmapReadGuard<'_, W>> {
-        self.sem.try_down_read().then(|| MmapReadGuard { lock: self, _not_send: PhantomData })
+        self.sem.try_down_read().then(|| MmapReadGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
     }
 
     /// `mmap_write_lock`: also starts a new `mm_lock_seq` period (odd).
     pub fn write(&self) -> MmapWriteGuard<'_, W> {
         self.sem.down_write();
         let seq = self.mm_lock_seq.load(Ordering::Relaxed);
-        debug_assert!(seq % 2 == 0, "mm_lock_seq odd with mmap_lock free");
+        debug_assert!(seq.is_multiple_of(2), "mm_lock_seq odd with mmap_lock free");
         // INVARIANT: odd from here until the guard drops. The VMA stamps made with this value
         // are published by the refcount release in `vma_start_write`, so Relaxed is enough here.
-        self.mm_lock_seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        MmapWriteGuard { lock: self, seq: seq.wrapping_add(1), _not_send: PhantomData }
+        self.mm_lock_seq
+            .store(seq.wrapping_add(1), Ordering::Relaxed);
+        MmapWriteGuard {
+            lock: self,
+            seq: seq.wrapping_add(1),
+            _not_send: PhantomData,
+        }
     }
 
     /// The current `mm_lock_seq`, with acquire ordering: pairs with the release in
@@ -140,7 +151,9 @@ impl<W: Park> MmapWriteGuard<'_, W> {
     /// under this hold. Release ordering: a reader that sees the even value also sees the VMA
     /// and page-table changes made while the VMAs were locked.
     fn vma_end_write_all(&self) {
-        self.lock.mm_lock_seq.store(self.seq.wrapping_add(1), Ordering::Release);
+        self.lock
+            .mm_lock_seq
+            .store(self.seq.wrapping_add(1), Ordering::Release);
     }
 }
 

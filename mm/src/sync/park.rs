@@ -4,9 +4,9 @@
 //! loom atomics, which the platform cannot wait on, so parking becomes a yield to loom's
 //! scheduler: the models then explore every interleaving of the spin-and-recheck loops.
 
-use crate::primitive::AtomicU32;
 #[cfg(not(loom))]
 use crate::platform::Platform;
+use crate::primitive::AtomicU32;
 
 /// Futex-like blocking on a 32-bit word.
 pub trait Park: Send + Sync + 'static {

@@ -45,7 +45,10 @@ pub struct RwSemaphore<W: Park> {
 impl<W: Park> RwSemaphore<W> {
     /// An unlocked semaphore that blocks through `park`.
     pub fn new(park: Arc<W>) -> Self {
-        RwSemaphore { state: AtomicU32::new(0), park }
+        RwSemaphore {
+            state: AtomicU32::new(0),
+            park,
+        }
     }
 
     /// Acquires for reading, waiting while a writer holds or wants the lock.
@@ -54,7 +57,10 @@ impl<W: Park> RwSemaphore<W> {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
             if s & (WRITER | WAITING_WRITER_MASK) == 0 {
-                debug_assert!(s & READER_MASK != READER_MASK, "rwsem reader count overflow");
+                debug_assert!(
+                    s & READER_MASK != READER_MASK,
+                    "rwsem reader count overflow"
+                );
                 match self.state.compare_exchange_weak(
                     s,
                     s + READER,
@@ -111,7 +117,10 @@ impl<W: Park> RwSemaphore<W> {
         }
         // Announce ourselves: from here on no new reader enters.
         let mut s = self.state.fetch_add(WAITING_WRITER, Ordering::Relaxed) + WAITING_WRITER;
-        debug_assert!(s & WAITING_WRITER_MASK != 0, "rwsem waiting-writer count overflow");
+        debug_assert!(
+            s & WAITING_WRITER_MASK != 0,
+            "rwsem waiting-writer count overflow"
+        );
         let mut spins = 0;
         loop {
             if s & (WRITER | READER_MASK) == 0 {
@@ -144,7 +153,9 @@ impl<W: Park> RwSemaphore<W> {
 
     /// Releases the write hold.
     pub fn up_write(&self) {
-        let prev = self.state.fetch_and(!(WRITER | SLEEPERS), Ordering::Release);
+        let prev = self
+            .state
+            .fetch_and(!(WRITER | SLEEPERS), Ordering::Release);
         debug_assert!(prev & WRITER != 0, "up_write without down_write");
         if prev & SLEEPERS != 0 {
             self.park.unpark_all(&self.state);
@@ -173,12 +184,12 @@ impl<W: Park> RwSemaphore<W> {
             spin_loop();
             return self.state.load(Ordering::Relaxed);
         }
-        if s & SLEEPERS == 0 {
-            if let Err(now) =
-                self.state.compare_exchange(s, s | SLEEPERS, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                return now;
-            }
+        if s & SLEEPERS == 0
+            && let Err(now) =
+                self.state
+                    .compare_exchange(s, s | SLEEPERS, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            return now;
         }
         self.park.park(&self.state, s | SLEEPERS);
         self.state.load(Ordering::Relaxed)

@@ -74,13 +74,19 @@ impl RawSpinLock {
     /// An unlocked lock of `class`.
     #[cfg(not(loom))]
     pub const fn new(class: LockClass) -> Self {
-        RawSpinLock { locked: AtomicBool::new(false), class }
+        RawSpinLock {
+            locked: AtomicBool::new(false),
+            class,
+        }
     }
 
     /// An unlocked lock of `class`.
     #[cfg(loom)]
     pub fn new(class: LockClass) -> Self {
-        RawSpinLock { locked: AtomicBool::new(false), class }
+        RawSpinLock {
+            locked: AtomicBool::new(false),
+            class,
+        }
     }
 
     /// Spins until the lock is ours.
@@ -88,7 +94,10 @@ impl RawSpinLock {
         order::acquire(self.class);
         loop {
             if !self.locked.swap(true, Ordering::Acquire) {
-                return RawSpinGuard { lock: self, _not_send: PhantomData };
+                return RawSpinGuard {
+                    lock: self,
+                    _not_send: PhantomData,
+                };
             }
             while self.locked.load(Ordering::Relaxed) {
                 spin_loop();
@@ -102,7 +111,10 @@ impl RawSpinLock {
             return None;
         }
         order::acquire(self.class);
-        Some(RawSpinGuard { lock: self, _not_send: PhantomData })
+        Some(RawSpinGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
     }
 
     /// Whether someone holds the lock (for assertions).
@@ -151,18 +163,27 @@ impl<T> SpinLock<T> {
     /// An unlocked lock of `class` around `data`.
     #[cfg(not(loom))]
     pub const fn new(class: LockClass, data: T) -> Self {
-        SpinLock { raw: RawSpinLock::new(class), data: UnsafeCell::new(data) }
+        SpinLock {
+            raw: RawSpinLock::new(class),
+            data: UnsafeCell::new(data),
+        }
     }
 
     /// An unlocked lock of `class` around `data`.
     #[cfg(loom)]
     pub fn new(class: LockClass, data: T) -> Self {
-        SpinLock { raw: RawSpinLock::new(class), data: UnsafeCell::new(data) }
+        SpinLock {
+            raw: RawSpinLock::new(class),
+            data: UnsafeCell::new(data),
+        }
     }
 
     /// Spins until the lock is ours.
     pub fn lock(&self) -> SpinGuard<'_, T> {
-        SpinGuard { _raw: self.raw.lock(), lock: self }
+        SpinGuard {
+            _raw: self.raw.lock(),
+            lock: self,
+        }
     }
 }
 

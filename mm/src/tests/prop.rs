@@ -22,11 +22,28 @@ const CASES: u32 = 200;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Mmap { page: u64, n: u64, prot: char, fixed: bool },
-    Munmap { page: u64, n: u64 },
-    Mprotect { page: u64, n: u64, prot: char },
-    Read { page: u64 },
-    Write { page: u64, byte: u8 },
+    Mmap {
+        page: u64,
+        n: u64,
+        prot: char,
+        fixed: bool,
+    },
+    Munmap {
+        page: u64,
+        n: u64,
+    },
+    Mprotect {
+        page: u64,
+        n: u64,
+        prot: char,
+    },
+    Read {
+        page: u64,
+    },
+    Write {
+        page: u64,
+        byte: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,8 +51,14 @@ fn op() -> impl Strategy<Value = Op> {
     let page = prop_oneof![0..WINDOW, 500..524u64];
     let prot = prop_oneof![Just('n'), Just('r'), Just('w'), Just('x')];
     prop_oneof![
-        (page.clone(), 1..8u64, prot.clone(), any::<bool>())
-            .prop_map(|(page, n, prot, fixed)| Op::Mmap { page, n, prot, fixed }),
+        (page.clone(), 1..8u64, prot.clone(), any::<bool>()).prop_map(|(page, n, prot, fixed)| {
+            Op::Mmap {
+                page,
+                n,
+                prot,
+                fixed,
+            }
+        }),
         (page.clone(), 1..12u64).prop_map(|(page, n)| Op::Munmap { page, n }),
         (page.clone(), 1..8u64, prot).prop_map(|(page, n, prot)| Op::Mprotect { page, n, prot }),
         page.clone().prop_map(|page| Op::Read { page }),
@@ -58,10 +81,18 @@ fn window_page(p: u64) -> u64 {
 
 fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
     match *op {
-        Op::Mmap { page, n, prot, fixed: is_fixed } => {
+        Op::Mmap {
+            page,
+            n,
+            prot,
+            fixed: is_fixed,
+        } => {
             let first = window_page(page);
             let flags = if is_fixed { fixed() } else { anon() };
-            let got = mm.mmap(addr(first), n * PAGE, prot_of(prot), flags).unwrap().as_u64();
+            let got = mm
+                .mmap(addr(first), n * PAGE, prot_of(prot), flags)
+                .unwrap()
+                .as_u64();
             if is_fixed || (first..first + n).all(|p| !model.contains_key(&p)) {
                 assert_eq!(got, addr(first), "a free hint was not used");
             }
@@ -120,8 +151,11 @@ fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
             _ => want.push((p, p + 1, prot)),
         }
     }
-    let got: Vec<(u64, u64, Prot)> =
-        mm.vmas().iter().map(|v| (v.start() / PAGE, v.end() / PAGE, v.prot())).collect();
+    let got: Vec<(u64, u64, Prot)> = mm
+        .vmas()
+        .iter()
+        .map(|v| (v.start() / PAGE, v.end() / PAGE, v.prot()))
+        .collect();
     assert_eq!(got, want, "VMA tree disagrees with the model");
     // PTEs: none outside mappings, none more permissive than the VMA, PROT_NONE not present.
     let zero = env.mem.frames().zero_frame();

@@ -67,7 +67,11 @@ fn churner(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
         let t = (seed % FAULTERS as u64) as usize;
         let at = region(t) + (PAGES + 8 + seed % 32) * PAGE;
         let n = 1 + (seed >> 8) % 16;
-        let prot = [Prot::READ, Prot::READ | Prot::WRITE, Prot::READ | Prot::EXEC][(seed >> 16) as usize % 3];
+        let prot = [
+            Prot::READ,
+            Prot::READ | Prot::WRITE,
+            Prot::READ | Prot::EXEC,
+        ][(seed >> 16) as usize % 3];
         match (seed >> 24) % 4 {
             0 | 1 => {
                 mm.mmap(at, n * PAGE, prot, fixed()).unwrap();
@@ -82,7 +86,7 @@ fn churner(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
             _ => mm.munmap(at, n * PAGE).unwrap(),
         }
         // Anywhere-mappings exercise the gap search.
-        if seed % 7 == 0 {
+        if seed.is_multiple_of(7) {
             let a = mm.mmap(0, 4 * PAGE, Prot::READ, anon()).unwrap().as_u64();
             mm.munmap(a, 4 * PAGE).unwrap();
         }
@@ -104,6 +108,7 @@ fn prober(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
             }
         }
         mm.memory().rcu().quiescent_state();
+        std::thread::sleep(Duration::from_micros(200));
     }
     n
 }
@@ -130,16 +135,21 @@ fn stress_faults_under_concurrent_mmap_munmap_mprotect() {
             }
             stop.store(true, Ordering::Relaxed);
             assert!(pr.join().unwrap() > 0);
-            (hs.into_iter().map(|h| h.join().unwrap()).collect(), ch.join().unwrap())
+            (
+                hs.into_iter().map(|h| h.join().unwrap()).collect(),
+                ch.join().unwrap(),
+            )
         });
         mm.validate().unwrap();
         let s = env.mem.stats().snapshot();
         std::println!("stress: rounds per faulter {rounds:?}, churn ops {churn}");
         std::println!("stress: {s}");
         assert!(rounds.iter().all(|&r| r > 0) && churn > 0);
-        let (ok, faults) = (s.get(Event::VmaLockSuccess), s.get(Event::Fault));
-        assert!(faults > 1000, "too few faults to judge: {faults}");
-        assert!(ok * 10 >= faults * 8, "fast path not the common case: {ok} of {faults}");
+        // Faults at addresses with no VMA (the prober's) abort by design; judge the rest.
+        let ok = s.get(Event::VmaLockSuccess);
+        let with_vma = s.get(Event::Fault) - s.get(Event::Segv);
+        assert!(with_vma > 1000, "too few faults to judge: {with_vma}");
+        assert!(ok * 10 >= with_vma * 9, "fast path not the common case: {ok} of {with_vma}");
     }
     env.assert_baseline();
 }

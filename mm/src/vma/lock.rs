@@ -66,7 +66,10 @@ impl VmaLock {
 
     /// The lock of a VMA built outside any write hold (tests, early boot): detached, unlocked.
     pub fn new_unlocked() -> Self {
-        VmaLock { vm_refcnt: AtomicU32::new(0), vm_lock_seq: AtomicU32::new(NOT_LOCKED_SEQ) }
+        VmaLock {
+            vm_refcnt: AtomicU32::new(0),
+            vm_lock_seq: AtomicU32::new(NOT_LOCKED_SEQ),
+        }
     }
 
     /// `vma_mark_attached`: called before the VMA is inserted into the tree.
@@ -155,7 +158,10 @@ impl VmaLock {
     /// `vma_mark_detached`: the VMA has been (or is being) removed from the tree and is
     /// write-locked under `guard`. Returns once no reader holds a reference.
     pub fn mark_detached<W: Park>(&self, guard: &MmapWriteGuard<'_, W>) {
-        debug_assert!(self.is_write_locked_by(guard), "detaching a VMA not write-locked");
+        debug_assert!(
+            self.is_write_locked_by(guard),
+            "detaching a VMA not write-locked"
+        );
         if self.vm_refcnt.fetch_sub(1, Ordering::Release) == 1 {
             return;
         }
@@ -200,7 +206,11 @@ impl VmaLock {
                 Err(now) => cnt = now,
             }
         }
-        let target = if detaching { VMA_LOCK_OFFSET } else { VMA_LOCK_OFFSET + 1 };
+        let target = if detaching {
+            VMA_LOCK_OFFSET
+        } else {
+            VMA_LOCK_OFFSET + 1
+        };
         let mut spins = 0;
         loop {
             // Ticket first, count second: a reader decrements first and bumps the ticket

@@ -53,7 +53,11 @@ impl Vma {
         range: Range<u64>,
         prot: Prot,
     ) -> Arc<Vma> {
-        debug_assert!(range.start < range.end && range.start % 4096 == 0 && range.end % 4096 == 0);
+        debug_assert!(
+            range.start < range.end
+                && range.start.is_multiple_of(4096)
+                && range.end.is_multiple_of(4096)
+        );
         // INVARIANT: checked by the callers (the ops validate their arguments).
         Arc::new(Vma {
             lock: VmaLock::new_locked(guard),
@@ -107,7 +111,11 @@ impl Vma {
         mm_id: u64,
     ) -> Result<VmaReadGuard<'a, W>, StartReadError> {
         self.lock.start_read(mm, || self.vm_mm == mm_id)?;
-        Ok(VmaReadGuard { vma: self.clone(), mm, _not_send: PhantomData })
+        Ok(VmaReadGuard {
+            vma: self.clone(),
+            mm,
+            _not_send: PhantomData,
+        })
     }
 
     /// `vma_start_write`: write-locks the VMA until `guard` is dropped.
@@ -118,7 +126,11 @@ impl Vma {
 
 impl core::fmt::Debug for Vma {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Vma({:#x}..{:#x} {:?})", self.vm_start, self.vm_end, self.prot)
+        write!(
+            f,
+            "Vma({:#x}..{:#x} {:?})",
+            self.vm_start, self.vm_end, self.prot
+        )
     }
 }
 

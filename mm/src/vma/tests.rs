@@ -23,9 +23,14 @@ fn new_vma_is_locked_until_mmap_write_unlock() {
     let g = lock.write();
     let vma = Vma::new_locked(&g, MM, 0x1000..0x2000, Prot::READ);
     vma.lock().mark_attached(&g);
-    assert_eq!(vma.start_read(&lock, MM).err(), Some(StartReadError::Locked));
+    assert_eq!(
+        vma.start_read(&lock, MM).err(),
+        Some(StartReadError::Locked)
+    );
     drop(g);
-    let r = vma.start_read(&lock, MM).expect("unlocked by vma_end_write_all");
+    let r = vma
+        .start_read(&lock, MM)
+        .expect("unlocked by vma_end_write_all");
     assert_eq!(vma.lock().readers(), 1);
     drop(r);
     assert_eq!(vma.lock().readers(), 0);
@@ -35,14 +40,24 @@ fn new_vma_is_locked_until_mmap_write_unlock() {
 fn start_read_rejects_other_mm_and_detached() {
     let lock = setup();
     let vma = attached_vma(&lock);
-    assert_eq!(vma.start_read(&lock, MM + 1).err(), Some(StartReadError::NotOurs));
-    assert_eq!(vma.lock().readers(), 0, "failed start_read leaked a reference");
+    assert_eq!(
+        vma.start_read(&lock, MM + 1).err(),
+        Some(StartReadError::NotOurs)
+    );
+    assert_eq!(
+        vma.lock().readers(),
+        0,
+        "failed start_read leaked a reference"
+    );
     let g = lock.write();
     vma.start_write(&g);
     vma.lock().mark_detached(&g);
     drop(g);
     assert!(!vma.lock().is_attached());
-    assert_eq!(vma.start_read(&lock, MM).err(), Some(StartReadError::Detached));
+    assert_eq!(
+        vma.start_read(&lock, MM).err(),
+        Some(StartReadError::Detached)
+    );
 }
 
 #[test]
@@ -60,7 +75,10 @@ fn start_write_waits_for_readers_and_then_excludes_them() {
             drop(g);
         });
         std::thread::sleep(Duration::from_millis(30));
-        assert!(!written.load(Ordering::SeqCst), "writer did not wait for the reader");
+        assert!(
+            !written.load(Ordering::SeqCst),
+            "writer did not wait for the reader"
+        );
         drop(reader);
     });
     assert!(written.load(Ordering::SeqCst));
@@ -94,5 +112,8 @@ fn detach_waits_for_transient_readers() {
         drop(g);
         stop.store(true, Ordering::Relaxed);
     });
-    assert_eq!(vma.start_read(&lock, MM).err(), Some(StartReadError::Detached));
+    assert_eq!(
+        vma.start_read(&lock, MM).err(),
+        Some(StartReadError::Detached)
+    );
 }
