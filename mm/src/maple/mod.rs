@@ -164,6 +164,11 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         self.len() == 0
     }
 
+    /// Levels of nodes (0 when empty, 1 when the root is a leaf).
+    pub fn height(&self) -> usize {
+        self.writer.lock().height()
+    }
+
     /// Nodes allocated and not yet freed, including dead ones waiting for a grace period.
     pub fn allocated_nodes(&self) -> usize {
         self.nodes.load(Ordering::Relaxed)
@@ -176,10 +181,10 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         }
         let mut w = self.writer.lock();
         let (s, e) = (range.start, range.end - 1);
-        if let Some((lo, _, _)) = self.find_locked(&w, s) {
-            if lo <= e {
-                return Err(InsertError::Overlap(v));
-            }
+        if let Some((lo, _, _)) = self.find_locked(&w, s)
+            && lo <= e
+        {
+            return Err(InsertError::Overlap(v));
         }
         let word = into_word(v);
         match WriteOp::<V, P>::new(self, &mut w).store(s, e, word) {

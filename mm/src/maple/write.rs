@@ -13,6 +13,7 @@
 //!    path: done. Otherwise the parents of the span's ends are opened: their children left of
 //!    `lo` and right of `hi` are kept, the new nodes go between, and everything else between is
 //!    retired whole. Repeat one level up; at the root, a new root is stored.
+//!
 //! Nothing visible changes until that single store; on allocation failure all new nodes are
 //! freed and the tree is as it was.
 

@@ -172,6 +172,10 @@ fn readers_never_see_freed_objects() {
                 }
             });
         }
+        // Start only once readers run, so that the replaces overlap their sections.
+        while reads.load(Ordering::Relaxed) == 0 {
+            thread::yield_now();
+        }
         for serial in 1..=REPLACES {
             let new = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial }));
             let old = ObjPtr(slot.swap(new, Ordering::AcqRel));
