@@ -14,7 +14,30 @@ extern crate std;
 
 #[cfg(not(loom))]
 pub mod maple;
+#[cfg(not(loom))]
+pub mod fault;
+pub mod frame;
+#[cfg(not(loom))]
+pub mod memory;
+#[cfg(not(loom))]
+pub mod mm;
+#[cfg(all(not(loom), any(test, feature = "emulated")))]
+pub mod mmu;
+#[cfg(not(loom))]
+pub mod ops;
 pub mod platform;
+#[cfg(not(loom))]
+pub mod pgtable;
 mod primitive;
 pub mod rcu;
 mod spin;
+pub mod stats;
+pub mod sync;
+pub mod vma;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod testutil;
+#[cfg(all(test, not(loom)))]
+mod tests;

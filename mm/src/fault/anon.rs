@@ -1,0 +1,171 @@
+//! Anonymous memory: `do_anonymous_page` and `do_wp_page`.
+//!
+//! Frames are allocated *before* the PTE lock is taken (allocation may have to go to the shared
+//! pool), and the PTE is re-checked under the lock: of two CPUs faulting the same page, the one
+//! that finds the PTE already filled frees its frame and reports success, and the access is
+//! retried against the winner's mapping.
+
+use crate::fault::{AccessKind, FaultResult, Outcome};
+use crate::frame::FrameKind;
+use crate::mm::AddressSpace;
+use crate::pgtable::{PteGuard, make_pte, pte_flags, pte_flags_for, pte_frame};
+use crate::platform::{PageTableFlags, Platform, VirtAddr};
+use crate::stats::Event;
+use crate::vma::Vma;
+
+use super::Access;
+
+/// `do_anonymous_page`: fills an empty PTE. A read maps the shared zero frame read-only; a
+/// write maps a fresh zeroed frame writable.
+///
+/// Locks: VMA read lock or `mmap_lock` read on entry and exit; takes and drops the PTE lock.
+pub(super) fn do_anonymous_page<P: Platform>(
+    mm: &AddressSpace<P>,
+    vma: &Vma,
+    addr: u64,
+    access: Access,
+) -> Outcome {
+    let mem = mm.memory();
+    let frames = mem.frames();
+    let zero = frames.zero_frame();
+    let (frame, entry) = if access.kind == AccessKind::Write {
+        let Ok(f) = frames.alloc_zeroed(FrameKind::Anon) else {
+            return Outcome::Done(FaultResult::Oom);
+        };
+        let flags =
+            pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+        (f, make_pte(f, flags))
+    } else {
+        (
+            zero,
+            make_pte(
+                zero,
+                pte_flags_for(vma.prot(), false) | PageTableFlags::ACCESSED,
+            ),
+        )
+    };
+    // Lock order: VMA read lock / mmap_lock > PTE lock.
+    let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
+        frames.put(frame);
+        return Outcome::Retry;
+    };
+    if pte.get(addr) != 0 {
+        drop(pte);
+        frames.put(frame);
+        mem.count(Event::FaultRaceLost);
+        return Outcome::Done(FaultResult::Resolved);
+    }
+    if frame == zero {
+        mem.count(Event::ZeroFrameMapped);
+    } else {
+        frames.meta(frame).map();
+        mem.count(Event::AnonFrameMapped);
+    }
+    pte.set(addr, entry);
+    Outcome::Done(FaultResult::Resolved)
+}
+
+/// `do_wp_page`: a write to a present, read-only PTE in a writable VMA. An anonymous frame
+/// mapped once and owned by nobody else is made writable in place; the zero frame (or a shared
+/// frame) is copied into a new frame.
+///
+/// Locks: on entry the VMA read lock or `mmap_lock` read, and the PTE lock (`pte`, consumed);
+/// on exit the same without the PTE lock. The copy is made with the PTE lock dropped.
+pub(super) fn do_wp_page<P: Platform>(
+    mm: &AddressSpace<P>,
+    vma: &Vma,
+    addr: u64,
+    pte: PteGuard<'_, P>,
+    orig: u64,
+) -> Outcome {
+    let mem = mm.memory();
+    let frames = mem.frames();
+    let old = pte_frame(orig);
+    let zero = frames.zero_frame();
+    if old != zero {
+        let meta = frames.meta(old);
+        if meta.mapcount() == 1 && meta.refcount() == 1 {
+            let new = orig | (PageTableFlags::WRITABLE | PageTableFlags::DIRTY).bits();
+            // If the MMU changed A/D meanwhile the access just faults again.
+            if pte.replace(addr, orig, new).is_ok() {
+                mem.count(Event::WpReuse);
+            }
+            drop(pte);
+            mem.platform().flush_tlb_local(VirtAddr::new(addr), 1);
+            return Outcome::Done(FaultResult::Resolved);
+        }
+        // Keep the source alive while copying without the lock.
+        meta.get();
+    }
+    drop(pte);
+
+    let put_src = || {
+        if old != zero {
+            frames.put(old);
+        }
+    };
+    let new = if old == zero {
+        frames.alloc_zeroed(FrameKind::Anon)
+    } else {
+        frames
+            .alloc(FrameKind::Anon)
+            .inspect(|&f| crate::frame::mem::copy(&**mem.platform(), f, old))
+    };
+    let Ok(new) = new else {
+        put_src();
+        return Outcome::Done(FaultResult::Oom);
+    };
+    // Lock order: VMA read lock / mmap_lock > PTE lock.
+    let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
+        frames.put(new);
+        put_src();
+        return Outcome::Retry;
+    };
+    let cur = pte.get(addr);
+    if pte_frame(cur) != old
+        || !pte_flags(cur).contains(PageTableFlags::PRESENT)
+        || pte_flags(cur).contains(PageTableFlags::WRITABLE)
+    {
+        // Another CPU resolved it first.
+        drop(pte);
+        frames.put(new);
+        put_src();
+        mem.count(Event::FaultRaceLost);
+        return Outcome::Done(FaultResult::Resolved);
+    }
+    let flags = pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+    frames.meta(new).map();
+    // Under the lock only the MMU's A/D bits of the old entry can change; they die with it.
+    pte.set(addr, make_pte(new, flags));
+    if old != zero {
+        frames.meta(old).unmap();
+    }
+    drop(pte);
+    // Other CPUs may cache the old read-only translation: flush it before the old frame can go.
+    mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);
+    if old != zero {
+        frames.put(old); // the reference of the mapping just replaced
+    }
+    put_src();
+    mem.count(Event::WpCopy);
+    Outcome::Done(FaultResult::Resolved)
+}
+
+/// Makes a leftover `PROT_NONE` PTE present again with the VMA's (read-only) permissions.
+///
+/// Locks: VMA read lock or `mmap_lock` read, and the PTE lock (`pte`, consumed) on entry; the
+/// PTE lock is released on exit.
+pub(super) fn restore_protnone<P: Platform>(
+    _mm: &AddressSpace<P>,
+    vma: &Vma,
+    addr: u64,
+    pte: PteGuard<'_, P>,
+    orig: u64,
+) -> Outcome {
+    let _ = pte.replace(
+        addr,
+        orig,
+        make_pte(pte_frame(orig), pte_flags_for(vma.prot(), false)),
+    );
+    Outcome::Done(FaultResult::Resolved)
+}

@@ -1,0 +1,183 @@
+//! [`AddressSpace`]: one process's view of memory (Linux's `mm_struct`).
+//!
+//! It owns the `mmap_lock` (with `mm_lock_seq`), the maple tree of VMAs, the page tables, and the
+//! mask of CPUs that have run it (the targets of TLB shootdowns). The tree is read locklessly
+//! under RCU by the fault fast path and changed only with `mmap_lock` held for write; see
+//! `LOCKING.md` for who may touch what.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::frame::FrameAllocError;
+use crate::maple::{MapleTree, ValidateError};
+use crate::memory::Memory;
+use crate::pgtable::{PageTables, USER_END, USER_PML4_ENTRIES};
+use crate::platform::{CpuMask, Platform};
+use crate::sync::{MmapLock, MmapReadGuard, MmapWriteGuard};
+use crate::vma::Vma;
+
+static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An address space.
+///
+/// # Invariants
+/// Every VMA in `tree` is attached, has `vm_mm == id`, and is stored under exactly its own
+/// range; VMAs do not overlap, lie in `[MMAP_MIN_ADDR, USER_END)`, and no two adjacent VMAs have
+/// the same protection (they are merged). PTEs exist only inside VMAs. The tree and the VMAs'
+/// lock stamps change only with `mmap_lock` held for write.
+pub struct AddressSpace<P: Platform> {
+    id: u64,
+    mmap_lock: MmapLock<P>,
+    tree: MapleTree<Arc<Vma>, P>,
+    pgtables: PageTables<P>,
+    cpus: AtomicU64,
+    mem: Arc<Memory<P>>,
+}
+
+/// Why an address space is inconsistent (from [`AddressSpace::validate`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum MmValidateError {
+    /// The tree's own invariants fail.
+    Tree(ValidateError),
+    /// A VMA is stored under a range other than its own.
+    RangeMismatch { stored: Range<u64>, vma: Range<u64> },
+    /// A VMA is detached, belongs to another mm, or lies outside the user half.
+    BadVma { vma: Range<u64> },
+    /// Two adjacent VMAs with the same protection were not merged.
+    Unmerged { at: u64 },
+}
+
+impl<P: Platform> AddressSpace<P> {
+    /// An empty address space with no kernel half.
+    pub fn new(mem: &Arc<Memory<P>>) -> Result<Self, FrameAllocError> {
+        Ok(Self::from_tables(mem, PageTables::new(mem.clone())?))
+    }
+
+    /// An empty address space whose root shares the kernel's half (PML4 entries 256..512).
+    pub fn with_kernel_half(
+        mem: &Arc<Memory<P>>,
+        kernel_half: &[u64; USER_PML4_ENTRIES],
+    ) -> Result<Self, FrameAllocError> {
+        Ok(Self::from_tables(
+            mem,
+            PageTables::with_kernel_half(mem.clone(), kernel_half)?,
+        ))
+    }
+
+    fn from_tables(mem: &Arc<Memory<P>>, pgtables: PageTables<P>) -> Self {
+        AddressSpace {
+            id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
+            mmap_lock: MmapLock::new(mem.platform().clone()),
+            tree: MapleTree::new(mem.rcu().clone()),
+            pgtables,
+            cpus: AtomicU64::new(0),
+            mem: mem.clone(),
+        }
+    }
+
+    /// The unique id VMAs carry as `vm_mm`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The machine state.
+    pub fn memory(&self) -> &Arc<Memory<P>> {
+        &self.mem
+    }
+
+    /// The page tables (root for CR3: `page_tables().root()`).
+    pub fn page_tables(&self) -> &PageTables<P> {
+        &self.pgtables
+    }
+
+    /// The `mmap_lock`.
+    pub fn mmap_lock(&self) -> &MmapLock<P> {
+        &self.mmap_lock
+    }
+
+    /// `mmap_read_lock`. Lock order: outermost.
+    pub fn mmap_read_lock(&self) -> MmapReadGuard<'_, P> {
+        self.mmap_lock.read()
+    }
+
+    /// `mmap_write_lock`. Lock order: outermost. Dropping the guard runs `vma_end_write_all`.
+    pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_, P> {
+        self.mmap_lock.write()
+    }
+
+    pub(crate) fn tree(&self) -> &MapleTree<Arc<Vma>, P> {
+        &self.tree
+    }
+
+    /// Records that `cpu` runs this address space (the kernel calls it when loading CR3), so
+    /// shootdowns reach it. Writes the shared mask only the first time.
+    pub fn activate_on(&self, cpu: usize) {
+        let bit = 1u64 << cpu;
+        if self.cpus.load(Ordering::Relaxed) & bit == 0 {
+            self.cpus.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// The CPUs that have run this address space.
+    pub fn cpus(&self) -> CpuMask {
+        CpuMask(self.cpus.load(Ordering::Relaxed))
+    }
+
+    /// `vma_lookup` with `mmap_lock` held (read or write): the VMA containing `addr`.
+    pub fn vma_lookup(&self, _proof: &MmapReadGuard<'_, P>, addr: u64) -> Option<Arc<Vma>> {
+        debug_assert!(_proof.holds(&self.mmap_lock));
+        self.find_vma_locked(addr)
+    }
+
+    pub(crate) fn find_vma_locked(&self, addr: u64) -> Option<Arc<Vma>> {
+        let rcu = self.mem.rcu().read_lock();
+        self.tree.walk(&rcu, addr).map(|(_, v)| v.clone())
+    }
+
+    /// The VMAs overlapping `range`, in order (a snapshot; stable while `mmap_lock` is held).
+    pub fn vmas_in(&self, range: Range<u64>) -> Vec<Arc<Vma>> {
+        let rcu = self.mem.rcu().read_lock();
+        self.tree
+            .iter(&rcu, range)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Every VMA, in order.
+    pub fn vmas(&self) -> Vec<Arc<Vma>> {
+        self.vmas_in(0..USER_END)
+    }
+
+    /// Checks the invariants of the tree and of the VMAs in it. Takes `mmap_lock` for read.
+    pub fn validate(&self) -> Result<(), MmValidateError> {
+        let _g = self.mmap_read_lock();
+        self.tree.validate().map_err(MmValidateError::Tree)?;
+        let rcu = self.mem.rcu().read_lock();
+        let mut prev: Option<&Arc<Vma>> = None;
+        for (stored, vma) in self.tree.iter(&rcu, 0..USER_END) {
+            if stored != vma.range() {
+                return Err(MmValidateError::RangeMismatch {
+                    stored,
+                    vma: vma.range(),
+                });
+            }
+            if !vma.lock().is_attached()
+                || vma.vm_mm() != self.id
+                || vma.start() < crate::ops::MMAP_MIN_ADDR
+                || vma.end() > USER_END
+            {
+                return Err(MmValidateError::BadVma { vma: vma.range() });
+            }
+            if let Some(p) = prev
+                && p.end() == vma.start()
+                && p.prot() == vma.prot()
+            {
+                return Err(MmValidateError::Unmerged { at: vma.start() });
+            }
+            prev = Some(vma);
+        }
+        Ok(())
+    }
+}

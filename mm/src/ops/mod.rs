@@ -1,0 +1,144 @@
+//! Address-space operations: [`mmap`](crate::mm::AddressSpace::mmap),
+//! [`munmap`](crate::mm::AddressSpace::munmap), [`mprotect`](crate::mm::AddressSpace::mprotect).
+//!
+//! Every operation validates its arguments (an error, never a panic), takes `mmap_lock` for
+//! write, and rewrites the VMAs around the affected range with [`rewrite`]: it computes the new
+//! layout (the edit applied, then adjacent VMAs of equal protection merged), write-locks every
+//! VMA that changes (`vma_start_write`), takes them out of the tree, inserts the replacements
+//! (complete and write-locked from birth), and detaches the old ones. Page-table changes follow
+//! while everything is still locked, and their flush token is flushed before the lock drops.
+//! Faults on the affected range meanwhile fail the lockless path (VMA missing, detached or
+//! locked) and wait on `mmap_lock`.
+
+mod mmap;
+mod mprotect;
+mod munmap;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+pub use mmap::{MapFlags, MmapError};
+pub use mprotect::MprotectError;
+pub use munmap::MunmapError;
+
+use crate::mm::AddressSpace;
+use crate::pgtable::USER_END;
+use crate::platform::Platform;
+use crate::sync::MmapWriteGuard;
+use crate::vma::{Prot, Vma};
+
+/// The lowest address a mapping may start at (page 0 stays unmapped to catch null pointers).
+pub const MMAP_MIN_ADDR: u64 = 0x1000;
+const PAGE: u64 = 4096;
+
+/// What is wrong with an address range argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeError {
+    /// Length zero.
+    ZeroLength,
+    /// Address not page-aligned.
+    Unaligned,
+    /// `addr + len` (rounded up to a page) overflows.
+    Overflow,
+    /// Not inside `[MMAP_MIN_ADDR, USER_END)`.
+    OutOfRange,
+}
+
+/// `[addr, addr + len)` with `len` rounded up to pages, checked to lie in the user half.
+pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> {
+    if len == 0 {
+        return Err(RangeError::ZeroLength);
+    }
+    if !addr.is_multiple_of(PAGE) {
+        return Err(RangeError::Unaligned);
+    }
+    let len = len.checked_add(PAGE - 1).ok_or(RangeError::Overflow)? & !(PAGE - 1);
+    let end = addr.checked_add(len).ok_or(RangeError::Overflow)?;
+    if addr < MMAP_MIN_ADDR || end > USER_END {
+        return Err(RangeError::OutOfRange);
+    }
+    Ok(addr..end)
+}
+
+/// The tree could not allocate a node while VMAs were being replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TreeOutOfMemory;
+
+/// Gives `edit` the protection `new` (`None`: unmapped), merging with neighbours of equal
+/// protection, as described in the module header. Returns the VMAs that were replaced (already
+/// write-locked and detached).
+///
+/// Locks: `mmap_lock` for write (`g`) on entry and exit; write-locks the VMAs it changes.
+pub(crate) fn rewrite<P: Platform>(
+    mm: &AddressSpace<P>,
+    g: &MmapWriteGuard<'_, P>,
+    edit: Range<u64>,
+    new: Option<Prot>,
+) -> Result<Vec<Arc<Vma>>, TreeOutOfMemory> {
+    debug_assert!(g.holds(mm.mmap_lock()));
+    let window = edit.start.saturating_sub(PAGE)..edit.end.saturating_add(PAGE).min(USER_END);
+    let old = mm.vmas_in(window);
+
+    // The new layout of the area the old VMAs and the edit cover.
+    let mut segs: Vec<(Range<u64>, Prot)> = Vec::with_capacity(old.len() + 2);
+    for v in &old {
+        if v.start() < edit.start {
+            segs.push((v.start()..v.end().min(edit.start), v.prot()));
+        }
+        if v.end() > edit.end {
+            segs.push((v.start().max(edit.end)..v.end(), v.prot()));
+        }
+    }
+    if let Some(p) = new {
+        segs.push((edit.clone(), p));
+    }
+    segs.sort_by_key(|(r, _)| r.start);
+    let mut merged: Vec<(Range<u64>, Prot)> = Vec::with_capacity(segs.len());
+    for (r, p) in segs {
+        match merged.last_mut() {
+            Some((last, lp)) if last.end == r.start && *lp == p => last.end = r.end,
+            _ => merged.push((r, p)),
+        }
+    }
+
+    // Keep VMAs the rewrite leaves exactly as they were; build the others.
+    let mut removed: Vec<Arc<Vma>> = Vec::new();
+    let mut kept = Vec::new();
+    for v in old {
+        if merged
+            .iter()
+            .any(|(r, p)| *r == v.range() && *p == v.prot())
+        {
+            kept.push(v.range());
+        } else {
+            removed.push(v);
+        }
+    }
+    let added: Vec<Arc<Vma>> = merged
+        .into_iter()
+        .filter(|(r, _)| !kept.contains(r))
+        .map(|(r, p)| Vma::new_locked(g, mm.id(), r, p))
+        .collect();
+
+    for v in &removed {
+        // Lock order: mmap_lock (write) > VMA write lock.
+        v.start_write(g);
+        // The returned clone drops here; the tree drops its own after a grace period.
+        let erased = mm.tree().erase(v.start());
+        debug_assert!(erased.is_some_and(|(r, _)| r == v.range()));
+    }
+    for v in added {
+        v.lock().mark_attached(g);
+        if mm.tree().insert(v.range(), v).is_err() {
+            return Err(TreeOutOfMemory);
+        }
+    }
+    for v in &removed {
+        v.lock().mark_detached(g);
+    }
+    Ok(removed)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -1,0 +1,220 @@
+//! Split/merge scenarios as pictures: one character per page from `PIC_BASE`; in the first
+//! string each VMA has its own letter, the second gives each page's protection
+//! (r, w, x, n = none).
+
+use super::*;
+use crate::mmu;
+use crate::platform::emulated::Emulated;
+use crate::testutil::{Env, PAGE, PIC_BASE, anon, draw, fixed, picture};
+
+fn scenario(before: &str, op: impl FnOnce(&AddressSpace<Emulated>), after: (&str, &str)) {
+    let env = Env::new(4, 1);
+    {
+        let mm = env.mm();
+        draw(&mm, before);
+        op(&mm);
+        assert_eq!(picture(&mm, before.len()), (after.0.into(), after.1.into()));
+        mm.validate().unwrap();
+    }
+    env.assert_baseline();
+}
+
+fn page(i: u64) -> u64 {
+    PIC_BASE + i * PAGE
+}
+
+#[test]
+fn adjacent_equal_mappings_merge_and_different_ones_do_not() {
+    scenario("ww rr", |_| {}, ("AA BB", "ww rr"));
+    scenario("wwr", |_| {}, ("AAB", "wwr"));
+    // Filling the hole joins both neighbours into one VMA.
+    scenario(
+        "ww ww",
+        |mm| {
+            mm.mmap(page(2), PAGE, Prot::READ | Prot::WRITE, fixed())
+                .unwrap();
+        },
+        ("AAAAA", "wwwww"),
+    );
+}
+
+#[test]
+fn munmap_splits_trims_and_spans_holes() {
+    scenario(
+        "wwwww",
+        |mm| mm.munmap(page(2), PAGE).unwrap(),
+        ("AA BB", "ww ww"),
+    );
+    scenario(
+        "wwwww",
+        |mm| mm.munmap(page(0), 2 * PAGE).unwrap(),
+        ("  AAA", "  www"),
+    );
+    scenario(
+        "ww r ww",
+        |mm| mm.munmap(page(1), 5 * PAGE).unwrap(),
+        ("A     B", "w     w"),
+    );
+    // Unmapping nothing is fine.
+    scenario(
+        "w  w",
+        |mm| mm.munmap(page(1), 2 * PAGE).unwrap(),
+        ("A  B", "w  w"),
+    );
+}
+
+#[test]
+fn mprotect_splits_and_merges_back() {
+    scenario(
+        "wwwww",
+        |mm| mm.mprotect(page(1), 2 * PAGE, Prot::READ).unwrap(),
+        ("ABBCC", "wrrww"),
+    );
+    scenario(
+        "wwwww",
+        |mm| {
+            mm.mprotect(page(1), 2 * PAGE, Prot::READ).unwrap();
+            mm.mprotect(page(1), 2 * PAGE, Prot::READ | Prot::WRITE)
+                .unwrap();
+        },
+        ("AAAAA", "wwwww"),
+    );
+    // Changing the middle VMA to its neighbours' protection merges all three.
+    scenario(
+        "wwrww",
+        |mm| {
+            mm.mprotect(page(2), PAGE, Prot::READ | Prot::WRITE)
+                .unwrap()
+        },
+        ("AAAAA", "wwwww"),
+    );
+    scenario(
+        "rwwx",
+        |mm| mm.mprotect(page(0), 4 * PAGE, Prot::empty()).unwrap(),
+        ("AAAA", "nnnn"),
+    );
+}
+
+#[test]
+fn mprotect_of_a_hole_fails_and_changes_nothing() {
+    scenario(
+        "ww w",
+        |mm| {
+            assert_eq!(
+                mm.mprotect(page(0), 4 * PAGE, Prot::READ),
+                Err(MprotectError::NotMapped)
+            );
+        },
+        ("AA B", "ww w"),
+    );
+}
+
+#[test]
+fn invalid_arguments_are_errors() {
+    let env = Env::new(4, 1);
+    let mm = env.mm();
+    let rw = Prot::READ | Prot::WRITE;
+    let bad = |e| Err(MmapError::BadRange(e));
+    assert_eq!(mm.mmap(0, 0, rw, anon()), bad(RangeError::ZeroLength));
+    assert_eq!(mm.mmap(0, u64::MAX, rw, anon()), bad(RangeError::Overflow));
+    assert_eq!(
+        mm.mmap(0x1234, PAGE, rw, fixed()),
+        bad(RangeError::Unaligned)
+    );
+    assert_eq!(mm.mmap(0, PAGE, rw, fixed()), bad(RangeError::OutOfRange));
+    assert_eq!(
+        mm.mmap(USER_END - PAGE, 2 * PAGE, rw, fixed()),
+        bad(RangeError::OutOfRange)
+    );
+    assert_eq!(
+        mm.mmap(0, PAGE, Prot::from_bits_retain(8), anon()),
+        Err(MmapError::BadProt)
+    );
+    assert_eq!(
+        mm.mmap(0, PAGE, rw, MapFlags::ANONYMOUS),
+        Err(MmapError::BadFlags)
+    );
+    assert_eq!(
+        mm.mmap(0, PAGE, rw, anon() | MapFlags::from_bits_retain(1)),
+        Err(MmapError::BadFlags)
+    );
+    assert_eq!(mm.mmap(0, 1 << 48, rw, anon()), bad(RangeError::OutOfRange));
+    assert_eq!(
+        mm.munmap(0x1001, PAGE),
+        Err(MunmapError::BadRange(RangeError::Unaligned))
+    );
+    assert_eq!(
+        mm.munmap(0x1000, 0),
+        Err(MunmapError::BadRange(RangeError::ZeroLength))
+    );
+    assert_eq!(
+        mm.munmap(!0xfff, PAGE),
+        Err(MunmapError::BadRange(RangeError::Overflow))
+    );
+    assert_eq!(
+        mm.mprotect(0x1000, PAGE, Prot::from_bits_retain(16)),
+        Err(MprotectError::BadProt)
+    );
+    assert_eq!(mm.mprotect(0x1000, 0, Prot::READ), Ok(()));
+    mm.mmap(page(0), PAGE, rw, fixed()).unwrap();
+    assert_eq!(
+        mm.mmap(page(0), PAGE, rw, anon() | MapFlags::FIXED_NOREPLACE),
+        Err(MmapError::AlreadyMapped)
+    );
+    assert!(mm.vmas().len() == 1);
+}
+
+#[test]
+fn hint_is_used_when_free_and_gap_search_otherwise() {
+    let env = Env::new(4, 1);
+    let mm = env.mm();
+    let rw = Prot::READ | Prot::WRITE;
+    assert_eq!(
+        mm.mmap(page(4), PAGE, rw, anon()).unwrap().as_u64(),
+        page(4)
+    );
+    let other = mm.mmap(page(4), PAGE, rw, anon()).unwrap().as_u64();
+    assert_ne!(other, page(4));
+    let top = mm.mmap(0, 3 * PAGE, rw, anon()).unwrap().as_u64();
+    assert!(top + 3 * PAGE <= USER_END && top > page(4));
+    mm.validate().unwrap();
+}
+
+#[test]
+fn data_survives_splits_and_protection_changes_and_munmap_frees_it() {
+    let env = Env::new(4, 1);
+    {
+        let mm = env.mm();
+        draw(&mm, "wwww");
+        for i in 0..4 {
+            mmu::store(&mm, page(i) + 8, 100 + i, true).unwrap();
+        }
+        mm.mprotect(page(1), 2 * PAGE, Prot::READ).unwrap();
+        assert!(
+            mmu::store(&mm, page(1), 1, true).is_err(),
+            "write to a read-only page"
+        );
+        for i in 0..4 {
+            assert_eq!(mmu::load(&mm, page(i) + 8, true), Ok(100 + i));
+        }
+        mm.mprotect(page(1), 2 * PAGE, Prot::empty()).unwrap();
+        assert!(mmu::load(&mm, page(1), true).is_err());
+        mm.mprotect(page(0), 4 * PAGE, Prot::READ | Prot::WRITE)
+            .unwrap();
+        for i in 0..4 {
+            assert_eq!(mmu::load(&mm, page(i) + 8, true), Ok(100 + i));
+            // Write after the upgrade: do_wp_page reuses the sole-owner frame.
+            mmu::store(&mm, page(i) + 16, 7, true).unwrap();
+            assert_eq!(mmu::load(&mm, page(i) + 8, true), Ok(100 + i));
+        }
+        mm.munmap(page(1), PAGE).unwrap();
+        assert!(mmu::load(&mm, page(1), true).is_err());
+        assert_eq!(mmu::load(&mm, page(2) + 8, true), Ok(102));
+        // MAP_FIXED over a mapped page replaces its contents with zeros.
+        mm.mmap(page(2), PAGE, Prot::READ | Prot::WRITE, fixed())
+            .unwrap();
+        assert_eq!(mmu::load(&mm, page(2) + 8, true), Ok(0));
+        assert!(env.p.shootdown_stats().0 > 0);
+    }
+    env.assert_baseline();
+}

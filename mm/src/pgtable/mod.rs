@@ -1,0 +1,370 @@
+//! x86-64 4-level page tables in (emulated or real) physical memory.
+//!
+//! Entries use the hardware format ([`PageTableFlags`]) and are atomics, because the MMU sets
+//! Accessed/Dirty bits behind the kernel's back and lockless walkers read them.
+//!
+//! # Protocol
+//! - **Upper levels** (PML4, PDPT, PD) are allocated on demand and installed by compare-and-swap
+//!   ([`install`]): of two CPUs racing to fill an empty entry, one wins and the other frees its
+//!   table. Upper tables are freed only when the address space is torn down, so a walker may hold
+//!   a reference to one for as long as it borrows the [`PageTables`].
+//! - **PTE tables** (last level) are guarded by the split lock in their frame's metadata:
+//!   [`PageTables::pte_offset_map_lock`] enters an RCU read section, reads the PMD entry, locks
+//!   that table's lock and re-checks that the PMD entry still points to the table. Only then may
+//!   PTEs be changed (through the returned [`PteGuard`]).
+//! - **Zap** ([`zap`]) clears PTEs under the PTE lock and collects the frames in a
+//!   [`ZapFlush`] token; they are freed only after the TLB shootdown the token performs. A PTE
+//!   table left empty is unhooked from its PMD entry *under its lock* and freed after an RCU grace
+//!   period, so a walker that read the old PMD entry either fails the re-check or finishes with
+//!   the table before it is reused.
+//! - The kernel half of the root (PML4 entries 256..512) belongs to the kernel: it is copied in
+//!   at creation ([`PageTables::with_kernel_half`]) and never walked or freed here.
+
+mod install;
+mod zap;
+
+use alloc::sync::Arc;
+use core::marker::PhantomData;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) use install::{EntrySlot, Installed, install_or_discard};
+pub use zap::{ProtectFlush, ZapFlush, pte_flags_for};
+
+use crate::frame::{FrameAllocError, FrameKind, mem};
+use crate::memory::Memory;
+use crate::platform::{PageTableFlags, PhysAddr, PhysFrame, Platform};
+use crate::rcu::RcuReadGuard;
+use crate::stats::Event;
+use crate::sync::RawSpinGuard;
+
+/// One past the highest user address (the lower canonical half).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+/// PML4 entries of the user half.
+pub const USER_PML4_ENTRIES: usize = 256;
+/// Bytes mapped by one PTE table.
+pub const PMD_SIZE: u64 = 1 << 21;
+/// Physical-address bits of an entry.
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Software bit: a non-present PTE that still owns its frame (a `PROT_NONE` mapping).
+pub const PTE_PROTNONE: PageTableFlags = PageTableFlags::BIT_9;
+/// Flags of an upper-level entry: permissions are decided at the last level.
+const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::WRITABLE)
+    .union(PageTableFlags::USER_ACCESSIBLE);
+
+/// The flags of an entry.
+pub fn pte_flags(entry: u64) -> PageTableFlags {
+    PageTableFlags::from_bits_truncate(entry)
+}
+
+/// The frame an entry points to (meaningful when it is present or `PROT_NONE`).
+pub fn pte_frame(entry: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(entry & ADDR_MASK))
+}
+
+/// An entry pointing to `frame` with `flags`.
+pub fn make_pte(frame: PhysFrame, flags: PageTableFlags) -> u64 {
+    frame.start_address().as_u64() | flags.bits()
+}
+
+/// Whether an entry maps (or, `PROT_NONE`, holds) a frame.
+pub fn pte_holds_frame(entry: u64) -> bool {
+    pte_flags(entry).intersects(PageTableFlags::PRESENT | PTE_PROTNONE)
+}
+
+/// The index of `addr` in its table at `level` (4 = PML4 ... 1 = PTE table).
+fn index(addr: u64, level: u32) -> usize {
+    ((addr >> (12 + 9 * (level - 1))) & 511) as usize
+}
+
+/// The page tables of one address space.
+///
+/// # Invariants
+/// `root` is a PML4 frame owned by this value. Every present entry in its user half, and below,
+/// points to a page-table frame owned by this value (upper levels) or to a user frame it holds
+/// a reference to (last level; the zero frame is not counted).
+pub struct PageTables<P: Platform> {
+    mem: Arc<Memory<P>>,
+    root: PhysFrame,
+}
+
+impl<P: Platform> PageTables<P> {
+    /// Empty tables (no kernel half).
+    pub fn new(mem: Arc<Memory<P>>) -> Result<Self, FrameAllocError> {
+        let root = mem.frames().alloc_zeroed(FrameKind::PageTable)?;
+        // INVARIANT: an empty root owns nothing.
+        Ok(PageTables { mem, root })
+    }
+
+    /// Empty user half, with PML4 entries 256..512 copied from `kernel_half` (the kernel's own
+    /// root, entry for entry), so the kernel stays mapped while this root is in CR3.
+    pub fn with_kernel_half(
+        mem: Arc<Memory<P>>,
+        kernel_half: &[u64; USER_PML4_ENTRIES],
+    ) -> Result<Self, FrameAllocError> {
+        let pt = Self::new(mem)?;
+        let root = pt.table(pt.root);
+        for (slot, &e) in root[USER_PML4_ENTRIES..].iter().zip(kernel_half.iter()) {
+            slot.store(e, Ordering::Relaxed);
+        }
+        Ok(pt)
+    }
+
+    /// The root table (the value for CR3).
+    pub fn root(&self) -> PhysFrame {
+        self.root
+    }
+
+    /// The machine state these tables live in.
+    pub fn memory(&self) -> &Arc<Memory<P>> {
+        &self.mem
+    }
+
+    fn table(&self, frame: PhysFrame) -> &[AtomicU64; mem::WORDS] {
+        mem::words(&**self.mem.platform(), frame)
+    }
+
+    /// The PMD entry (level-2 entry) covering `addr`, allocating missing upper levels.
+    /// No lock needed: upper levels are installed by CAS and live as long as `self`.
+    pub fn pmd_alloc(&self, addr: u64) -> Result<&AtomicU64, FrameAllocError> {
+        debug_assert!(addr < USER_END);
+        let mut table = self.table(self.root);
+        for level in [4, 3] {
+            let slot = &table[index(addr, level)];
+            let e = self.ensure_table(slot)?;
+            table = self.table(pte_frame(e));
+        }
+        Ok(&table[index(addr, 2)])
+    }
+
+    /// `pte_alloc`: makes `pmd` point to a PTE table if it does not.
+    pub fn pte_alloc(&self, pmd: &AtomicU64) -> Result<(), FrameAllocError> {
+        self.ensure_table(pmd).map(|_| ())
+    }
+
+    /// The present entry in `slot`, installing a fresh zeroed table if it is empty.
+    fn ensure_table(&self, slot: &AtomicU64) -> Result<u64, FrameAllocError> {
+        let e = slot.load_acquire();
+        if e & PageTableFlags::PRESENT.bits() != 0 {
+            return Ok(e);
+        }
+        let frames = self.mem.frames();
+        let new = frames.alloc_zeroed(FrameKind::PageTable)?;
+        match install_or_discard(slot, make_pte(new, TABLE_FLAGS)) {
+            Installed::Ours(e) => {
+                self.mem.count(Event::PgtableAlloc);
+                Ok(e)
+            }
+            Installed::Theirs(e) => {
+                self.mem.count(Event::PgtableInstallRaceLost);
+                frames.put(new);
+                Ok(e)
+            }
+        }
+    }
+
+    /// The PMD entry covering `addr` if the upper levels exist (no allocation).
+    fn pmd_lookup(&self, addr: u64) -> Option<&AtomicU64> {
+        let mut table = self.table(self.root);
+        for level in [4, 3] {
+            let e = table[index(addr, level)].load(Ordering::Acquire);
+            if e & PageTableFlags::PRESENT.bits() == 0 {
+                return None;
+            }
+            table = self.table(pte_frame(e));
+        }
+        Some(&table[index(addr, 2)])
+    }
+
+    /// `pte_offset_map_lock`: the PTE table covering `addr`, locked by its split lock, or `None`
+    /// if there is none (never allocated, or freed meanwhile: call [`pte_alloc`](Self::pte_alloc)
+    /// and retry). Lock order: PTE lock inside `mmap_lock`/VMA lock; the RCU read section it
+    /// enters keeps the table's frame from being reused while we look at it.
+    pub fn pte_offset_map_lock(&self, addr: u64) -> Option<PteGuard<'_, P>> {
+        let rcu = self.mem.rcu().read_lock();
+        let pmd = self.pmd_lookup(addr)?;
+        loop {
+            let e = pmd.load(Ordering::Acquire);
+            if e & PageTableFlags::PRESENT.bits() == 0 {
+                return None;
+            }
+            let frame = pte_frame(e);
+            // Lock order: PTE lock (innermost but the frame caches).
+            let lock = self.mem.frames().meta(frame).pte_lock().lock();
+            // Unhooking a table happens under this lock, so if the entry still points here the
+            // table stays ours until we unlock.
+            if pmd.load(Ordering::Relaxed) == e {
+                return Some(PteGuard {
+                    table: self.table(frame),
+                    frame,
+                    base: addr & !(PMD_SIZE - 1),
+                    pmd,
+                    _lock: lock,
+                    _rcu: rcu,
+                    _not_send: PhantomData,
+                });
+            }
+        }
+    }
+
+    /// The PTE for `addr` as the MMU would see it now (0 if any level is missing). Lockless, for
+    /// the emulated MMU and for checks.
+    pub fn lookup_pte(&self, addr: u64) -> u64 {
+        self.with_pte(addr, |pte| pte.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` on the PTE slot for `addr`, as a hardware walk would reach it (no lock; under
+    /// RCU, so the PTE table is not reused meanwhile). `None` if any level is missing.
+    pub fn with_pte<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
+        let _rcu = self.mem.rcu().read_lock();
+        let e = self.pmd_lookup(addr)?.load(Ordering::Acquire);
+        if e & PageTableFlags::PRESENT.bits() == 0 {
+            return None;
+        }
+        Some(f(&self.table(pte_frame(e))[index(addr, 1)]))
+    }
+
+    /// Page-table frames currently reachable from the user half, root included (for checks).
+    pub fn count_tables(&self) -> usize {
+        fn walk<P: Platform>(pt: &PageTables<P>, frame: PhysFrame, level: u32) -> usize {
+            let slots = if level == 4 {
+                &pt.table(frame)[..USER_PML4_ENTRIES]
+            } else {
+                &pt.table(frame)[..]
+            };
+            let mut total = 1;
+            if level > 1 {
+                for e in slots.iter().map(|e| e.load(Ordering::Relaxed)) {
+                    if e & PageTableFlags::PRESENT.bits() != 0 {
+                        total += walk(pt, pte_frame(e), level - 1);
+                    }
+                }
+            }
+            total
+        }
+        walk(self, self.root, 4)
+    }
+
+    /// Frees every table of the user half and drops the references of every frame mapped in
+    /// it. `&mut self`: no walker can be inside.
+    fn free_user_half(&mut self) {
+        let root = self.root;
+        self.free_level(root, 4);
+    }
+
+    fn free_level(&self, frame: PhysFrame, level: u32) {
+        let slots = self.table(frame);
+        let slots = if level == 4 {
+            &slots[..USER_PML4_ENTRIES]
+        } else {
+            &slots[..]
+        };
+        let frames = self.mem.frames();
+        for slot in slots {
+            let e = slot.swap(0, Ordering::Relaxed);
+            if level == 1 {
+                if pte_holds_frame(e) {
+                    let f = pte_frame(e);
+                    if f != frames.zero_frame() {
+                        frames.meta(f).unmap();
+                    }
+                    frames.put(f);
+                }
+            } else if e & PageTableFlags::PRESENT.bits() != 0 {
+                let child = pte_frame(e);
+                self.free_level(child, level - 1);
+                frames.put(child);
+            }
+        }
+    }
+}
+
+impl<P: Platform> Drop for PageTables<P> {
+    fn drop(&mut self) {
+        self.free_user_half();
+        self.mem.frames().put(self.root);
+    }
+}
+
+/// Proof that the PTE table covering `[base, base + 2 MiB)` is locked (its split lock held,
+/// inside an RCU read section); PTE changes are made through it.
+#[must_use = "dropping the guard releases the PTE lock at once"]
+pub struct PteGuard<'a, P: Platform> {
+    table: &'a [AtomicU64; mem::WORDS],
+    frame: PhysFrame,
+    base: u64,
+    pmd: &'a AtomicU64,
+    // Field order is drop order: unlock, then leave the RCU read section.
+    _lock: RawSpinGuard<'a>,
+    _rcu: RcuReadGuard<'a, P>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<P: Platform> PteGuard<'_, P> {
+    fn slot(&self, addr: u64) -> &AtomicU64 {
+        debug_assert!(
+            addr.wrapping_sub(self.base) < PMD_SIZE,
+            "address outside the locked table"
+        );
+        &self.table[index(addr, 1)]
+    }
+
+    /// The PTE for `addr`.
+    pub fn get(&self, addr: u64) -> u64 {
+        self.slot(addr).load(Ordering::Relaxed)
+    }
+
+    /// Sets the PTE for `addr` (not-present to present needs no TLB flush).
+    pub fn set(&self, addr: u64, entry: u64) {
+        // Release: the frame's contents (zeroed, copied) are visible to whoever sees the entry.
+        self.slot(addr).store(entry, Ordering::Release);
+    }
+
+    /// Replaces the PTE for `addr` if it is still `old` (the MMU may have set A/D meanwhile).
+    pub fn replace(&self, addr: u64, old: u64, new: u64) -> Result<u64, u64> {
+        self.slot(addr)
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
+    }
+
+    /// Clears the PTE for `addr`, returning what it held (with any A/D bits the MMU set).
+    pub fn take(&self, addr: u64) -> u64 {
+        self.slot(addr).swap(0, Ordering::AcqRel)
+    }
+
+    /// Whether every PTE of the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.iter().all(|e| e.load(Ordering::Relaxed) == 0)
+    }
+
+    /// Unhooks the (empty) table from its PMD entry; the caller frees its frame after an RCU
+    /// grace period. Walkers that read the old PMD entry fail their re-check under this lock.
+    fn unhook(&self) -> PhysFrame {
+        debug_assert!(self.is_empty());
+        self.pmd.store(0, Ordering::Release);
+        self.frame
+    }
+
+    /// The first address the table maps.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+}
+
+/// Splits `range` at 2 MiB boundaries (one piece per PTE table).
+pub(crate) fn pmd_chunks(range: Range<u64>) -> impl Iterator<Item = Range<u64>> {
+    let mut at = range.start;
+    core::iter::from_fn(move || {
+        if at >= range.end {
+            return None;
+        }
+        let next = ((at | (PMD_SIZE - 1)) + 1).min(range.end);
+        let chunk = at..next;
+        at = next;
+        Some(chunk)
+    })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

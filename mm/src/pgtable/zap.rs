@@ -1,0 +1,210 @@
+//! Removing and downgrading mappings: `zap_page_range` and `change_protection`.
+//!
+//! Both run with `mmap_lock` held for write and every VMA covering the range write-locked, so no
+//! fault can be installing PTEs in the range; faults on *other* VMAs may share a PTE table and
+//! are serialized with us by its split lock. Both return a `#[must_use]` token: the caller shoots
+//! down the TLBs of the CPUs that ran the address space, and only then (for a zap) are the
+//! frames freed, because another CPU may still be writing through a stale TLB entry until then.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::{PTE_PROTNONE, PageTables, pmd_chunks, pte_flags, pte_frame, pte_holds_frame};
+use crate::memory::Memory;
+use crate::platform::{CpuMask, PageTableFlags, PhysFrame, Platform, VirtAddr};
+use crate::stats::Event;
+use crate::sync::MmapWriteGuard;
+use crate::vma::Prot;
+
+/// Frames unmapped by a zap, to be freed after the TLB shootdown.
+#[must_use = "the TLBs must be shot down (ZapFlush::flush) before the frames can be freed"]
+pub struct ZapFlush {
+    range: Range<u64>,
+    cleared: usize,
+    frames: Vec<PhysFrame>,
+    tables: Vec<PhysFrame>,
+}
+
+impl ZapFlush {
+    /// A token for nothing.
+    pub fn empty() -> Self {
+        ZapFlush {
+            range: 0..0,
+            cleared: 0,
+            frames: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    /// Adds the work of `other` to this token.
+    pub fn merge(&mut self, mut other: ZapFlush) {
+        if other.cleared > 0 {
+            self.range = if self.cleared == 0 {
+                other.range.clone()
+            } else {
+                self.range.start.min(other.range.start)..self.range.end.max(other.range.end)
+            };
+        }
+        self.cleared += other.cleared;
+        self.frames.append(&mut other.frames);
+        self.tables.append(&mut other.tables);
+    }
+
+    /// PTEs cleared.
+    pub fn cleared(&self) -> usize {
+        self.cleared
+    }
+
+    /// Shoots down `cpus`, then drops the frames' references, and frees the emptied page-table
+    /// pages after an RCU grace period.
+    pub fn flush<P: Platform>(self, mem: &Arc<Memory<P>>, cpus: CpuMask) {
+        if self.cleared > 0 {
+            let pages = ((self.range.end - self.range.start) / 4096) as usize;
+            mem.platform()
+                .shootdown(cpus, VirtAddr::new(self.range.start), pages);
+        }
+        for f in self.frames {
+            mem.frames().put(f);
+        }
+        if !self.tables.is_empty() {
+            let tables = self.tables;
+            let m = mem.clone();
+            mem.rcu().call_rcu(Box::new(move || {
+                for t in tables {
+                    m.count(Event::PgtableFree);
+                    m.frames().put(t);
+                }
+            }));
+        }
+    }
+}
+
+/// A permission change that may have to be shot down.
+#[must_use = "a permission downgrade must be shot down (ProtectFlush::flush)"]
+pub struct ProtectFlush {
+    range: Range<u64>,
+    downgraded: bool,
+}
+
+impl ProtectFlush {
+    /// Whether some PTE lost a permission (and a shootdown is needed).
+    pub fn needs_shootdown(&self) -> bool {
+        self.downgraded
+    }
+
+    /// Shoots down `cpus` if a permission was removed.
+    pub fn flush<P: Platform>(self, platform: &P, cpus: CpuMask) {
+        if self.downgraded {
+            let pages = ((self.range.end - self.range.start) / 4096) as usize;
+            platform.shootdown(cpus, VirtAddr::new(self.range.start), pages);
+        }
+    }
+}
+
+/// The PTE flags a present page of a VMA with `prot` gets; `writable` says whether this page
+/// may be mapped writable now (an exclusively owned anonymous page that already was).
+pub fn pte_flags_for(prot: Prot, writable: bool) -> PageTableFlags {
+    let mut f = PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE;
+    if writable && prot.contains(Prot::WRITE) {
+        f |= PageTableFlags::WRITABLE;
+    }
+    if !prot.contains(Prot::EXEC) {
+        f |= PageTableFlags::NO_EXECUTE;
+    }
+    f
+}
+
+impl<P: Platform> PageTables<P> {
+    /// `zap_page_range`: clears every PTE in `range` (page-aligned), unhooking PTE tables that
+    /// become empty. Needs `mmap_lock` for write (`_proof`) and the VMAs covering `range`
+    /// write-locked.
+    pub fn zap(&self, _proof: &MmapWriteGuard<'_, P>, range: Range<u64>) -> ZapFlush {
+        let frames = self.mem.frames();
+        let mut out = ZapFlush {
+            range: range.clone(),
+            ..ZapFlush::empty()
+        };
+        for chunk in pmd_chunks(range) {
+            // Lock order: mmap_lock (write) > PTE lock.
+            let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
+                continue;
+            };
+            for addr in chunk.step_by(4096) {
+                let e = pte.take(addr);
+                if e == 0 {
+                    continue;
+                }
+                out.cleared += 1;
+                if pte_holds_frame(e) {
+                    let f = pte_frame(e);
+                    if f != frames.zero_frame() {
+                        frames.meta(f).unmap();
+                    }
+                    out.frames.push(f);
+                }
+            }
+            if pte.is_empty() {
+                out.tables.push(pte.unhook());
+            }
+        }
+        out
+    }
+
+    /// `change_protection`: gives every PTE in `range` the permissions of `prot`, never adding
+    /// write permission (a write fault then decides, in `do_wp_page`, whether the page can be
+    /// reused). `PROT_NONE` keeps the frame in a non-present PTE. Needs `mmap_lock` for write and
+    /// the VMAs covering `range` write-locked.
+    pub fn change_protection(
+        &self,
+        _proof: &MmapWriteGuard<'_, P>,
+        range: Range<u64>,
+        prot: Prot,
+    ) -> ProtectFlush {
+        let mut out = ProtectFlush {
+            range: range.clone(),
+            downgraded: false,
+        };
+        let keep = PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+        for chunk in pmd_chunks(range) {
+            // Lock order: mmap_lock (write) > PTE lock.
+            let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
+                continue;
+            };
+            for addr in chunk.step_by(4096) {
+                let mut old = pte.get(addr);
+                loop {
+                    if !pte_holds_frame(old) {
+                        break;
+                    }
+                    let of = pte_flags(old);
+                    let nf = if prot.is_empty() {
+                        PTE_PROTNONE
+                    } else {
+                        pte_flags_for(prot, of.contains(PageTableFlags::WRITABLE)) | (of & keep)
+                    };
+                    let new = super::make_pte(pte_frame(old), nf);
+                    if new == old {
+                        break;
+                    }
+                    match pte.replace(addr, old, new) {
+                        Ok(_) => {
+                            let was_present = of.contains(PageTableFlags::PRESENT);
+                            let lost = !nf.contains(PageTableFlags::PRESENT)
+                                || (of.contains(PageTableFlags::WRITABLE)
+                                    && !nf.contains(PageTableFlags::WRITABLE))
+                                || (!of.contains(PageTableFlags::NO_EXECUTE)
+                                    && nf.contains(PageTableFlags::NO_EXECUTE));
+                            out.downgraded |= was_present && lost;
+                            break;
+                        }
+                        // The MMU set A/D meanwhile: recompute from the fresh value.
+                        Err(now) => old = now,
+                    }
+                }
+            }
+        }
+        out
+    }
+}

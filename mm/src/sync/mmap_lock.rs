@@ -1,0 +1,186 @@
+//! `mmap_lock` and `mm_lock_seq`.
+//!
+//! `mm_lock_seq` is a sequence count: odd while `mmap_lock` is held for write, even otherwise.
+//! `vma_start_write` stamps a VMA with the current (odd) value; the VMA is write-locked exactly
+//! while `vma.vm_lock_seq == mm_lock_seq`. Dropping the write guard bumps the count to even
+//! (`vma_end_write_all`), which unlocks every VMA stamped under that hold in one store. The count
+//! may wrap; a stale stamp that matches again only sends a reader to the `mmap_lock` fallback.
+//!
+//! `vma_writer_wait` is the word a VMA writer parks on while readers drain; it lives here (in the
+//! address space, as Linux's `mm->vma_writer_wait`) rather than in the VMA, so a reader that just
+//! dropped its reference can wake the writer without touching the VMA, which may be freed.
+
+use core::marker::PhantomData;
+
+use alloc::sync::Arc;
+
+use super::{Park, RwSemaphore};
+use crate::primitive::{AtomicU32, Ordering};
+
+/// An address space's `mmap_lock` with its `mm_lock_seq`.
+///
+/// # Invariants
+/// `mm_lock_seq` is odd exactly while a [`MmapWriteGuard`] of this lock exists.
+pub struct MmapLock<W: Park> {
+    sem: RwSemaphore<W>,
+    mm_lock_seq: AtomicU32,
+    vma_writer_wait: AtomicU32,
+    park: Arc<W>,
+}
+
+impl<W: Park> MmapLock<W> {
+    /// An unlocked `mmap_lock`.
+    pub fn new(park: Arc<W>) -> Self {
+        MmapLock {
+            sem: RwSemaphore::new(park.clone()),
+            mm_lock_seq: AtomicU32::new(0),
+            vma_writer_wait: AtomicU32::new(0),
+            park,
+        }
+    }
+
+    /// `mmap_read_lock`.
+    pub fn read(&self) -> MmapReadGuard<'_, W> {
+        self.sem.down_read();
+        MmapReadGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// `mmap_read_trylock`.
+    pub fn try_read(&self) -> Option<MmapReadGuard<'_, W>> {
+        self.sem.try_down_read().then(|| MmapReadGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// `mmap_write_lock`: also starts a new `mm_lock_seq` period (odd).
+    pub fn write(&self) -> MmapWriteGuard<'_, W> {
+        self.sem.down_write();
+        let seq = self.mm_lock_seq.load(Ordering::Relaxed);
+        debug_assert!(seq.is_multiple_of(2), "mm_lock_seq odd with mmap_lock free");
+        // INVARIANT: odd from here until the guard drops. The VMA stamps made with this value
+        // are published by the refcount release in `vma_start_write`, so Relaxed is enough here.
+        self.mm_lock_seq
+            .store(seq.wrapping_add(1), Ordering::Relaxed);
+        MmapWriteGuard {
+            lock: self,
+            seq: seq.wrapping_add(1),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The current `mm_lock_seq`, with acquire ordering: pairs with the release in
+    /// `vma_end_write_all`, so a reader that sees the new value also sees everything the writer
+    /// did under the lock.
+    pub fn mm_lock_seq(&self) -> u32 {
+        self.mm_lock_seq.load(Ordering::Acquire)
+    }
+
+    /// The current `mm_lock_seq`, for the lockless early check whose result is re-validated.
+    pub(crate) fn mm_lock_seq_relaxed(&self) -> u32 {
+        self.mm_lock_seq.load(Ordering::Relaxed)
+    }
+
+    /// Whether the lock is held for writing by someone (for `debug_assert!`s).
+    pub fn is_write_locked(&self) -> bool {
+        self.sem.is_write_locked()
+    }
+
+    /// Whether the lock is held at all by someone (for `debug_assert!`s).
+    pub fn is_locked(&self) -> bool {
+        self.sem.is_locked()
+    }
+
+    pub(crate) fn vma_writer_wait(&self) -> &AtomicU32 {
+        &self.vma_writer_wait
+    }
+
+    pub(crate) fn park(&self) -> &W {
+        &self.park
+    }
+}
+
+/// Proof that `mmap_lock` is held for reading.
+#[must_use = "dropping the guard releases mmap_lock at once"]
+pub struct MmapReadGuard<'a, W: Park> {
+    lock: &'a MmapLock<W>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<W: Park> MmapReadGuard<'_, W> {
+    /// Whether this guard holds `lock`.
+    pub fn holds(&self, lock: &MmapLock<W>) -> bool {
+        core::ptr::eq(self.lock, lock)
+    }
+}
+
+impl<W: Park> Drop for MmapReadGuard<'_, W> {
+    fn drop(&mut self) {
+        self.lock.sem.up_read();
+    }
+}
+
+/// Proof that `mmap_lock` is held for writing. Dropping it runs `vma_end_write_all`, then
+/// releases the lock.
+#[must_use = "dropping the guard releases mmap_lock at once"]
+pub struct MmapWriteGuard<'a, W: Park> {
+    lock: &'a MmapLock<W>,
+    seq: u32,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<W: Park> MmapWriteGuard<'_, W> {
+    /// The `mm_lock_seq` of this write hold (odd), the stamp of write-locked VMAs.
+    pub fn mm_lock_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Whether this guard holds `lock`.
+    pub fn holds(&self, lock: &MmapLock<W>) -> bool {
+        core::ptr::eq(self.lock, lock)
+    }
+
+    pub(crate) fn lock(&self) -> &MmapLock<W> {
+        self.lock
+    }
+
+    /// `vma_end_write_all`: ends the `mm_lock_seq` period, unlocking every VMA write-locked
+    /// under this hold. Release ordering: a reader that sees the even value also sees the VMA
+    /// and page-table changes made while the VMAs were locked.
+    fn vma_end_write_all(&self) {
+        self.lock
+            .mm_lock_seq
+            .store(self.seq.wrapping_add(1), Ordering::Release);
+    }
+}
+
+impl<W: Park> Drop for MmapWriteGuard<'_, W> {
+    fn drop(&mut self) {
+        self.vma_end_write_all();
+        self.lock.sem.up_write();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::platform::emulated::Emulated;
+
+    #[test]
+    fn write_hold_makes_the_sequence_odd_and_release_even() {
+        let lock = MmapLock::new(Arc::new(Emulated::new(1, 1)));
+        assert_eq!(lock.mm_lock_seq(), 0);
+        let g = lock.write();
+        assert_eq!(g.mm_lock_seq(), 1);
+        assert_eq!(lock.mm_lock_seq(), 1);
+        assert!(lock.try_read().is_none());
+        drop(g);
+        assert_eq!(lock.mm_lock_seq(), 2);
+        let r = lock.read();
+        assert!(r.holds(&lock));
+        assert!(lock.try_read().is_some());
+    }
+}

@@ -1,0 +1,24 @@
+//! Locks of the memory subsystem.
+//!
+//! - [`MmapLock`]: the per-address-space reader-writer semaphore (`mmap_lock`) together with
+//!   `mm_lock_seq`, the sequence count whose bump on write unlock releases every VMA write lock
+//!   of the address space at once (`vma_end_write_all`).
+//! - [`RwSemaphore`]: the writer-preferring sleeping lock under it; waiters spin briefly, then
+//!   block through [`Park`] (the platform's futex-like `wait`/`wake`).
+//! - [`SpinLock`] / [`RawSpinLock`]: for short critical sections that never sleep (the split PTE
+//!   lock, the per-CPU frame caches). In debug builds with `std`, each acquisition checks the
+//!   lock order of `LOCKING.md` through [`LockClass`].
+//!
+//! Lock order (outermost first): `mmap_lock` > VMA write lock > PTE lock > frame cache lock.
+
+mod mmap_lock;
+mod park;
+mod rwsem;
+mod spinlock;
+
+pub use mmap_lock::{MmapLock, MmapReadGuard, MmapWriteGuard};
+#[cfg(loom)]
+pub(crate) use park::LoomPark;
+pub use park::Park;
+pub use rwsem::RwSemaphore;
+pub use spinlock::{LockClass, RawSpinGuard, RawSpinLock, SpinGuard, SpinLock};

@@ -1,0 +1,253 @@
+//! Spinlocks for short sections that never sleep.
+//!
+//! [`RawSpinLock`] guards data that does not live in the lock (the split PTE lock guards a
+//! page-table page in physical memory); [`SpinLock<T>`] owns its data. Both are test-and-test-
+//! and-set locks: waiters spin on a plain load so the line is not bounced while the lock is held.
+//!
+//! Lock order: each lock has a [`LockClass`]; in debug builds with `std` (host tests) taking a
+//! lock while holding one of the same or a later class panics, which catches an inversion the
+//! first time the path runs instead of the first time it deadlocks.
+
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+
+use crate::primitive::{AtomicBool, Ordering, spin_loop};
+
+/// Where a spinlock sits in the lock order (`LOCKING.md`); lower classes are taken first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LockClass {
+    /// The split PTE lock of a page-table page.
+    Pte = 0,
+    /// A per-CPU frame cache.
+    FrameCache = 1,
+    /// Leaf locks that nest inside everything and take nothing.
+    Leaf = 2,
+}
+
+#[cfg(all(debug_assertions, any(test, feature = "std"), not(loom)))]
+mod order {
+    use super::LockClass;
+    use core::cell::Cell;
+
+    std::thread_local! {
+        static HELD: Cell<[u8; 3]> = const { Cell::new([0; 3]) };
+    }
+
+    pub(super) fn acquire(class: LockClass) {
+        HELD.with(|h| {
+            let mut held = h.get();
+            if let Some(worse) = (class as usize..held.len()).find(|&c| held[c] != 0) {
+                panic!("lock order: taking a {class:?} lock while holding class #{worse}");
+            }
+            held[class as usize] += 1;
+            h.set(held);
+        });
+    }
+
+    pub(super) fn release(class: LockClass) {
+        HELD.with(|h| {
+            let mut held = h.get();
+            held[class as usize] -= 1;
+            h.set(held);
+        });
+    }
+}
+
+#[cfg(not(all(debug_assertions, any(test, feature = "std"), not(loom))))]
+mod order {
+    use super::LockClass;
+
+    pub(super) fn acquire(_class: LockClass) {}
+
+    pub(super) fn release(_class: LockClass) {}
+}
+
+/// A spinlock that owns no data.
+pub struct RawSpinLock {
+    locked: AtomicBool,
+    class: LockClass,
+}
+
+impl RawSpinLock {
+    /// An unlocked lock of `class`.
+    #[cfg(not(loom))]
+    pub const fn new(class: LockClass) -> Self {
+        RawSpinLock {
+            locked: AtomicBool::new(false),
+            class,
+        }
+    }
+
+    /// An unlocked lock of `class`.
+    #[cfg(loom)]
+    pub fn new(class: LockClass) -> Self {
+        RawSpinLock {
+            locked: AtomicBool::new(false),
+            class,
+        }
+    }
+
+    /// Spins until the lock is ours.
+    pub fn lock(&self) -> RawSpinGuard<'_> {
+        order::acquire(self.class);
+        loop {
+            if !self.locked.swap(true, Ordering::Acquire) {
+                return RawSpinGuard {
+                    lock: self,
+                    _not_send: PhantomData,
+                };
+            }
+            while self.locked.load(Ordering::Relaxed) {
+                spin_loop();
+            }
+        }
+    }
+
+    /// Takes the lock if it is free.
+    pub fn try_lock(&self) -> Option<RawSpinGuard<'_>> {
+        if self.locked.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        order::acquire(self.class);
+        Some(RawSpinGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Whether someone holds the lock (for assertions).
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
+    }
+}
+
+/// Proof that a [`RawSpinLock`] is held; unlocks on drop.
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct RawSpinGuard<'a> {
+    lock: &'a RawSpinLock,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl RawSpinGuard<'_> {
+    /// Whether this guard holds `lock`.
+    pub fn holds(&self, lock: &RawSpinLock) -> bool {
+        core::ptr::eq(self.lock, lock)
+    }
+}
+
+impl Drop for RawSpinGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+        order::release(self.lock.class);
+    }
+}
+
+/// A spinlock owning a `T`.
+///
+/// # Invariants
+/// `data` is only reached through a [`SpinGuard`], of which at most one exists at a time.
+pub struct SpinLock<T> {
+    raw: RawSpinLock,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out access to `data` to one thread at a time, so sharing the lock only
+// moves the `T` between threads.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: as above; the lock owns its `T`.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    /// An unlocked lock of `class` around `data`.
+    #[cfg(not(loom))]
+    pub const fn new(class: LockClass, data: T) -> Self {
+        SpinLock {
+            raw: RawSpinLock::new(class),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// An unlocked lock of `class` around `data`.
+    #[cfg(loom)]
+    pub fn new(class: LockClass, data: T) -> Self {
+        SpinLock {
+            raw: RawSpinLock::new(class),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// Spins until the lock is ours.
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        SpinGuard {
+            _raw: self.raw.lock(),
+            lock: self,
+        }
+    }
+}
+
+/// Proof that a [`SpinLock`] is held; derefs to the data.
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct SpinGuard<'a, T> {
+    _raw: RawSpinGuard<'a>,
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock, so no other reference to `data` exists (invariant).
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only use of the guard.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spinlock_counts_under_contention() {
+        let lock = SpinLock::new(LockClass::Leaf, 0u64);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        *lock.lock() += 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(*lock.lock(), 40_000);
+    }
+
+    #[test]
+    fn raw_lock_is_exclusive() {
+        let lock = RawSpinLock::new(LockClass::Pte);
+        let g = lock.lock();
+        assert!(g.holds(&lock));
+        assert!(lock.try_lock().is_none());
+        drop(g);
+        assert!(lock.try_lock().is_some());
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn lock_order_inversion_panics_in_debug() {
+        let cache = RawSpinLock::new(LockClass::FrameCache);
+        let pte = RawSpinLock::new(LockClass::Pte);
+        let _c = cache.lock();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _p = pte.lock();
+        }));
+        assert!(r.is_err());
+    }
+}

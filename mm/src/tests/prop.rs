@@ -1,0 +1,212 @@
+//! Random sequences of mmap/munmap/mprotect/read/write against a model (page -> protection and
+//! content byte). After every step the VMA tree, the page tables and the model must agree and
+//! the tree must validate; after every case every frame must be back.
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use crate::mm::AddressSpace;
+use crate::mmu;
+use crate::ops::MprotectError;
+use crate::pgtable::{PTE_PROTNONE, pte_flags, pte_frame, pte_holds_frame};
+use crate::platform::PageTableFlags;
+use crate::platform::emulated::Emulated;
+use crate::testutil::{Env, PAGE, PIC_BASE, anon, fixed, prot_of};
+use crate::vma::Prot;
+
+/// Pages of the window the operations work in (spans two PTE tables).
+const WINDOW: u64 = 600;
+const CASES: u32 = 200;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Mmap {
+        page: u64,
+        n: u64,
+        prot: char,
+        fixed: bool,
+    },
+    Munmap {
+        page: u64,
+        n: u64,
+    },
+    Mprotect {
+        page: u64,
+        n: u64,
+        prot: char,
+    },
+    Read {
+        page: u64,
+    },
+    Write {
+        page: u64,
+        byte: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Cluster around the 2 MiB boundary at page 512 so PTE tables fill, empty and get freed.
+    let page = prop_oneof![0..WINDOW, 500..524u64];
+    let prot = prop_oneof![Just('n'), Just('r'), Just('w'), Just('x')];
+    prop_oneof![
+        (page.clone(), 1..8u64, prot.clone(), any::<bool>()).prop_map(|(page, n, prot, fixed)| {
+            Op::Mmap {
+                page,
+                n,
+                prot,
+                fixed,
+            }
+        }),
+        (page.clone(), 1..12u64).prop_map(|(page, n)| Op::Munmap { page, n }),
+        (page.clone(), 1..8u64, prot).prop_map(|(page, n, prot)| Op::Mprotect { page, n, prot }),
+        page.clone().prop_map(|page| Op::Read { page }),
+        page.clone().prop_map(|page| Op::Read { page }),
+        (page.clone(), 1..=255u8).prop_map(|(page, byte)| Op::Write { page, byte }),
+        (page, 1..=255u8).prop_map(|(page, byte)| Op::Write { page, byte }),
+    ]
+}
+
+/// Page number (absolute) -> (protection, content byte).
+type Model = BTreeMap<u64, (Prot, u8)>;
+
+fn addr(page: u64) -> u64 {
+    page * PAGE
+}
+
+fn window_page(p: u64) -> u64 {
+    PIC_BASE / PAGE + p
+}
+
+fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
+    match *op {
+        Op::Mmap {
+            page,
+            n,
+            prot,
+            fixed: is_fixed,
+        } => {
+            let first = window_page(page);
+            let flags = if is_fixed { fixed() } else { anon() };
+            let got = mm
+                .mmap(addr(first), n * PAGE, prot_of(prot), flags)
+                .unwrap()
+                .as_u64();
+            if is_fixed || (first..first + n).all(|p| !model.contains_key(&p)) {
+                assert_eq!(got, addr(first), "a free hint was not used");
+            }
+            for p in got / PAGE..got / PAGE + n {
+                model.insert(p, (prot_of(prot), 0));
+            }
+        }
+        Op::Munmap { page, n } => {
+            let first = window_page(page);
+            mm.munmap(addr(first), n * PAGE).unwrap();
+            for p in first..first + n {
+                model.remove(&p);
+            }
+        }
+        Op::Mprotect { page, n, prot } => {
+            let first = window_page(page);
+            let r = mm.mprotect(addr(first), n * PAGE, prot_of(prot));
+            if (first..first + n).all(|p| model.contains_key(&p)) {
+                assert_eq!(r, Ok(()));
+                for p in first..first + n {
+                    model.get_mut(&p).unwrap().0 = prot_of(prot);
+                }
+            } else {
+                assert_eq!(r, Err(MprotectError::NotMapped));
+            }
+        }
+        Op::Read { page } => {
+            let p = window_page(page);
+            let got = mmu::load(mm, addr(p) + 8, true);
+            match model.get(&p) {
+                Some(&(prot, byte)) if !prot.is_empty() => assert_eq!(got, Ok(byte as u64)),
+                _ => assert!(got.is_err(), "read of page {p:#x} should fault: {got:?}"),
+            }
+        }
+        Op::Write { page, byte } => {
+            let p = window_page(page);
+            let got = mmu::store(mm, addr(p) + 8, byte as u64, true);
+            match model.get_mut(&p) {
+                Some((prot, b)) if prot.contains(Prot::WRITE) => {
+                    assert_eq!(got, Ok(()));
+                    *b = byte;
+                }
+                _ => assert!(got.is_err(), "write to page {p:#x} should fault"),
+            }
+        }
+    }
+}
+
+fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
+    mm.validate().unwrap();
+    // VMAs = the model's pages, merged into runs of equal protection.
+    let mut want: Vec<(u64, u64, Prot)> = Vec::new();
+    for (&p, &(prot, _)) in model {
+        match want.last_mut() {
+            Some((_, end, pr)) if *end == p && *pr == prot => *end += 1,
+            _ => want.push((p, p + 1, prot)),
+        }
+    }
+    let got: Vec<(u64, u64, Prot)> = mm
+        .vmas()
+        .iter()
+        .map(|v| (v.start() / PAGE, v.end() / PAGE, v.prot()))
+        .collect();
+    assert_eq!(got, want, "VMA tree disagrees with the model");
+    // PTEs: none outside mappings, none more permissive than the VMA, PROT_NONE not present.
+    let zero = env.mem.frames().zero_frame();
+    let window = window_page(0)..window_page(WINDOW + 16);
+    let outside = model.keys().copied().filter(|p| !window.contains(p));
+    for p in window.clone().chain(outside) {
+        let e = mm.page_tables().lookup_pte(addr(p));
+        match model.get(&p) {
+            None => assert_eq!(e, 0, "PTE left behind at page {p:#x}"),
+            Some(&(prot, byte)) => {
+                if e == 0 {
+                    assert_eq!(byte, 0, "written page {p:#x} lost its frame");
+                    continue;
+                }
+                assert!(pte_holds_frame(e));
+                let f = pte_flags(e);
+                if prot.is_empty() {
+                    assert!(f.contains(PTE_PROTNONE) && !f.contains(PageTableFlags::PRESENT));
+                } else {
+                    assert!(f.contains(PageTableFlags::PRESENT));
+                }
+                if f.contains(PageTableFlags::WRITABLE) {
+                    assert!(prot.contains(Prot::WRITE) && pte_frame(e) != zero);
+                }
+                if byte != 0 {
+                    assert_ne!(pte_frame(e), zero);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn ops_and_faults_match_a_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let env = Env::new(8, 1);
+        {
+            let mm = env.mm();
+            let mut model = Model::new();
+            for op in &ops {
+                apply(&mm, &mut model, op);
+                check(&env, &mm, &model);
+                env.mem.rcu().quiescent_state();
+            }
+        }
+        env.assert_baseline();
+    }
+}

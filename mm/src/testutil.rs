@@ -1,0 +1,107 @@
+//! Helpers shared by the host tests: an emulated machine with a frame baseline, and ASCII
+//! pictures of an address space (one character per page, one letter per VMA).
+
+use alloc::string::String;
+use alloc::sync::Arc;
+
+use crate::memory::Memory;
+use crate::mm::AddressSpace;
+use crate::ops::MapFlags;
+use crate::platform::emulated::Emulated;
+use crate::vma::Prot;
+
+pub(crate) const PAGE: u64 = 4096;
+/// Where picture tests put page 0 of a picture.
+pub(crate) const PIC_BASE: u64 = 0x10_0000;
+
+pub(crate) struct Env {
+    pub p: Arc<Emulated>,
+    pub mem: Arc<Memory<Emulated>>,
+    base: usize,
+}
+
+impl Env {
+    /// A machine with `mib` MiB and `cpus` CPUs; the calling thread becomes CPU 0.
+    pub fn new(mib: usize, cpus: usize) -> Env {
+        let p = Arc::new(Emulated::new(mib, cpus));
+        p.bind_cpu(0);
+        let mem = Memory::new(p.clone()).unwrap();
+        mem.quiesce();
+        let base = p.free_frames();
+        Env { p, mem, base }
+    }
+
+    pub fn mm(&self) -> AddressSpace<Emulated> {
+        AddressSpace::new(&self.mem).unwrap()
+    }
+
+    /// Asserts every frame is back in the platform's pool (after deferred frees).
+    pub fn assert_baseline(&self) {
+        self.mem.quiesce();
+        assert_eq!(self.p.free_frames(), self.base, "frames leaked");
+    }
+}
+
+pub(crate) fn anon() -> MapFlags {
+    MapFlags::PRIVATE | MapFlags::ANONYMOUS
+}
+
+pub(crate) fn fixed() -> MapFlags {
+    anon() | MapFlags::FIXED
+}
+
+/// The protection written as a picture character.
+pub(crate) fn prot_char(p: Prot) -> char {
+    if p.is_empty() {
+        'n'
+    } else if p.contains(Prot::EXEC) {
+        'x'
+    } else if p.contains(Prot::WRITE) {
+        'w'
+    } else {
+        'r'
+    }
+}
+
+pub(crate) fn prot_of(c: char) -> Prot {
+    match c {
+        'n' => Prot::empty(),
+        'x' => Prot::READ | Prot::EXEC,
+        'w' => Prot::READ | Prot::WRITE,
+        _ => Prot::READ,
+    }
+}
+
+/// Maps `prots` (one char per page, `' '` = leave unmapped) at [`PIC_BASE`], page by page, so
+/// merging happens as it would for separate calls.
+pub(crate) fn draw(mm: &AddressSpace<Emulated>, prots: &str) {
+    for (i, c) in prots.chars().enumerate() {
+        if c != ' ' {
+            mm.mmap(PIC_BASE + i as u64 * PAGE, PAGE, prot_of(c), fixed())
+                .unwrap();
+        }
+    }
+}
+
+/// The VMAs over `pages` pages from [`PIC_BASE`]: a letter per VMA (A, B, ... in address order)
+/// and the protection of each page.
+pub(crate) fn picture(mm: &AddressSpace<Emulated>, pages: usize) -> (String, String) {
+    let end = PIC_BASE + pages as u64 * PAGE;
+    let mut letters = String::new();
+    let mut prots = String::new();
+    let vmas = mm.vmas_in(PIC_BASE..end);
+    for i in 0..pages as u64 {
+        let a = PIC_BASE + i * PAGE;
+        match vmas.iter().position(|v| v.contains(a)) {
+            Some(n) => {
+                letters.push((b'A' + n as u8) as char);
+                prots.push(prot_char(vmas[n].prot()));
+            }
+            None => {
+                letters.push(' ');
+                prots.push(' ');
+            }
+        }
+    }
+    (letters, prots)
+}
