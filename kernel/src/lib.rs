@@ -18,6 +18,7 @@ pub mod arch;
 pub mod log;
 pub mod memory;
 pub mod platform;
+pub mod process;
 pub mod qemu;
 pub mod sched;
 pub mod serial;
@@ -81,7 +82,8 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     let bsp = [arch::apic::id()];
     let apic_ids = cpus.as_ref().map_or(&bsp[..], |c| &c.apic_ids[..]);
     let smp = arch::smp::start_all(apic_ids);
-    platform::init_rcu();
+    platform::init_memory();
+    process::init();
     arch::apic::start_timer(arch::smp::TIMER_HZ);
     x86_64::instructions::interrupts::enable();
     // The trampoline's identity mapping may linger in the APs' TLBs.

@@ -1,11 +1,14 @@
 //! `mm`'s view of this machine: [`KernelPlatform`] implements `mm::platform::Platform` on the
 //! real hardware (frames from the boot memory map, the physical-memory mapping, `invlpg` and
 //! shootdown IPIs, the per-CPU preemption count, futex-style wait queues, the TSC clock), and
-//! [`rcu`] is the kernel's one RCU domain, whose quiescent states the scheduler reports.
+//! [`memory`] is the machine-wide `mm` state (frame allocator with per-CPU caches, event
+//! counters, fault policy, and the RCU domain whose quiescent states the scheduler reports).
 
 use alloc::sync::Arc;
 use core::sync::atomic::AtomicU32;
 
+use mm::memory::Memory;
+use mm::mm::AddressSpace;
 use mm::platform::{CpuMask, PhysAddr, PhysFrame, Platform, VirtAddr};
 use mm::rcu::Rcu;
 
@@ -75,20 +78,28 @@ unsafe impl Platform for KernelPlatform {
     }
 }
 
-static RCU: spin::Once<Arc<Rcu<KernelPlatform>>> = spin::Once::new();
+/// An address space of this machine.
+pub type Mm = AddressSpace<KernelPlatform>;
 
-/// Creates the RCU domain (once every CPU is online: it keeps state per CPU) and has the
-/// scheduler report quiescent states to it.
-pub(crate) fn init_rcu() {
-    RCU.call_once(|| Arc::new(Rcu::new(Arc::new(KernelPlatform))));
+static MEMORY: spin::Once<Arc<Memory<KernelPlatform>>> = spin::Once::new();
+
+/// Creates the machine-wide `mm` state (once every CPU is online: it keeps state per CPU) and
+/// has the scheduler report quiescent states to its RCU domain.
+pub(crate) fn init_memory() {
+    MEMORY.call_once(|| Memory::new(Arc::new(KernelPlatform)).expect("a frame for the zero page"));
     crate::sched::set_quiescent_hook(|| {
-        if let Some(rcu) = RCU.get() {
-            rcu.quiescent_state();
+        if let Some(mem) = MEMORY.get() {
+            mem.rcu().quiescent_state();
         }
     });
 }
 
+/// The machine-wide `mm` state.
+pub fn memory() -> &'static Arc<Memory<KernelPlatform>> {
+    MEMORY.get().expect("kernel::init sets up mm")
+}
+
 /// The kernel's RCU domain.
 pub fn rcu() -> &'static Arc<Rcu<KernelPlatform>> {
-    RCU.get().expect("kernel::init sets up RCU")
+    memory().rcu()
 }

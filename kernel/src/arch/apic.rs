@@ -167,6 +167,11 @@ pub fn send_ipi_all_but_self(vector: u8) {
     send(0, ICR_ALL_BUT_SELF | vector as u32);
 }
 
+/// INIT alone: the CPU stops whatever it runs and waits for a STARTUP IPI.
+pub fn send_init(dest: u32) {
+    send(dest, ICR_INIT | ICR_LEVEL_ASSERT);
+}
+
 /// INIT, then two STARTUP IPIs at `page` (the trampoline's physical page number, < 0x100).
 pub fn start_ap(dest: u32, page: u8) {
     send(dest, ICR_INIT | ICR_LEVEL_ASSERT);

@@ -38,8 +38,9 @@ unsafe extern "C" {
 /// Size of each CPU's boot stack (its idle thread runs on it).
 const AP_STACK_SIZE: usize = 64 * 1024;
 
-/// How long a CPU gets to come online.
-const START_TIMEOUT_US: u64 = 200_000;
+/// How long a CPU gets to come online. Generous: under nested virtualization a CPU runs real-mode
+/// code orders of magnitude slower than on hardware.
+const START_TIMEOUT_US: u64 = 5_000_000;
 
 /// Interrupts per second of each CPU's timer (the scheduler's tick).
 pub const TIMER_HZ: u64 = 100;
@@ -138,6 +139,9 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
         }
         core::hint::spin_loop();
     }
+    // Too slow or stuck: INIT puts it back to waiting for a SIPI, so it cannot run on in the
+    // trampoline while the next CPU's data is written there.
+    apic::send_init(apic_id);
     false
 }
 

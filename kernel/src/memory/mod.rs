@@ -42,6 +42,7 @@ pub struct MemorySummary {
 /// allocator. Runs once, on the bootstrap CPU.
 pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
     PHYS_OFFSET.call_once(|| phys_offset);
+    kernel_root();
     let mut usable = [const { 0u64..0 }; frame::MAX_REGIONS];
     let mut n = 0;
     let mut summary = MemorySummary { usable_bytes: 0, regions: regions.len(), highest: 0 };
@@ -70,11 +71,29 @@ const fn align_up(x: u64, a: u64) -> u64 {
     (x + a - 1) & !(a - 1)
 }
 
+static KERNEL_ROOT: spin::Once<PhysFrame> = spin::Once::new();
+
+/// The kernel's own page table (PML4), which kernel threads run on and whose upper half every
+/// address space shares.
+pub fn kernel_root() -> PhysFrame {
+    *KERNEL_ROOT.call_once(|| Cr3::read().0)
+}
+
+/// The kernel half of the kernel's PML4 (entries 256..512), for new address spaces to share.
+pub fn kernel_half() -> [u64; 256] {
+    let table = phys_to_virt(kernel_root().start_address()).as_ptr::<u64>();
+    let mut half = [0u64; 256];
+    // SAFETY: the PML4 is a 4 KiB frame reachable through the physical map; its upper half is
+    // only ever extended (new PML4 entries for new kernel regions), never torn down.
+    unsafe { core::ptr::copy_nonoverlapping(table.add(256), half.as_mut_ptr(), 256) };
+    half
+}
+
 /// Drops whatever the bootloader left mapped in the lower half (its identity mappings for the
 /// switch into the kernel): the lower half belongs to user address spaces.
 pub fn clear_lower_half() {
     let _guard = KERNEL_PT_LOCK.lock();
-    let (root, _) = Cr3::read();
+    let root = kernel_root();
     let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
     // SAFETY: CR3 holds a valid PML4 reachable through the physical map; nothing the kernel runs
     // or touches lives in the lower half (kernel, stacks, heap and the physical map are above).
@@ -91,8 +110,10 @@ pub type MapError = x86_64::structures::paging::mapper::MapToError<Size4KiB>;
 /// Serializes changes to the kernel's own page tables (rare: stacks, guard pages, tests).
 static KERNEL_PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
-/// Maps `page` to `frame` in the active page table, allocating intermediate tables from
-/// [`FRAMES`], and flushes the page from this CPU's TLB.
+/// Maps `page` (in the kernel half, or the lower half while no address space runs) to `frame`
+/// in the kernel's page table, allocating intermediate tables from [`FRAMES`], and flushes the
+/// page from this CPU's TLB. Address spaces share the kernel half's PML4 entries as they were
+/// when they were made, so a new kernel region must get its PML4 entry at boot.
 ///
 /// # Safety
 /// The mapping must not alias memory in a way that breaks Rust's rules (e.g. map a frame that
@@ -100,15 +121,35 @@ static KERNEL_PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 pub unsafe fn map_kernel_page(page: Page, frame: PhysFrame, flags: PageTableFlags) -> Result<(), MapError> {
     let _guard = KERNEL_PT_LOCK.lock();
     let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
-    let (root, _) = Cr3::read();
-    let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
-    // SAFETY: CR3 holds a valid PML4 that is reachable at `offset`, and KERNEL_PT_LOCK makes this
+    let table = phys_to_virt(kernel_root().start_address()).as_mut_ptr::<PageTable>();
+    // SAFETY: the kernel's PML4 is reachable at `offset`, and KERNEL_PT_LOCK makes this
     // the only reference made through this path while it lives.
     let mut mapper = unsafe { OffsetPageTable::new(&mut *table, offset) };
-    let mut alloc = &FRAMES;
+    let mut alloc = TableFrames;
     // SAFETY: forwarded from the caller.
     unsafe { mapper.map_to(page, frame, flags, &mut alloc) }?.flush();
     Ok(())
+}
+
+/// Frames that became page tables of the kernel's own mappings (they stay for good).
+static KERNEL_TABLE_FRAMES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// How many frames the kernel's own page tables took from [`FRAMES`] since boot: frame
+/// accounting must not mistake them for a leak.
+pub fn kernel_table_frames() -> u64 {
+    KERNEL_TABLE_FRAMES.load(Ordering::Relaxed)
+}
+
+/// Zeroed frames from [`FRAMES`] for new kernel page tables, counted.
+struct TableFrames;
+
+// SAFETY: forwards to `&FRAMES`, which hands out each frame once.
+unsafe impl x86_64::structures::paging::FrameAllocator<Size4KiB> for TableFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        let frame = (&FRAMES).allocate_frame()?;
+        KERNEL_TABLE_FRAMES.fetch_add(1, Ordering::Relaxed);
+        Some(frame)
+    }
 }
 
 /// Removes the mapping of `page` from the active page table and flushes it from this CPU's TLB
@@ -120,8 +161,7 @@ pub unsafe fn map_kernel_page(page: Page, frame: PhysFrame, flags: PageTableFlag
 pub unsafe fn unmap_kernel_page(page: Page) -> Option<PhysFrame> {
     let _guard = KERNEL_PT_LOCK.lock();
     let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
-    let (root, _) = Cr3::read();
-    let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
+    let table = phys_to_virt(kernel_root().start_address()).as_mut_ptr::<PageTable>();
     // SAFETY: as in `map_kernel_page`.
     let mut mapper = unsafe { OffsetPageTable::new(&mut *table, offset) };
     let (frame, flush) = mapper.unmap(page).ok()?;
@@ -130,4 +170,5 @@ pub unsafe fn unmap_kernel_page(page: Page) -> Option<PhysFrame> {
 }
 
 use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::FrameAllocator as _;
 use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB};

@@ -96,11 +96,32 @@ impl Drop for Stack {
     }
 }
 
-/// Unmaps dropped stacks, shoots their pages out of every CPU's TLB (a thread may have run on
+/// Unmaps dropped stacks (`Stack::new` and idle CPUs call this), shoots their pages out of every CPU's TLB (a thread may have run on
 /// any of them), and only then frees the frames and the slot: no stale translation can reach a
 /// frame after it is reused.
-fn reap() {
-    if !interrupts::are_enabled() {
+///
+/// Returns once no reaping is in progress anywhere, so that afterwards the frame count is exact
+/// (a reap on another CPU may hold stacks it took off the list but has not freed yet).
+pub fn reap() {
+    if interrupts::are_enabled() {
+        reap_with(REAPING.lock());
+    }
+}
+
+/// Reaps unless another CPU is at it (for idle CPUs, which have better things to do than wait).
+pub fn try_reap() {
+    if interrupts::are_enabled()
+        && let Some(guard) = REAPING.try_lock()
+    {
+        reap_with(guard);
+    }
+}
+
+/// Serializes reapers; see `reap`.
+static REAPING: Mutex<()> = Mutex::new(());
+
+fn reap_with(_reaping: spin::MutexGuard<'_, ()>) {
+    if interrupts::without_interrupts(|| ZOMBIES.lock().is_empty()) {
         return;
     }
     let zombies = interrupts::without_interrupts(|| core::mem::take(&mut *ZOMBIES.lock()));

@@ -27,7 +27,10 @@ use crate::arch::apic;
 use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, this_cpu};
 use crate::memory::stack::{Stack, StackError};
 pub use thread::{JoinHandle, Thread};
-use thread::State;
+use thread::{State, ThreadInit};
+use x86_64::registers::control::Cr3;
+
+use crate::platform::Mm;
 pub use wait::{WaitQueue, futex_wait, futex_wake, sleep_ns};
 
 /// Stack size of spawned threads.
@@ -104,7 +107,16 @@ impl Default for CpuSched {
 /// during bring-up, before [`idle_loop`].
 pub fn init_cpu() {
     let cpu = this_cpu();
-    let idle = Thread::new(format!("idle/{}", cpu.id()), None, None, true, true, cpu.id(), Some(cpu.id()));
+    let idle = Thread::new(ThreadInit {
+        name: format!("idle/{}", cpu.id()),
+        stack: None,
+        entry: None,
+        idle: true,
+        running: true,
+        cpu: cpu.id(),
+        pinned: Some(cpu.id()),
+        mm: None,
+    });
     IDLE[cpu.id()].call_once(|| idle.clone());
     interrupts::without_interrupts(|| {
         // SAFETY: interrupts are off and we are on the owning CPU.
@@ -116,10 +128,28 @@ pub fn init_cpu() {
 /// thread of its own to run when `main` blocks.
 pub fn init_bsp() {
     let cpu = this_cpu();
-    let main = Thread::new(String::from("main"), None, None, false, true, cpu.id(), None);
+    let main = Thread::new(ThreadInit {
+        name: String::from("main"),
+        stack: None,
+        entry: None,
+        idle: false,
+        running: true,
+        cpu: cpu.id(),
+        pinned: None,
+        mm: None,
+    });
     let stack = Stack::new(THREAD_STACK_SIZE).expect("stack for the BSP's idle thread");
     let top = stack.top().as_u64();
-    let idle = Thread::new(format!("idle/{}", cpu.id()), Some(stack), None, true, false, cpu.id(), Some(cpu.id()));
+    let idle = Thread::new(ThreadInit {
+        name: format!("idle/{}", cpu.id()),
+        stack: Some(stack),
+        entry: None,
+        idle: true,
+        running: false,
+        cpu: cpu.id(),
+        pinned: Some(cpu.id()),
+        mm: None,
+    });
     // SAFETY: `top` is the aligned top of the idle thread's fresh stack.
     let rsp = unsafe { switch::initial_stack(top, idle_start) };
     // SAFETY: nobody runs the idle thread yet.
@@ -151,9 +181,7 @@ pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
     F: FnOnce() -> i64 + Send + 'static,
 {
-    let online = crate::arch::percpu::online_count().max(1);
-    let cpu = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % online;
-    start(name.into(), cpu, None, Box::new(f))
+    start(name.into(), None, None, Box::new(f))
 }
 
 /// Starts a thread that runs only on `cpu` (which must be online).
@@ -161,19 +189,33 @@ pub fn spawn_on<F>(cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHand
 where
     F: FnOnce() -> i64 + Send + 'static,
 {
-    assert!(PERCPU[cpu].online.load(Ordering::Acquire), "CPU {cpu} is not online");
-    start(name.into(), cpu, Some(cpu), Box::new(f))
+    start(name.into(), Some(cpu), None, Box::new(f))
 }
 
-fn start(
+/// Starts a thread in address space `mm` (on `pinned` only, if given).
+pub(crate) fn start(
     name: String,
-    cpu: usize,
     pinned: Option<usize>,
+    mm: Option<Arc<Mm>>,
     f: Box<dyn FnOnce() -> i64 + Send>,
 ) -> Result<JoinHandle, StackError> {
+    if let Some(cpu) = pinned {
+        assert!(PERCPU[cpu].online.load(Ordering::Acquire), "CPU {cpu} is not online");
+    }
+    let online = crate::arch::percpu::online_count().max(1);
+    let cpu = pinned.unwrap_or_else(|| NEXT_CPU.fetch_add(1, Ordering::Relaxed) % online);
     let stack = Stack::new(THREAD_STACK_SIZE)?;
     let top = stack.top().as_u64();
-    let t = Thread::new(name, Some(stack), Some(f), false, false, cpu, pinned);
+    let t = Thread::new(ThreadInit {
+        name,
+        stack: Some(stack),
+        entry: Some(f),
+        idle: false,
+        running: false,
+        cpu,
+        pinned,
+        mm,
+    });
     // SAFETY: `top` is the aligned top of the thread's fresh stack.
     let rsp = unsafe { switch::initial_stack(top, thread_start) };
     // SAFETY: nobody runs the thread yet.
@@ -197,6 +239,11 @@ pub fn wake(t: Arc<Thread>) {
         let cpu = t.pinned.unwrap_or_else(|| t.last_cpu.load(Ordering::Relaxed));
         enqueue(cpu, t);
     }
+}
+
+/// Threads that exist now (exited ones count until the last handle to them is gone).
+pub fn live_threads() -> usize {
+    thread::LIVE.load(Ordering::Acquire)
 }
 
 /// Gives the CPU to another ready thread, if there is one.
@@ -236,6 +283,7 @@ pub(crate) fn schedule() {
     next.on_cpu.store(true, Ordering::Relaxed);
     next.set_state(State::Running);
     next.last_cpu.store(cpu.id(), Ordering::Relaxed);
+    switch_address_space(cpu.id(), &next);
     let save = cur.rsp.get();
     // SAFETY: `on_cpu` was clear, so the CPU that saved `next`'s rsp is done with it.
     let next_rsp = unsafe { *next.rsp.get() };
@@ -251,6 +299,33 @@ pub(crate) fn schedule() {
     // `initial_stack`, and its stack is alive (the thread is referenced by `slots.0`).
     unsafe { switch::switch_stacks(save, next_rsp) };
     finish_switch();
+}
+
+/// Loads `next`'s page table if this CPU runs another one, and records that this CPU now
+/// caches translations of `next`'s address space (its shootdowns must reach us).
+fn switch_address_space(cpu: usize, next: &Thread) {
+    let root = next.mm.as_ref().map_or_else(crate::memory::kernel_root, |mm| mm.page_tables().root());
+    let (cur, flags) = Cr3::read();
+    if cur != root {
+        // SAFETY: `root` is the kernel's table or an address space's, whose kernel half is the
+        // kernel's; the address space outlives the thread that keeps it loaded here.
+        unsafe { Cr3::write(root, flags) };
+    }
+    if let Some(mm) = &next.mm {
+        mm.activate_on(cpu);
+    }
+}
+
+/// Runs `f` on the running thread without touching its reference count (no shared write).
+pub fn with_current<R>(f: impl FnOnce(&Thread) -> R) -> R {
+    let t: *const Thread = interrupts::without_interrupts(|| {
+        // SAFETY: interrupts are off, on this CPU.
+        let slot = unsafe { &this_cpu().sched.slots().0 };
+        Arc::as_ptr(slot.as_ref().expect("sched::init_cpu not run on this CPU"))
+    });
+    // SAFETY: the running thread is alive as long as it runs, and it is the one running `f`:
+    // even if it is preempted and moves, its `Arc` lives on in a run queue or a CPU's slot.
+    f(unsafe { &*t })
 }
 
 /// Runs on the new thread right after a switch, on whatever CPU it now is: releases the thread
@@ -289,8 +364,8 @@ fn steal(me: &PerCpu) -> Option<Arc<Thread>> {
 extern "C" fn thread_start() -> ! {
     finish_switch();
     interrupts::enable();
-    let me = current();
-    let f = me.entry.lock().take().expect("thread started twice");
+    // No `Arc` of ourselves may live in this frame: `exit` never returns, so it would leak.
+    let f = with_current(|t| t.entry.lock().take()).expect("thread started twice");
     let code = f();
     exit(code)
 }
@@ -321,7 +396,16 @@ pub fn idle_loop() -> ! {
             schedule();
             interrupts::enable();
         } else {
-            interrupts::enable_and_hlt();
+            interrupts::enable();
+            // Free the stacks of exited threads here, where waiting for a shootdown costs
+            // nothing; the check for work comes again right after.
+            crate::memory::stack::try_reap();
+            interrupts::disable();
+            if cpu.sched.queued.load(Ordering::Relaxed) == 0 {
+                interrupts::enable_and_hlt();
+            } else {
+                interrupts::enable();
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use crate::memory::stack::Stack;
+use crate::platform::Mm;
 
 use super::wait::WaitQueue;
 
@@ -54,7 +55,24 @@ pub struct Thread {
     pub(super) pinned: Option<usize>,
     /// Where a woken sleeper sees the deadline it waited for.
     pub(super) wake_at: AtomicU64,
+    /// The address space the thread runs in; kernel threads have none and run on the kernel's
+    /// page table.
+    pub(super) mm: Option<Arc<Mm>>,
     _stack: Option<Stack>,
+}
+
+/// How a thread starts out.
+pub(super) struct ThreadInit {
+    pub name: String,
+    pub stack: Option<Stack>,
+    pub entry: Option<Box<dyn FnOnce() -> i64 + Send>>,
+    /// An idle thread: runs only on its CPU, never queued.
+    pub idle: bool,
+    /// Already running (the code that becomes the thread is on a CPU now).
+    pub running: bool,
+    pub cpu: usize,
+    pub pinned: Option<usize>,
+    pub mm: Option<Arc<Mm>>,
 }
 
 // SAFETY: `rsp` is the only non-Sync field; its accesses are ordered by `on_cpu` (see the type's
@@ -65,16 +83,21 @@ unsafe impl Send for Thread {}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Threads that exist (not yet dropped), idle threads included.
+pub(super) static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        // The stack first: whoever sees the count drop also sees the stack on its way out.
+        drop(self._stack.take());
+        LIVE.fetch_sub(1, Ordering::Release);
+    }
+}
+
 impl Thread {
-    pub(super) fn new(
-        name: String,
-        stack: Option<Stack>,
-        entry: Option<Box<dyn FnOnce() -> i64 + Send>>,
-        idle: bool,
-        running: bool,
-        cpu: usize,
-        pinned: Option<usize>,
-    ) -> Arc<Thread> {
+    pub(super) fn new(init: ThreadInit) -> Arc<Thread> {
+        let ThreadInit { name, stack, entry, idle, running, cpu, pinned, mm } = init;
+        LIVE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Thread {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name,
@@ -89,6 +112,7 @@ impl Thread {
             idle,
             pinned,
             wake_at: AtomicU64::new(0),
+            mm,
             _stack: stack,
         })
     }
@@ -101,6 +125,11 @@ impl Thread {
     /// The name given at spawn.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The address space the thread runs in, if it is not a kernel thread.
+    pub fn mm(&self) -> Option<&Arc<Mm>> {
+        self.mm.as_ref()
     }
 
     pub(super) fn state(&self) -> State {

@@ -1,0 +1,114 @@
+//! Processes: an address space and the threads that run in it, and the page-fault path from the
+//! CPU's #PF into `mm::fault::handle_mm_fault`.
+//!
+//! Threads of a process run in ring 0 for now, touching user-half addresses; the fault decoding
+//! already carries the user bit of the error code for ring-3 threads. A fault `mm` cannot
+//! resolve (no VMA, access the VMA forbids, out of memory) ends the faulting thread with one log
+//! line; the kernel carries on.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+
+use mm::fault::{Access, FaultResult, handle_mm_fault};
+use mm::frame::FrameAllocError;
+use mm::mm::AddressSpace;
+use x86_64::VirtAddr;
+use x86_64::instructions::interrupts;
+use x86_64::registers::rflags::RFlags;
+use x86_64::structures::idt::{InterruptStackFrame, PageFaultErrorCode};
+
+use crate::memory::stack::StackError;
+use crate::platform::{Mm, memory};
+use crate::sched::{self, JoinHandle};
+
+/// Exit code of a thread killed by a fault it could not survive (like SIGSEGV's 128 + 11).
+pub const EXIT_SEGV: i64 = -11;
+/// Exit code of a thread killed because a fault found no memory.
+pub const EXIT_OOM: i64 = -12;
+
+/// An address space and its threads.
+pub struct Process {
+    name: String,
+    mm: Arc<Mm>,
+}
+
+impl Process {
+    /// A process with an empty user half.
+    pub fn new(name: impl Into<String>) -> Result<Arc<Process>, FrameAllocError> {
+        let mm = AddressSpace::with_kernel_half(memory(), &crate::memory::kernel_half())?;
+        Ok(Arc::new(Process { name: name.into(), mm: Arc::new(mm) }))
+    }
+
+    /// Its address space (for `mmap`, `munmap`, `mprotect`).
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.mm
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts a thread in this process.
+    pub fn spawn<F>(&self, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
+    where
+        F: FnOnce() -> i64 + Send + 'static,
+    {
+        sched::start(name.into(), None, Some(self.mm.clone()), Box::new(f))
+    }
+
+    /// Starts a thread in this process that runs only on `cpu`.
+    pub fn spawn_on<F>(&self, cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
+    where
+        F: FnOnce() -> i64 + Send + 'static,
+    {
+        sched::start(name.into(), Some(cpu), Some(self.mm.clone()), Box::new(f))
+    }
+}
+
+/// Routes page faults on user-half addresses to `mm`.
+pub fn init() {
+    crate::arch::idt::set_page_fault_hook(Some(page_fault));
+}
+
+/// Faults the current thread's address space resolves; everything else is the kernel's bug
+/// (`false`: the #PF handler panics with a dump).
+fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool {
+    if addr.as_u64() >= mm::pgtable::USER_END {
+        return false;
+    }
+    let access = Access::from_error_code(error.bits());
+    let outcome = sched::with_current(|t| {
+        let mm = t.mm()?;
+        // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on
+        // if the faulting code had them on (an interrupt gate turned them off).
+        if frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG) {
+            interrupts::enable();
+        }
+        let result = handle_mm_fault(mm, addr, access);
+        interrupts::disable();
+        Some((result, t.id()))
+    });
+    let Some((result, tid)) = outcome else {
+        // A kernel thread touched the user half: a kernel bug.
+        return false;
+    };
+    match result {
+        FaultResult::Resolved => true,
+        FaultResult::Segv { addr, reason } => {
+            crate::warn!(
+                "thread {tid}: segmentation fault at {:#x} ({reason:?}, {access:?}), rip {:#x}; thread ended",
+                addr.as_u64(),
+                frame.instruction_pointer.as_u64()
+            );
+            interrupts::enable();
+            sched::exit(EXIT_SEGV)
+        }
+        FaultResult::Oom => {
+            crate::warn!("thread {tid}: out of memory at {:#x}; thread ended", addr.as_u64());
+            interrupts::enable();
+            sched::exit(EXIT_OOM)
+        }
+    }
+}
