@@ -7,6 +7,7 @@ UEFI    ?= 0
 KVM     ?= 0
 TIMEOUT ?= 300
 PROFILE ?= release
+LOG     ?= info
 
 TARGET  := x86_64-unknown-none
 BOOT    := target/release/boot
@@ -44,7 +45,7 @@ check: setup
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets
 
 kernel:
-	cargo build -p kernel --target $(TARGET) --profile $(PROFILE)
+	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --profile $(PROFILE)
 
 boot-tool:
 	cargo build --release -p boot

@@ -290,3 +290,74 @@ fn sleep_lasts_at_least_its_duration() {
     sleep_ns(20_000_000);
     assert!(apic::now_ns() - t0 >= 20_000_000);
 }
+
+#[test_case]
+fn the_mmap_rwsem_excludes_writers_and_loses_no_update() {
+    use core::cell::UnsafeCell;
+    use kernel::platform::KernelPlatform;
+    use mm::sync::RwSemaphore;
+
+    /// Two counters a writer moves together; a reader must never see them apart.
+    struct Guarded {
+        sem: RwSemaphore<KernelPlatform>,
+        pair: UnsafeCell<(u64, u64)>,
+    }
+    // SAFETY: `pair` is written only under `sem` held for write and read under it held for read.
+    unsafe impl Sync for Guarded {}
+    // SAFETY: as above; the semaphore is Send.
+    unsafe impl Send for Guarded {}
+
+    const WRITERS: usize = 4;
+    const READERS: usize = 12;
+    const ROUNDS: u64 = 500;
+    let g = Arc::new(Guarded { sem: RwSemaphore::new(Arc::new(KernelPlatform)), pair: UnsafeCell::new((0, 0)) });
+    let writers = (0..WRITERS).map(|_| {
+        let g = g.clone();
+        spawn("rwsem-writer", move || {
+            for _ in 0..ROUNDS {
+                g.sem.down_write();
+                // SAFETY: write-locked.
+                let p = unsafe { &mut *g.pair.get() };
+                p.0 += 1;
+                // Give a racing reader or writer time to show up inside.
+                for _ in 0..50 {
+                    core::hint::spin_loop();
+                }
+                p.1 += 1;
+                g.sem.up_write();
+            }
+            0
+        })
+        .expect("spawn")
+    });
+    let writers: Vec<_> = writers.collect();
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let g = g.clone();
+            spawn("rwsem-reader", move || {
+                let mut seen = 0i64;
+                for _ in 0..ROUNDS {
+                    g.sem.down_read();
+                    // SAFETY: read-locked: no writer inside.
+                    let (a, b) = unsafe { *g.pair.get() };
+                    g.sem.up_read();
+                    assert_eq!(a, b, "a reader saw a writer's half-done update");
+                    seen = seen.max(a as i64);
+                }
+                seen
+            })
+            .expect("spawn")
+        })
+        .collect();
+    for w in writers {
+        assert_eq!(w.join(), 0);
+    }
+    for r in readers {
+        assert!(r.join() <= (WRITERS as u64 * ROUNDS) as i64);
+    }
+    g.sem.down_read();
+    // SAFETY: read-locked.
+    let (a, b) = unsafe { *g.pair.get() };
+    g.sem.up_read();
+    assert_eq!((a, b), (WRITERS as u64 * ROUNDS, WRITERS as u64 * ROUNDS));
+}

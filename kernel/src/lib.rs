@@ -64,6 +64,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     let t0 = arch::apic::rdtsc();
     arch::percpu::init_cpu(0, arch::apic::id());
     serial::init();
+    log::init_from_build();
     arch::gdt::init_bsp();
     arch::idt::load();
     arch::mask_legacy_pic();

@@ -27,6 +27,17 @@ impl Level {
 
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
+/// Sets the level chosen at build time (`KERNEL_LOG=error|warn|info|debug`, default info).
+pub fn init_from_build() {
+    let level = match option_env!("KERNEL_LOG") {
+        Some("error") => Level::Error,
+        Some("warn") => Level::Warn,
+        Some("debug") => Level::Debug,
+        _ => Level::Info,
+    };
+    set_max_level(level);
+}
+
 /// Lines above `level` are dropped.
 pub fn set_max_level(level: Level) {
     MAX_LEVEL.store(level as u8, Ordering::Relaxed);

@@ -78,7 +78,10 @@ pub fn start_all(apic_ids: &[u32]) -> SmpReport {
             failed.push(apic_id);
             continue;
         }
-        if !start_one(cpu, apic_id) {
+        let t = apic::now_ns();
+        if start_one(cpu, apic_id) {
+            crate::debug!("smp: cpu{cpu} (APIC id {apic_id}) online in {} us", (apic::now_ns() - t) / 1000);
+        } else {
             crate::error!("smp: CPU {cpu} (APIC id {apic_id}) did not come online");
             failed.push(apic_id);
         }

@@ -43,7 +43,10 @@ ap_trampoline_prot32:
     movl (ap_trampoline_efer - ap_trampoline_start + TRAMPOLINE), %eax
     xorl %edx, %edx
     wrmsr
+    # After INIT, CR0 has CD and NW set (caches off): clear them, then turn on paging,
+    # write protection and protected mode.
     movl %cr0, %eax
+    andl $0x9fffffff, %eax
     orl $0x80010001, %eax
     movl %eax, %cr0
     ljmpl $0x18, $(ap_trampoline_long64 - ap_trampoline_start + TRAMPOLINE)

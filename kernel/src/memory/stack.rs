@@ -120,7 +120,16 @@ pub fn try_reap() {
 /// Serializes reapers; see `reap`.
 static REAPING: Mutex<()> = Mutex::new(());
 
-fn reap_with(_reaping: spin::MutexGuard<'_, ()>) {
+fn reap_with(reaping: spin::MutexGuard<'_, ()>) {
+    // Not preemptible while holding REAPING: a preempted holder (an idle thread, which runs
+    // only when nothing else can) would leave every other reaper spinning on it.
+    crate::arch::percpu::preempt_disable();
+    reap_locked();
+    drop(reaping);
+    crate::arch::percpu::preempt_enable();
+}
+
+fn reap_locked() {
     if interrupts::without_interrupts(|| ZOMBIES.lock().is_empty()) {
         return;
     }
