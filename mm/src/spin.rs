@@ -28,7 +28,10 @@ pub(crate) struct SpinGuard<'a, T> {
 
 impl<T> SpinLock<T> {
     pub(crate) fn new(value: T) -> Self {
-        SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+        SpinLock {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
     }
 
     pub(crate) fn lock(&self) -> SpinGuard<'_, T> {

@@ -44,7 +44,11 @@ impl CallbackQueue {
         CallbackQueue {
             locked: AtomicBool::new(false),
             len: AtomicUsize::new(0),
-            lists: UnsafeCell::new(Lists { next: Vec::new(), wait: Vec::new(), wait_gp: 0 }),
+            lists: UnsafeCell::new(Lists {
+                next: Vec::new(),
+                wait: Vec::new(),
+                wait_gp: 0,
+            }),
         }
     }
 

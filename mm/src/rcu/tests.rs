@@ -83,7 +83,10 @@ fn a_running_reader_holds_up_synchronize_until_it_leaves() {
                 thread::yield_now();
             }
             // The writer must still be waiting for us.
-            assert!(!done.load(Ordering::Acquire), "grace period ended under a reader");
+            assert!(
+                !done.load(Ordering::Acquire),
+                "grace period ended under a reader"
+            );
             drop(g);
         });
         while !entered.load(Ordering::Acquire) {
@@ -144,7 +147,10 @@ fn readers_never_see_freed_objects() {
     const REPLACES: u64 = 4_000;
     let (p, rcu) = domain(READERS + 1);
     let quarantine = Arc::new(Quarantine::default());
-    let first = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial: 0 }));
+    let first = Box::into_raw(Box::new(Obj {
+        magic: AtomicU64::new(LIVE),
+        serial: 0,
+    }));
     let slot = AtomicPtr::new(first);
     let stop = AtomicBool::new(false);
     let reads = AtomicUsize::new(0);
@@ -165,7 +171,11 @@ fn readers_never_see_freed_objects() {
                         core::hint::spin_loop();
                     }
                     thread::yield_now();
-                    assert_eq!(obj.magic.load(Ordering::Relaxed), LIVE, "reader saw freed memory");
+                    assert_eq!(
+                        obj.magic.load(Ordering::Relaxed),
+                        LIVE,
+                        "reader saw freed memory"
+                    );
                     drop(g);
                     reads.fetch_add(1, Ordering::Relaxed);
                     rcu.quiescent_state();
@@ -177,7 +187,10 @@ fn readers_never_see_freed_objects() {
             thread::yield_now();
         }
         for serial in 1..=REPLACES {
-            let new = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial }));
+            let new = Box::into_raw(Box::new(Obj {
+                magic: AtomicU64::new(LIVE),
+                serial,
+            }));
             let old = ObjPtr(slot.swap(new, Ordering::AcqRel));
             if serial % 8 == 0 {
                 rcu.synchronize();
