@@ -163,6 +163,10 @@ impl<P: Platform> Rcu<P> {
             self.synchronize();
             callbacks::run(batch);
         }
+        // A batch another CPU took off the queue in `quiescent_state` was queued before us too.
+        while self.callbacks.running() {
+            self.platform.relax();
+        }
     }
 
     /// Callbacks queued and not yet run.

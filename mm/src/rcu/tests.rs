@@ -251,3 +251,37 @@ fn dropping_the_domain_runs_pending_callbacks() {
     drop(rcu);
     assert_eq!(ran.load(Ordering::Relaxed), 5);
 }
+
+/// `barrier` waits for callbacks that another CPU has already taken off the queue and is still
+/// running: `Memory::quiesce` relies on it to count free frames exactly.
+#[test]
+fn barrier_waits_for_callbacks_another_cpu_is_running() {
+    let p = Arc::new(Emulated::new(1, 2));
+    let rcu = Rcu::new(p.clone());
+    let started = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    thread::scope(|s| {
+        let (rcu, started2, done2) = (&rcu, started.clone(), done.clone());
+        p.spawn_cpu(s, 1, move || {
+            let started3 = started2.clone();
+            rcu.call_rcu(Box::new(move || {
+                started3.store(true, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(100));
+                done2.store(true, Ordering::SeqCst);
+            }));
+            // No reader anywhere: the grace period is over, so this runs the callback.
+            while !started2.load(Ordering::SeqCst) {
+                rcu.quiescent_state();
+            }
+        });
+        p.bind_cpu(0);
+        while !started.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        rcu.barrier();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "barrier returned while a callback was still running"
+        );
+    });
+}
