@@ -30,7 +30,6 @@ pub mod pgtable;
 pub mod platform;
 mod primitive;
 pub mod rcu;
-mod spin;
 pub mod stats;
 pub mod sync;
 pub mod vma;

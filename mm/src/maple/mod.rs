@@ -43,7 +43,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::platform::Platform;
 use crate::rcu::{Rcu, RcuReadGuard};
-use crate::spin::SpinLock;
+use crate::sync::{LockClass, SpinLock};
 pub use gap::GapDir;
 pub use validate::ValidateError;
 pub use walk::Iter;
@@ -152,7 +152,7 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     pub fn new(rcu: Arc<Rcu<P>>) -> Self {
         MapleTree {
             root: AtomicU64::new(0),
-            writer: SpinLock::new(Writer::new()),
+            writer: SpinLock::new(LockClass::MapleWriter, Writer::new()),
             len: AtomicUsize::new(0),
             nodes: Arc::new(AtomicUsize::new(0)),
             rcu,

@@ -287,3 +287,20 @@ fn store_span_replaces_a_run_in_one_write_or_not_at_all() {
     ));
     assert_eq!(render(&t, 4), "AA  ");
 }
+
+/// The writer lock is a `sync::SpinLock` of class `MapleWriter`: taking it under a PTE lock
+/// (an inversion of `LOCKING.md`) is caught in debug builds.
+#[cfg(debug_assertions)]
+#[test]
+fn writer_lock_is_checked_against_the_lock_order() {
+    use crate::sync::{LockClass, RawSpinLock};
+    let t: T = tree();
+    let pte = RawSpinLock::new(LockClass::Pte);
+    let held = pte.lock();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = t.insert(pages(0..1), Arc::new('A'));
+    }));
+    drop(held);
+    assert!(r.is_err(), "maple writer lock taken under a PTE lock");
+    t.insert(pages(0..1), Arc::new('A')).unwrap();
+}
