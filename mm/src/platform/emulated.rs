@@ -57,7 +57,7 @@ unsafe impl Sync for Emulated {}
 impl Emulated {
     /// `mib` MiB of RAM and `cpus` CPUs.
     pub fn new(mib: usize, cpus: usize) -> Self {
-        assert!(cpus >= 1 && cpus <= MAX_CPUS, "1..={MAX_CPUS} CPUs");
+        assert!((1..=MAX_CPUS).contains(&cpus), "1..={MAX_CPUS} CPUs");
         let frames = mib * 256;
         assert!(frames > 0);
         let layout = Layout::from_size_align(frames * FRAME, FRAME).expect("RAM layout");
