@@ -273,3 +273,31 @@ fn tree_out_of_memory_leaves_the_address_space_unchanged() {
         }
     }
 }
+
+/// A PTE table with no PTE left (a fault allocated it, then ran out of memory for the page) is
+/// still reachable through the PMD entry that other CPUs' paging-structure caches may hold:
+/// unhooking and freeing it needs a shootdown even though no PTE was cleared.
+#[test]
+fn freeing_an_empty_pte_table_is_shot_down() {
+    let env = Env::new(4, 1);
+    {
+        let mm = env.mm();
+        mm.mmap(page(0), PAGE, Prot::READ | Prot::WRITE, fixed())
+            .unwrap();
+        let pt = mm.page_tables();
+        pt.pte_alloc(pt.pmd_alloc(page(0)).unwrap()).unwrap();
+        let tables = pt.count_tables();
+        let (before, _) = env.p.shootdown_stats();
+        mm.munmap(page(0), PAGE).unwrap();
+        assert_eq!(
+            pt.count_tables(),
+            tables - 1,
+            "the empty table was not freed"
+        );
+        assert!(
+            env.p.shootdown_stats().0 > before,
+            "page-table page freed without a shootdown"
+        );
+    }
+    env.assert_baseline();
+}
