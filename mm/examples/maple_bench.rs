@@ -19,7 +19,10 @@ fn main() {
     let p = Arc::new(Emulated::new(1, 1));
     p.bind_cpu(0);
     let rcu = Arc::new(Rcu::new(p));
-    println!("{:>8} {:>14} {:>14} {:>8}", "ranges", "maple ns/op", "btree ns/op", "height");
+    println!(
+        "{:>8} {:>14} {:>14} {:>8}",
+        "ranges", "maple ns/op", "btree ns/op", "height"
+    );
     for n in [10u64, 1_000, 100_000] {
         let tree: MapleTree<Arc<u64>, Emulated> = MapleTree::new(rcu.clone());
         let mut map = BTreeMap::new();
@@ -27,7 +30,8 @@ fn main() {
         let mut at = 0;
         for i in 0..n {
             let len = (1 + i % 4) * PAGE;
-            tree.insert(at..at + len, Arc::new(i)).expect("fresh ranges");
+            tree.insert(at..at + len, Arc::new(i))
+                .expect("fresh ranges");
             map.insert(at, (at + len, Arc::new(i)));
             at += len + PAGE;
         }

@@ -13,10 +13,10 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(not(loom))]
-pub mod maple;
-#[cfg(not(loom))]
 pub mod fault;
 pub mod frame;
+#[cfg(not(loom))]
+pub mod maple;
 #[cfg(not(loom))]
 pub mod memory;
 #[cfg(not(loom))]
@@ -25,12 +25,11 @@ pub mod mm;
 pub mod mmu;
 #[cfg(not(loom))]
 pub mod ops;
-pub mod platform;
 #[cfg(not(loom))]
 pub mod pgtable;
+pub mod platform;
 mod primitive;
 pub mod rcu;
-mod spin;
 pub mod stats;
 pub mod sync;
 pub mod vma;
@@ -38,6 +37,6 @@ pub mod vma;
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(all(test, not(loom)))]
-mod testutil;
-#[cfg(all(test, not(loom)))]
 mod tests;
+#[cfg(all(test, not(loom)))]
+mod testutil;

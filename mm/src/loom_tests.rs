@@ -195,18 +195,27 @@ mod install;
 /// installed, both end up using it, and the loser's is the one given back.
 #[test]
 fn loom_pgtable_install_race() {
-    use install::{Installed, install_or_discard};
+    use install::{EntrySlot, Installed, install_or_discard};
     use loom::sync::atomic::{AtomicU64, Ordering};
     model(|| {
         let slot = Arc::new(AtomicU64::new(0));
         let freed = Arc::new(AtomicU64::new(0));
         let racer = |table: u64| {
             let (slot, freed) = (slot.clone(), freed.clone());
-            thread::spawn(move || match install_or_discard(&*slot, table) {
-                Installed::Ours(e) => e,
-                Installed::Theirs(e) => {
+            thread::spawn(move || {
+                // As `ensure_table`: a table already there is used without making one (counted
+                // as given back, so the sum below stays exact).
+                let seen = slot.load_acquire();
+                if seen != 0 {
                     freed.fetch_add(table, Ordering::Relaxed);
-                    e
+                    return seen;
+                }
+                match install_or_discard(&*slot, table) {
+                    Installed::Ours(e) => e,
+                    Installed::Theirs(e) => {
+                        freed.fetch_add(table, Ordering::Relaxed);
+                        e
+                    }
                 }
             })
         };

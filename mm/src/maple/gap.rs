@@ -24,11 +24,24 @@ struct Query {
     dir: GapDir,
 }
 
-pub(super) fn find_gap(root: u64, size: u64, align: u64, low: u64, high: u64, dir: GapDir) -> Option<u64> {
+pub(super) fn find_gap(
+    root: u64,
+    size: u64,
+    align: u64,
+    low: u64,
+    high: u64,
+    dir: GapDir,
+) -> Option<u64> {
     if size == 0 || !align.is_power_of_two() || high <= low || high - low < size {
         return None;
     }
-    let q = Query { size, align, low, last: high - 1, dir };
+    let q = Query {
+        size,
+        align,
+        low,
+        last: high - 1,
+        dir,
+    };
     match NodeRef::from_word(root) {
         None => q.fit(0, u64::MAX),
         Some(n) => search(&q, n, 0, u64::MAX),

@@ -27,13 +27,14 @@
 
 mod gap;
 mod node;
+#[cfg(test)]
+mod tests;
 mod validate;
 mod walk;
 mod write;
-#[cfg(test)]
-mod tests;
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::num::NonZeroUsize;
@@ -42,11 +43,11 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::platform::Platform;
 use crate::rcu::{Rcu, RcuReadGuard};
-use crate::spin::SpinLock;
+use crate::sync::{LockClass, SpinLock};
 pub use gap::GapDir;
 pub use validate::ValidateError;
 pub use walk::Iter;
-use write::{Writer, WriteOp};
+use write::{MAX_PIECES, Piece, WriteOp, Writer};
 
 /// A value the tree can hold in one slot: a non-null pointer-like word.
 ///
@@ -119,6 +120,16 @@ pub enum ReplaceError<V> {
     NoMemory(V),
 }
 
+/// Why [`MapleTree::store_span`] failed; hands the entries back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoreSpanError<V> {
+    /// The span is empty, or the entries are empty ranges, out of order, overlapping, outside
+    /// the span, or more than [`MapleTree::MAX_SPAN_ENTRIES`].
+    InvalidRange(Vec<(Range<u64>, V)>),
+    /// A node could not be allocated; the tree is unchanged.
+    NoMemory(Vec<(Range<u64>, V)>),
+}
+
 /// A range tree readable under RCU with no lock. See the module documentation.
 ///
 /// # Invariants
@@ -141,7 +152,7 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     pub fn new(rcu: Arc<Rcu<P>>) -> Self {
         MapleTree {
             root: AtomicU64::new(0),
-            writer: SpinLock::new(Writer::new()),
+            writer: SpinLock::new(LockClass::MapleWriter, Writer::new()),
             len: AtomicUsize::new(0),
             nodes: Arc::new(AtomicUsize::new(0)),
             rcu,
@@ -209,6 +220,71 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         }
     }
 
+    /// The most entries [`store_span`](Self::store_span) takes at once.
+    pub const MAX_SPAN_ENTRIES: usize = (MAX_PIECES - 1) / 2;
+
+    /// Makes `span` hold exactly `entries` (sorted, disjoint, inside `span`) and nothing else,
+    /// trimming whatever was mapped there, in one write: a reader sees all of it or none, and on
+    /// failure the tree is unchanged. Several `insert`/`erase` calls would leave a half-done
+    /// change behind when one of the later ones runs out of memory.
+    pub fn store_span(
+        &self,
+        span: Range<u64>,
+        entries: Vec<(Range<u64>, V)>,
+    ) -> Result<(), StoreSpanError<V>> {
+        let mut at = span.start;
+        let valid = span.start < span.end
+            && entries.len() <= Self::MAX_SPAN_ENTRIES
+            && entries.iter().all(|(r, _)| {
+                let ok = at <= r.start && r.start < r.end && r.end <= span.end;
+                at = r.end;
+                ok
+            });
+        if !valid {
+            return Err(StoreSpanError::InvalidRange(entries));
+        }
+        let mut pieces = [Piece { hi: 0, word: 0 }; MAX_PIECES];
+        let mut n = 0;
+        let mut at = span.start;
+        let mut ranges = Vec::new();
+        for (r, v) in entries {
+            if r.start > at {
+                pieces[n] = Piece {
+                    hi: r.start - 1,
+                    word: 0,
+                };
+                n += 1;
+            }
+            pieces[n] = Piece {
+                hi: r.end - 1,
+                word: into_word(v),
+            };
+            n += 1;
+            at = r.end;
+            ranges.push(r);
+        }
+        if at < span.end {
+            pieces[n] = Piece {
+                hi: span.end - 1,
+                word: 0,
+            };
+            n += 1;
+        }
+        let mut w = self.writer.lock();
+        match WriteOp::<V, P>::new(self, &mut w).store_pieces(span.start, &pieces[..n]) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let words = pieces[..n].iter().filter(|p| p.word != 0);
+                // SAFETY: a failed write leaves the words, each just made from a `V`, to us.
+                let back = ranges
+                    .into_iter()
+                    .zip(words)
+                    .map(|(r, p)| (r, unsafe { from_word(p.word) }));
+                Err(StoreSpanError::NoMemory(back.collect()))
+            }
+        }
+    }
+
     /// Removes the range containing `addr` and returns it with its value. The value returned is
     /// a clone: readers may still hold the tree's copy, which is dropped after a grace period.
     ///
@@ -216,7 +292,9 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     /// ran out.
     pub fn erase(&self, addr: u64) -> Option<(Range<u64>, V)> {
         let mut w = self.writer.lock();
-        let (lo, hi, word) = self.find_locked(&w, addr).filter(|&(lo, _, _)| lo <= addr)?;
+        let (lo, hi, word) = self
+            .find_locked(&w, addr)
+            .filter(|&(lo, _, _)| lo <= addr)?;
         // SAFETY: `word` is a value the tree owns; the op below retires it only on success.
         let old = unsafe { clone_word::<V>(word) };
         WriteOp::<V, P>::new(self, &mut w).store(lo, hi, 0).ok()?;
@@ -226,7 +304,8 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     /// Gives the range containing `addr` a new value, returning (a clone of) the old one.
     pub fn replace(&self, addr: u64, v: V) -> Result<V, ReplaceError<V>> {
         let mut w = self.writer.lock();
-        let Some((lo, hi, old)) = self.find_locked(&w, addr).filter(|&(lo, _, _)| lo <= addr) else {
+        let Some((lo, hi, old)) = self.find_locked(&w, addr).filter(|&(lo, _, _)| lo <= addr)
+        else {
             return Err(ReplaceError::NotFound(v));
         };
         // SAFETY: as in `erase`.
@@ -243,7 +322,14 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     /// highest (top-down) such start. `align` must be a power of two.
     pub fn find_gap(&self, size: u64, align: u64, low: u64, high: u64, dir: GapDir) -> Option<u64> {
         let _w = self.writer.lock();
-        gap::find_gap(self.root.load(Ordering::Relaxed), size, align, low, high, dir)
+        gap::find_gap(
+            self.root.load(Ordering::Relaxed),
+            size,
+            align,
+            low,
+            high,
+            dir,
+        )
     }
 
     /// Checks every structural invariant of the live tree.
@@ -271,13 +357,21 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     }
 
     /// Walks under `g` (see [`walk`]); the guard must belong to this tree's RCU domain.
-    pub fn walk<'g>(&'g self, g: &'g RcuReadGuard<'_, P>, addr: u64) -> Option<(Range<u64>, &'g V)> {
+    pub fn walk<'g>(
+        &'g self,
+        g: &'g RcuReadGuard<'_, P>,
+        addr: u64,
+    ) -> Option<(Range<u64>, &'g V)> {
         self.check_guard(g);
         walk::walk(&self.root, addr).map(|(lo, hi, slot)| (lo..hi + 1, self.borrow(slot, g)))
     }
 
     /// The first range ending above `addr` (the one containing it, or the next one).
-    pub fn find<'g>(&'g self, g: &'g RcuReadGuard<'_, P>, addr: u64) -> Option<(Range<u64>, &'g V)> {
+    pub fn find<'g>(
+        &'g self,
+        g: &'g RcuReadGuard<'_, P>,
+        addr: u64,
+    ) -> Option<(Range<u64>, &'g V)> {
         self.check_guard(g);
         walk::find(&self.root, addr).map(|(lo, hi, slot)| (lo..hi + 1, self.borrow(slot, g)))
     }
@@ -291,7 +385,10 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     }
 
     fn check_guard(&self, g: &RcuReadGuard<'_, P>) {
-        debug_assert!(core::ptr::eq(g.rcu(), &*self.rcu), "RCU guard of another domain");
+        debug_assert!(
+            core::ptr::eq(g.rcu(), &*self.rcu),
+            "RCU guard of another domain"
+        );
     }
 
     /// Borrows the value in a leaf slot for as long as the guard lives.

@@ -70,7 +70,10 @@ impl NodeRef {
         let meta = end as u64 | if leaf { META_LEAF } else { 0 };
         // SAFETY: `p` is a fresh allocation of the right layout; all-zero words are valid atomics.
         unsafe {
-            p.write(Node { meta: AtomicU64::new(meta), w: [const { AtomicU64::new(0) }; 31] })
+            p.write(Node {
+                meta: AtomicU64::new(meta),
+                w: [const { AtomicU64::new(0) }; 31],
+            })
         };
         Some(NodeRef(p as u64 | if leaf { TAG_LEAF } else { 0 }))
     }
@@ -98,7 +101,10 @@ impl NodeRef {
     /// Used slots.
     pub(super) fn end(self) -> usize {
         let meta = self.node().meta.load(Ordering::Relaxed);
-        debug_assert!(meta & META_POISON != META_POISON, "walked into a freed maple node");
+        debug_assert!(
+            meta & META_POISON != META_POISON,
+            "walked into a freed maple node"
+        );
         (meta & META_END) as usize
     }
 
@@ -142,7 +148,11 @@ impl NodeRef {
     /// Fills slot `i` of a node that is not yet published.
     pub(super) fn init_slot(self, i: usize, pivot: u64, word: u64, gap: u64) {
         let n = self.node();
-        let cap = if self.is_leaf() { LEAF_SLOTS } else { INTERNAL_SLOTS };
+        let cap = if self.is_leaf() {
+            LEAF_SLOTS
+        } else {
+            INTERNAL_SLOTS
+        };
         debug_assert!(i < cap);
         if i < cap - 1 || !self.is_leaf() {
             n.w[i].store(pivot, Ordering::Relaxed);
@@ -177,7 +187,9 @@ impl NodeRef {
         let p = (self.0 & !TAG_LEAF) as *mut Node;
         self.node().meta.store(META_POISON, Ordering::Relaxed);
         #[cfg(test)]
-        let Some(p) = quarantine::delay(p) else { return };
+        let Some(p) = quarantine::delay(p) else {
+            return;
+        };
         // SAFETY: allocated by `alloc` with this layout (type invariant), and by the caller's
         // promise no one uses it any more.
         unsafe { dealloc(p as *mut u8, Node::LAYOUT) };
@@ -206,6 +218,10 @@ mod quarantine {
     pub(super) fn delay(p: *mut Node) -> Option<*mut Node> {
         let mut q = PARKED.lock().unwrap_or_else(|e| e.into_inner());
         q.push_back(Parked(p));
-        if q.len() > KEEP { q.pop_front().map(|x| x.0) } else { None }
+        if q.len() > KEEP {
+            q.pop_front().map(|x| x.0)
+        } else {
+            None
+        }
     }
 }

@@ -21,7 +21,12 @@ pub enum ValidateError {
     /// An internal slot in use holds no child.
     MissingChild { min: u64, slot: usize },
     /// The gap recorded for a child is not the largest empty range below it.
-    BadGap { min: u64, slot: usize, recorded: u64, actual: u64 },
+    BadGap {
+        min: u64,
+        slot: usize,
+        recorded: u64,
+        actual: u64,
+    },
     /// Two empty ranges touch (they must be one slot, or gaps would be understated).
     AdjacentEmpty { at: u64 },
     /// An entry contains the last key, which no `[start, end)` range can.
@@ -44,7 +49,14 @@ pub(super) fn validate(root: u64, height: usize, len: usize) -> Result<usize, Va
         if height != 0 {
             return Err(ValidateError::BadRoot { height });
         }
-        return if len == 0 { Ok(0) } else { Err(ValidateError::BadLen { counted: 0, recorded: len }) };
+        return if len == 0 {
+            Ok(0)
+        } else {
+            Err(ValidateError::BadLen {
+                counted: 0,
+                recorded: len,
+            })
+        };
     };
     if height == 0 {
         return Err(ValidateError::BadRoot { height });
@@ -52,16 +64,30 @@ pub(super) fn validate(root: u64, height: usize, len: usize) -> Result<usize, Va
     if root.is_leaf() && root.end() == 1 && root.slot(0) == 0 {
         return Err(ValidateError::EmptyRootLeaf);
     }
-    let mut st = State { entries: 0, nodes: 0, prev_empty: false };
+    let mut st = State {
+        entries: 0,
+        nodes: 0,
+        prev_empty: false,
+    };
     check(root, height, 0, u64::MAX, true, &mut st)?;
     if st.entries != len {
-        return Err(ValidateError::BadLen { counted: st.entries, recorded: len });
+        return Err(ValidateError::BadLen {
+            counted: st.entries,
+            recorded: len,
+        });
     }
     Ok(st.nodes)
 }
 
 /// Checks the subtree at `n` (height `h`, covering `[min, max]`); returns its largest gap.
-fn check(n: NodeRef, h: usize, min: u64, max: u64, root: bool, st: &mut State) -> Result<u64, ValidateError> {
+fn check(
+    n: NodeRef,
+    h: usize,
+    min: u64,
+    max: u64,
+    root: bool,
+    st: &mut State,
+) -> Result<u64, ValidateError> {
     if n.is_poisoned() || n.is_dead() {
         return Err(ValidateError::DeadNode { min });
     }
@@ -101,10 +127,16 @@ fn check(n: NodeRef, h: usize, min: u64, max: u64, root: bool, st: &mut State) -
             }
             st.prev_empty = w == 0;
         } else {
-            let child = NodeRef::from_word(w).ok_or(ValidateError::MissingChild { min, slot: i })?;
+            let child =
+                NodeRef::from_word(w).ok_or(ValidateError::MissingChild { min, slot: i })?;
             let actual = check(child, h - 1, lo, hi, false, st)?;
             if n.gap(i) != actual {
-                return Err(ValidateError::BadGap { min, slot: i, recorded: n.gap(i), actual });
+                return Err(ValidateError::BadGap {
+                    min,
+                    slot: i,
+                    recorded: n.gap(i),
+                    actual,
+                });
             }
             gap = gap.max(actual);
         }

@@ -59,7 +59,11 @@ fn find_in(root: u64, mut addr: u64) -> Option<(u64, u64, u64, *const u64)> {
     loop {
         let (leaf, min, max) = leaf_for(root, addr)?;
         let (first, _, _) = slot_for(leaf, min, max, addr);
-        let mut lo = if first == 0 { min } else { leaf.pivot(first - 1) + 1 };
+        let mut lo = if first == 0 {
+            min
+        } else {
+            leaf.pivot(first - 1) + 1
+        };
         let end = leaf.end();
         for i in first..end {
             let hi = if i == end - 1 { max } else { leaf.pivot(i) };
@@ -84,8 +88,18 @@ pub struct Iter<'g, V: MapleValue, P: Platform> {
 }
 
 impl<'g, V: MapleValue, P: Platform> Iter<'g, V, P> {
-    pub(super) fn new(tree: &'g MapleTree<V, P>, guard: &'g RcuReadGuard<'g, P>, range: Range<u64>) -> Self {
-        Iter { tree, guard, next: range.start, end: range.end, done: range.start >= range.end }
+    pub(super) fn new(
+        tree: &'g MapleTree<V, P>,
+        guard: &'g RcuReadGuard<'g, P>,
+        range: Range<u64>,
+    ) -> Self {
+        Iter {
+            tree,
+            guard,
+            next: range.start,
+            end: range.end,
+            done: range.start >= range.end,
+        }
     }
 }
 

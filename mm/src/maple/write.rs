@@ -66,6 +66,15 @@ struct Item {
 
 /// Enough for two opened leaves, two absorbed neighbours and the new pieces.
 const ITEMS_CAP: usize = 96;
+/// The most pieces one write may store (a VMA rewrite needs at most three).
+pub(super) const MAX_PIECES: usize = 8;
+
+/// One entry of a multi-piece store: the new value `word` (0: nothing) up to `hi` inclusive.
+#[derive(Clone, Copy)]
+pub(super) struct Piece {
+    pub(super) hi: u64,
+    pub(super) word: u64,
+}
 
 struct Items {
     buf: [Item; ITEMS_CAP],
@@ -74,7 +83,10 @@ struct Items {
 
 impl Items {
     fn new() -> Self {
-        Items { buf: [Item::default(); ITEMS_CAP], len: 0 }
+        Items {
+            buf: [Item::default(); ITEMS_CAP],
+            len: 0,
+        }
     }
 
     fn push(&mut self, it: Item) {
@@ -117,7 +129,11 @@ enum Publish {
     /// Store this word (0: empty tree) as the root of a tree of this height.
     Root(u64, usize),
     /// Store `child` into the slot covering `key` of the node at height `height`.
-    Slot { height: usize, key: u64, child: Item },
+    Slot {
+        height: usize,
+        key: u64,
+        child: Item,
+    },
 }
 
 /// One write, from planning to publication.
@@ -185,9 +201,19 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
 
     /// Makes `[s, e]` hold `word` (0: nothing). On success the tree owns `word`; on failure the
     /// tree is unchanged and the caller still owns it.
-    pub(super) fn store(mut self, s: u64, e: u64, word: u64) -> Result<(), NoMemory> {
-        debug_assert!(s <= e && e < u64::MAX);
-        match self.build(s, e, word) {
+    pub(super) fn store(self, s: u64, e: u64, word: u64) -> Result<(), NoMemory> {
+        self.store_pieces(s, &[Piece { hi: e, word }])
+    }
+
+    /// Makes `[s, pieces.last().hi]` hold `pieces` (each ends at its `hi`, starts after the
+    /// previous one; word 0 is nothing), published with one store. On success the tree owns the
+    /// words; on failure the tree is unchanged and the caller still owns them.
+    pub(super) fn store_pieces(mut self, s: u64, pieces: &[Piece]) -> Result<(), NoMemory> {
+        debug_assert!(!pieces.is_empty() && pieces.len() <= MAX_PIECES);
+        debug_assert!(pieces.windows(2).all(|w| w[0].hi < w[1].hi));
+        let e = pieces[pieces.len() - 1].hi;
+        debug_assert!(s <= pieces[0].hi && e < u64::MAX);
+        match self.build(s, e, pieces) {
             Ok(p) => {
                 self.commit(p);
                 Ok(())
@@ -199,14 +225,14 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         }
     }
 
-    fn build(&mut self, s: u64, e: u64, word: u64) -> Result<Publish, NoMemory> {
+    fn build(&mut self, s: u64, e: u64, pieces: &[Piece]) -> Result<Publish, NoMemory> {
         let mut items = Items::new();
         let mut opened: Vec<NodeRef> = Vec::new();
         let mut placed = false;
         let (mut lo, mut hi);
         if self.w.height == 0 {
             (lo, hi) = (0, u64::MAX);
-            self.cut(&mut items, 0, u64::MAX, 0, s, e, word, &mut placed)?;
+            self.cut(&mut items, 0, u64::MAX, 0, s, e, pieces, &mut placed)?;
         } else {
             let l = self.locate(1, s);
             let r = self.locate(1, e);
@@ -218,14 +244,12 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                 let mut elo = leaf.min;
                 for i in 0..end {
                     let ehi = if i == end - 1 { leaf.max } else { n.pivot(i) };
-                    self.cut(&mut items, elo, ehi, n.slot(i), s, e, word, &mut placed)?;
+                    self.cut(&mut items, elo, ehi, n.slot(i), s, e, pieces, &mut placed)?;
                     elo = ehi.wrapping_add(1);
                 }
             }
         }
-        if word != 0 {
-            self.added += 1;
-        }
+        self.added += pieces.iter().filter(|p| p.word != 0).count();
         let mut h = 1;
         loop {
             if h == 1 {
@@ -287,7 +311,11 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                 continue;
             }
             if built.len == 1 && opened.len() == 1 {
-                return Ok(Publish::Slot { height: h + 1, key: lo, child: built.get()[0] });
+                return Ok(Publish::Slot {
+                    height: h + 1,
+                    key: lo,
+                    child: built.get()[0],
+                });
             }
             // Replace the parents of the span's ends.
             let pl = self.locate(h + 1, lo);
@@ -299,7 +327,11 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
             for p in parents {
                 let mut children = Items::new();
                 for_each_slot(p.node, p.min, p.max, |_, chi, w, g| {
-                    children.push(Item { hi: chi, word: w, gap: g })
+                    children.push(Item {
+                        hi: chi,
+                        word: w,
+                        gap: g,
+                    })
                 });
                 let mut clo = p.min;
                 for c in children.get() {
@@ -329,8 +361,8 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         }
     }
 
-    /// Adds the pieces of entry `[elo, ehi] -> w` that survive a store of `word` over `[s, e]`
-    /// (and the new entry itself, once, where it belongs).
+    /// Adds the pieces of entry `[elo, ehi] -> w` that survive a store of `pieces` over
+    /// `[s, e]` (and the new pieces themselves, once, where they belong).
     #[allow(clippy::too_many_arguments)]
     fn cut(
         &mut self,
@@ -340,19 +372,33 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         w: u64,
         s: u64,
         e: u64,
-        word: u64,
+        pieces: &[Piece],
         placed: &mut bool,
     ) -> Result<(), NoMemory> {
         if ehi < s || elo > e {
-            items.push(Item { hi: ehi, word: w, gap: 0 });
+            items.push(Item {
+                hi: ehi,
+                word: w,
+                gap: 0,
+            });
             return Ok(());
         }
         let (left, right) = (elo < s, ehi > e);
         if left {
-            items.push(Item { hi: s - 1, word: w, gap: 0 });
+            items.push(Item {
+                hi: s - 1,
+                word: w,
+                gap: 0,
+            });
         }
         if !*placed {
-            items.push(Item { hi: e, word, gap: 0 });
+            for p in pieces {
+                items.push(Item {
+                    hi: p.hi,
+                    word: p.word,
+                    gap: 0,
+                });
+            }
             *placed = true;
         }
         if right {
@@ -364,7 +410,11 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                 self.clone = Some(rw);
                 self.added += 1;
             }
-            items.push(Item { hi: ehi, word: rw, gap: 0 });
+            items.push(Item {
+                hi: ehi,
+                word: rw,
+                gap: 0,
+            });
         }
         if !left && !right && w != 0 {
             // Covered whole: dropped a grace period after the new version is published.
@@ -375,10 +425,22 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
 
     /// Adds node `n` (adjacent to the span) to the span, on its left or right; returns the new
     /// span end on that side.
-    fn absorb(&mut self, items: &mut Items, opened: &mut Vec<NodeRef>, n: Located, left: bool) -> Result<u64, NoMemory> {
+    fn absorb(
+        &mut self,
+        items: &mut Items,
+        opened: &mut Vec<NodeRef>,
+        n: Located,
+        left: bool,
+    ) -> Result<u64, NoMemory> {
         self.open(opened, n.node)?;
         let mut theirs = Items::new();
-        for_each_slot(n.node, n.min, n.max, |_, hi, w, g| theirs.push(Item { hi, word: w, gap: g }));
+        for_each_slot(n.node, n.min, n.max, |_, hi, w, g| {
+            theirs.push(Item {
+                hi,
+                word: w,
+                gap: g,
+            })
+        });
         if left {
             for it in items.get() {
                 theirs.push(*it);
@@ -418,7 +480,11 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                 elo = it.hi.wrapping_add(1);
             }
             let max = items.get()[idx + n - 1].hi;
-            out.push(Item { hi: max, word: node.word(), gap });
+            out.push(Item {
+                hi: max,
+                word: node.word(),
+                gap,
+            });
             idx += n;
             min = max.wrapping_add(1);
         }
@@ -500,13 +566,21 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         let removed = self.dead_values.len();
         self.clone = None;
         let len = &self.tree.len;
-        len.store(len.load(Ordering::Relaxed) + self.added - removed, Ordering::Relaxed);
+        len.store(
+            len.load(Ordering::Relaxed) + self.added - removed,
+            Ordering::Relaxed,
+        );
         if self.dead_nodes.is_empty() && self.dead_values.is_empty() {
             return;
         }
-        let (nodes, values) = (core::mem::take(&mut self.dead_nodes), core::mem::take(&mut self.dead_values));
+        let (nodes, values) = (
+            core::mem::take(&mut self.dead_nodes),
+            core::mem::take(&mut self.dead_values),
+        );
         let count = self.tree.nodes.clone();
-        self.tree.rcu.call_rcu(Box::new(move || free_retired::<V>(nodes, values, &count)));
+        self.tree
+            .rcu
+            .call_rcu(Box::new(move || free_retired::<V>(nodes, values, &count)));
     }
 
     /// Stores `child` into the slot covering `key` of the live node at height `height`, then
@@ -572,7 +646,9 @@ fn free_retired<V: MapleValue>(nodes: Vec<NodeRef>, values: Vec<u64>, count: &At
 /// # Safety
 /// Nothing else can reach the tree at `root` any more (no reader, no writer).
 pub(super) unsafe fn destroy<V: MapleValue>(root: u64, count: &Arc<AtomicUsize>) {
-    let Some(n) = NodeRef::from_word(root) else { return };
+    let Some(n) = NodeRef::from_word(root) else {
+        return;
+    };
     for i in 0..n.end() {
         let w = n.slot(i);
         if n.is_leaf() {

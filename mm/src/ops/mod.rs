@@ -4,8 +4,9 @@
 //! Every operation validates its arguments (an error, never a panic), takes `mmap_lock` for
 //! write, and rewrites the VMAs around the affected range with [`rewrite`]: it computes the new
 //! layout (the edit applied, then adjacent VMAs of equal protection merged), write-locks every
-//! VMA that changes (`vma_start_write`), takes them out of the tree, inserts the replacements
-//! (complete and write-locked from birth), and detaches the old ones. Page-table changes follow
+//! VMA that changes (`vma_start_write`), replaces them in the tree with their replacements
+//! (complete and write-locked from birth) in one tree write, so running out of memory leaves
+//! everything as it was, and detaches the old ones. Page-table changes follow
 //! while everything is still locked, and their flush token is flushed before the lock drops.
 //! Faults on the affected range meanwhile fail the lockless path (VMA missing, detached or
 //! locked) and wait on `mmap_lock`.
@@ -120,19 +121,36 @@ pub(crate) fn rewrite<P: Platform>(
         .filter(|(r, _)| !kept.contains(r))
         .map(|(r, p)| Vma::new_locked(g, mm.id(), r, p))
         .collect();
+    if removed.is_empty() && added.is_empty() {
+        return Ok(removed);
+    }
+    // What changes is one run of addresses: the edit, the VMAs it replaces (whole) and their
+    // replacements. No kept VMA overlaps it (a kept VMA that met the edit would contain it and
+    // have its protection, and then nothing changes at all).
+    let span = removed
+        .iter()
+        .chain(added.iter())
+        .map(|v| v.range())
+        .fold(edit.clone(), |a, r| a.start.min(r.start)..a.end.max(r.end));
+    debug_assert!(
+        kept.iter()
+            .all(|k| k.end <= span.start || k.start >= span.end)
+    );
 
     for v in &removed {
         // Lock order: mmap_lock (write) > VMA write lock.
         v.start_write(g);
-        // The returned clone drops here; the tree drops its own after a grace period.
-        let erased = mm.tree().erase(v.start());
-        debug_assert!(erased.is_some_and(|(r, _)| r == v.range()));
     }
-    for v in added {
+    for v in &added {
+        // Complete and write-locked (stamped by `new_locked`) before the tree can show it.
         v.lock().mark_attached(g);
-        if mm.tree().insert(v.range(), v).is_err() {
-            return Err(TreeOutOfMemory);
-        }
+    }
+    // One tree write: if it runs out of memory nothing changed, and the removed VMAs, still in
+    // the tree and attached, are only write-locked until `g` drops. The tree drops its copies of
+    // the removed VMAs after a grace period.
+    let entries = added.into_iter().map(|v| (v.range(), v)).collect();
+    if mm.tree().store_span(span, entries).is_err() {
+        return Err(TreeOutOfMemory);
     }
     for v in &removed {
         v.lock().mark_detached(g);

@@ -218,3 +218,86 @@ fn data_survives_splits_and_protection_changes_and_munmap_frees_it() {
     }
     env.assert_baseline();
 }
+
+/// An operation that runs out of memory for tree nodes fails as a whole: the VMAs, the page
+/// tables and the data are as before, and a retry without the failure succeeds. (Erasing the
+/// old VMAs and inserting the new ones one tree write at a time left the address space with a
+/// hole where the VMA was and its pages still mapped when a later insert failed.)
+#[test]
+fn tree_out_of_memory_leaves_the_address_space_unchanged() {
+    type Op = fn(&AddressSpace<Emulated>) -> bool;
+    let ops: [(&str, Op, (&str, &str)); 3] = [
+        (
+            "munmap",
+            |mm| mm.munmap(page(2), PAGE).is_ok(),
+            ("AA BB", "ww ww"),
+        ),
+        (
+            "mprotect",
+            |mm| mm.mprotect(page(2), PAGE, Prot::READ).is_ok(),
+            ("AABCC", "wwrww"),
+        ),
+        (
+            "mmap",
+            |mm| mm.mmap(page(1), 3 * PAGE, Prot::READ, fixed()).is_ok(),
+            ("ABBBC", "wrrrw"),
+        ),
+    ];
+    for (name, op, after) in ops {
+        for budget in 0..4 {
+            let env = Env::new(4, 1);
+            {
+                let mm = env.mm();
+                draw(&mm, "wwwww");
+                for i in 0..5 {
+                    mmu::store(&mm, page(i) + 8, 100 + i, true).unwrap();
+                }
+                mm.tree().fail_node_allocs_after(Some(budget));
+                let ok = op(&mm);
+                mm.tree().fail_node_allocs_after(None);
+                mm.validate().unwrap();
+                if !ok {
+                    assert_eq!(
+                        picture(&mm, 5),
+                        ("AAAAA".into(), "wwwww".into()),
+                        "{name} with {budget} nodes failed half-way"
+                    );
+                    for i in 0..5 {
+                        assert_eq!(mmu::load(&mm, page(i) + 8, true), Ok(100 + i), "{name}");
+                    }
+                    assert!(op(&mm), "{name} retried");
+                }
+                assert_eq!(picture(&mm, 5), (after.0.into(), after.1.into()), "{name}");
+            }
+            env.assert_baseline();
+        }
+    }
+}
+
+/// A PTE table with no PTE left (a fault allocated it, then ran out of memory for the page) is
+/// still reachable through the PMD entry that other CPUs' paging-structure caches may hold:
+/// unhooking and freeing it needs a shootdown even though no PTE was cleared.
+#[test]
+fn freeing_an_empty_pte_table_is_shot_down() {
+    let env = Env::new(4, 1);
+    {
+        let mm = env.mm();
+        mm.mmap(page(0), PAGE, Prot::READ | Prot::WRITE, fixed())
+            .unwrap();
+        let pt = mm.page_tables();
+        pt.pte_alloc(pt.pmd_alloc(page(0)).unwrap()).unwrap();
+        let tables = pt.count_tables();
+        let (before, _) = env.p.shootdown_stats();
+        mm.munmap(page(0), PAGE).unwrap();
+        assert_eq!(
+            pt.count_tables(),
+            tables - 1,
+            "the empty table was not freed"
+        );
+        assert!(
+            env.p.shootdown_stats().0 > before,
+            "page-table page freed without a shootdown"
+        );
+    }
+    env.assert_baseline();
+}

@@ -38,10 +38,17 @@ impl ZapFlush {
         }
     }
 
+    /// Whether the TLBs must be shot down: PTEs were cleared, or PTE tables unhooked (other
+    /// CPUs' paging-structure caches may still hold the PMD entry of a table with no PTE left,
+    /// and would walk the freed page once it is reused).
+    fn needs_shootdown(&self) -> bool {
+        self.cleared > 0 || !self.tables.is_empty()
+    }
+
     /// Adds the work of `other` to this token.
     pub fn merge(&mut self, mut other: ZapFlush) {
-        if other.cleared > 0 {
-            self.range = if self.cleared == 0 {
+        if other.needs_shootdown() {
+            self.range = if !self.needs_shootdown() {
                 other.range.clone()
             } else {
                 self.range.start.min(other.range.start)..self.range.end.max(other.range.end)
@@ -60,7 +67,7 @@ impl ZapFlush {
     /// Shoots down `cpus`, then drops the frames' references, and frees the emptied page-table
     /// pages after an RCU grace period.
     pub fn flush<P: Platform>(self, mem: &Arc<Memory<P>>, cpus: CpuMask) {
-        if self.cleared > 0 {
+        if self.needs_shootdown() {
             let pages = ((self.range.end - self.range.start) / 4096) as usize;
             mem.platform()
                 .shootdown(cpus, VirtAddr::new(self.range.start), pages);

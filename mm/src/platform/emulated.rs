@@ -57,20 +57,26 @@ unsafe impl Sync for Emulated {}
 impl Emulated {
     /// `mib` MiB of RAM and `cpus` CPUs.
     pub fn new(mib: usize, cpus: usize) -> Self {
-        assert!(cpus >= 1 && cpus <= MAX_CPUS, "1..={MAX_CPUS} CPUs");
+        assert!((1..=MAX_CPUS).contains(&cpus), "1..={MAX_CPUS} CPUs");
         let frames = mib * 256;
         assert!(frames > 0);
         let layout = Layout::from_size_align(frames * FRAME, FRAME).expect("RAM layout");
         // SAFETY: the layout has a non-zero size.
         let ram = unsafe { alloc_zeroed(layout) };
-        assert!(!ram.is_null(), "host out of memory for {mib} MiB of emulated RAM");
+        assert!(
+            !ram.is_null(),
+            "host out of memory for {mib} MiB of emulated RAM"
+        );
         // Hand out low frames first, like a fresh allocator would.
         let free = (0..frames as u32).rev().collect();
         Emulated {
             ram,
             frames,
             cpus,
-            pool: Mutex::new(Pool { free, allocated: std::vec![false; frames] }),
+            pool: Mutex::new(Pool {
+                free,
+                allocated: std::vec![false; frames],
+            }),
             parking: Mutex::new(()),
             parked: Condvar::new(),
             shootdowns: AtomicU64::new(0),
@@ -115,7 +121,10 @@ impl Emulated {
 
     /// Shootdowns requested so far, and pages they covered.
     pub fn shootdown_stats(&self) -> (u64, u64) {
-        (self.shootdowns.load(Ordering::Relaxed), self.flushed_pages.load(Ordering::Relaxed))
+        (
+            self.shootdowns.load(Ordering::Relaxed),
+            self.flushed_pages.load(Ordering::Relaxed),
+        )
     }
 
     /// Makes every `alloc_frame` after the next `n` fail, to test out-of-memory paths;
@@ -125,9 +134,15 @@ impl Emulated {
     }
 
     fn index(&self, pa: PhysAddr) -> usize {
-        let off = pa.as_u64().checked_sub(BASE).expect("physical address below emulated RAM");
+        let off = pa
+            .as_u64()
+            .checked_sub(BASE)
+            .expect("physical address below emulated RAM");
         let i = (off / FRAME as u64) as usize;
-        assert!(i < self.frames, "physical address {pa:?} above emulated RAM");
+        assert!(
+            i < self.frames,
+            "physical address {pa:?} above emulated RAM"
+        );
         i
     }
 }
@@ -146,7 +161,10 @@ impl Drop for Emulated {
 unsafe impl Platform for Emulated {
     fn cpu_id(&self) -> usize {
         let cpu = CPU.with(|c| c.get());
-        assert!(cpu < self.cpus, "thread is not bound to an emulated CPU (Emulated::bind_cpu)");
+        assert!(
+            cpu < self.cpus,
+            "thread is not bound to an emulated CPU (Emulated::bind_cpu)"
+        );
         cpu
     }
 
@@ -163,7 +181,10 @@ unsafe impl Platform for Emulated {
     }
 
     fn frame_range(&self) -> (u64, u64) {
-        (BASE / FRAME as u64, BASE / FRAME as u64 + self.frames as u64)
+        (
+            BASE / FRAME as u64,
+            BASE / FRAME as u64 + self.frames as u64,
+        )
     }
 
     fn alloc_frame(&self) -> Option<PhysFrame> {
@@ -178,13 +199,19 @@ unsafe impl Platform for Emulated {
         let i = pool.free.pop()? as usize;
         assert!(!pool.allocated[i], "frame {i} handed out twice");
         pool.allocated[i] = true;
-        Some(PhysFrame::containing_address(PhysAddr::new(BASE + (i * FRAME) as u64)))
+        Some(PhysFrame::containing_address(PhysAddr::new(
+            BASE + (i * FRAME) as u64,
+        )))
     }
 
     fn free_frame(&self, frame: PhysFrame) {
         let i = self.index(frame.start_address());
         let mut pool = self.pool.lock().unwrap();
-        assert!(pool.allocated[i], "double free of frame {:#x}", frame.start_address().as_u64());
+        assert!(
+            pool.allocated[i],
+            "double free of frame {:#x}",
+            frame.start_address().as_u64()
+        );
         pool.allocated[i] = false;
         pool.free.push(i as u32);
     }
@@ -193,7 +220,8 @@ unsafe impl Platform for Emulated {
 
     fn shootdown(&self, _cpus: CpuMask, _start: VirtAddr, pages: usize) {
         self.shootdowns.fetch_add(1, Ordering::Relaxed);
-        self.flushed_pages.fetch_add(pages as u64, Ordering::Relaxed);
+        self.flushed_pages
+            .fetch_add(pages as u64, Ordering::Relaxed);
     }
 
     fn preempt_disable(&self) {}
@@ -207,7 +235,10 @@ unsafe impl Platform for Emulated {
         }
         // A bounded wait: futex semantics allow spurious returns, and it keeps a lost wake-up
         // (a bug elsewhere) from hanging a test forever.
-        let _ = self.parked.wait_timeout(guard, Duration::from_millis(50)).unwrap();
+        let _ = self
+            .parked
+            .wait_timeout(guard, Duration::from_millis(50))
+            .unwrap();
     }
 
     fn wake(&self, _word: &AtomicU32, _count: usize) {

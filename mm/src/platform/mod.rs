@@ -32,7 +32,11 @@ impl CpuMask {
 
     /// The first `n` CPUs.
     pub const fn first(n: usize) -> Self {
-        if n >= 64 { CpuMask(u64::MAX) } else { CpuMask((1u64 << n) - 1) }
+        if n >= 64 {
+            CpuMask(u64::MAX)
+        } else {
+            CpuMask((1u64 << n) - 1)
+        }
     }
 
     /// Adds `cpu` to the set.

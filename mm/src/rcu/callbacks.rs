@@ -27,6 +27,8 @@ struct Lists {
 pub(super) struct CallbackQueue {
     locked: AtomicBool,
     len: AtomicUsize,
+    /// Batches taken off the lists and not yet finished running.
+    running: AtomicUsize,
     lists: UnsafeCell<Lists>,
 }
 
@@ -44,7 +46,12 @@ impl CallbackQueue {
         CallbackQueue {
             locked: AtomicBool::new(false),
             len: AtomicUsize::new(0),
-            lists: UnsafeCell::new(Lists { next: Vec::new(), wait: Vec::new(), wait_gp: 0 }),
+            running: AtomicUsize::new(0),
+            lists: UnsafeCell::new(Lists {
+                next: Vec::new(),
+                wait: Vec::new(),
+                wait_gp: 0,
+            }),
         }
     }
 
@@ -81,8 +88,21 @@ impl CallbackQueue {
             lists.wait_gp = rcu.start_gp();
         }
         self.len.fetch_sub(due.len(), Ordering::Relaxed);
+        if due.is_empty() {
+            return;
+        }
+        // Counted under the lock: a `barrier` that finds the lists empty after this point also
+        // finds the batch here and waits for it.
+        self.running.fetch_add(1, Ordering::Relaxed);
         drop(q);
         run(due);
+        // Release: the callbacks' effects come before a `barrier` that sees the batch done.
+        self.running.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Whether some CPU is running a batch it took off the lists.
+    pub(super) fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire) != 0
     }
 
     /// Empties the queue (for `barrier` and drop): `None` when it already was.

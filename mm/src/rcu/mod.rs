@@ -36,11 +36,11 @@
 //! See `LOCKING.md` for the rules users follow.
 
 mod callbacks;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod percpu;
 #[cfg(all(test, not(loom)))]
 mod tests;
-#[cfg(all(test, loom))]
-mod loom_tests;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -78,9 +78,16 @@ pub struct RcuReadGuard<'a, P: Platform> {
 impl<P: Platform> Rcu<P> {
     /// A domain for every CPU of `platform`.
     pub fn new(platform: Arc<P>) -> Self {
-        let cpus = (0..platform.num_cpus()).map(|_| CpuWord::new()).collect::<Vec<_>>();
+        let cpus = (0..platform.num_cpus())
+            .map(|_| CpuWord::new())
+            .collect::<Vec<_>>();
         // INVARIANT: one word per CPU, none yet written.
-        Rcu { platform, cpus: cpus.into_boxed_slice(), gp_seq: AtomicU64::new(0), callbacks: CallbackQueue::new() }
+        Rcu {
+            platform,
+            cpus: cpus.into_boxed_slice(),
+            gp_seq: AtomicU64::new(0),
+            callbacks: CallbackQueue::new(),
+        }
     }
 
     /// The platform this domain runs on.
@@ -103,10 +110,17 @@ impl<P: Platform> Rcu<P> {
             // load, or the writer's fence comes first and we see its new pointers.
             fence(Ordering::SeqCst);
         } else {
-            debug_assert!(c & NEST_MASK < NEST_MASK, "RCU read sections nested too deep");
+            debug_assert!(
+                c & NEST_MASK < NEST_MASK,
+                "RCU read sections nested too deep"
+            );
             word.store(c + 1, Ordering::Release);
         }
-        RcuReadGuard { rcu: self, cpu, _not_send: PhantomData }
+        RcuReadGuard {
+            rcu: self,
+            cpu,
+            _not_send: PhantomData,
+        }
     }
 
     /// Queues `f` to run after a grace period: once every read section that may have seen what
@@ -121,7 +135,10 @@ impl<P: Platform> Rcu<P> {
 
     /// Waits until a full grace period has passed. Must not be called inside a read section.
     pub fn synchronize(&self) {
-        debug_assert!(!self.in_read_section(), "synchronize() inside an RCU read section");
+        debug_assert!(
+            !self.in_read_section(),
+            "synchronize() inside an RCU read section"
+        );
         let gp = self.start_gp();
         self.wait_gp(gp);
     }
@@ -129,16 +146,26 @@ impl<P: Platform> Rcu<P> {
     /// Reports that this CPU is outside any read section (context switch, idle, or between
     /// operations of a host thread), and advances and runs deferred callbacks that are due.
     pub fn quiescent_state(&self) {
-        debug_assert!(!self.in_read_section(), "quiescent_state() inside an RCU read section");
+        debug_assert!(
+            !self.in_read_section(),
+            "quiescent_state() inside an RCU read section"
+        );
         self.callbacks.advance(self, true);
     }
 
     /// Waits until every callback queued before the call has run (`rcu_barrier`).
     pub fn barrier(&self) {
-        debug_assert!(!self.in_read_section(), "barrier() inside an RCU read section");
+        debug_assert!(
+            !self.in_read_section(),
+            "barrier() inside an RCU read section"
+        );
         while let Some(batch) = self.callbacks.take_all() {
             self.synchronize();
             callbacks::run(batch);
+        }
+        // A batch another CPU took off the queue in `quiescent_state` was queued before us too.
+        while self.callbacks.running() {
+            self.platform.relax();
         }
     }
 
@@ -177,7 +204,11 @@ impl<P: Platform> Rcu<P> {
 
     fn in_read_section(&self) -> bool {
         self.platform.preempt_disable();
-        let nested = self.cpus[self.platform.cpu_id()].ctr.load(Ordering::Relaxed) & NEST_MASK != 0;
+        let nested = self.cpus[self.platform.cpu_id()]
+            .ctr
+            .load(Ordering::Relaxed)
+            & NEST_MASK
+            != 0;
         self.platform.preempt_enable();
         nested
     }

@@ -20,7 +20,9 @@ pub(super) struct CpuWord {
 
 impl CpuWord {
     pub(super) fn new() -> Self {
-        CpuWord { ctr: AtomicU64::new(0) }
+        CpuWord {
+            ctr: AtomicU64::new(0),
+        }
     }
 }
 

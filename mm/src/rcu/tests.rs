@@ -83,7 +83,10 @@ fn a_running_reader_holds_up_synchronize_until_it_leaves() {
                 thread::yield_now();
             }
             // The writer must still be waiting for us.
-            assert!(!done.load(Ordering::Acquire), "grace period ended under a reader");
+            assert!(
+                !done.load(Ordering::Acquire),
+                "grace period ended under a reader"
+            );
             drop(g);
         });
         while !entered.load(Ordering::Acquire) {
@@ -144,7 +147,10 @@ fn readers_never_see_freed_objects() {
     const REPLACES: u64 = 4_000;
     let (p, rcu) = domain(READERS + 1);
     let quarantine = Arc::new(Quarantine::default());
-    let first = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial: 0 }));
+    let first = Box::into_raw(Box::new(Obj {
+        magic: AtomicU64::new(LIVE),
+        serial: 0,
+    }));
     let slot = AtomicPtr::new(first);
     let stop = AtomicBool::new(false);
     let reads = AtomicUsize::new(0);
@@ -165,7 +171,11 @@ fn readers_never_see_freed_objects() {
                         core::hint::spin_loop();
                     }
                     thread::yield_now();
-                    assert_eq!(obj.magic.load(Ordering::Relaxed), LIVE, "reader saw freed memory");
+                    assert_eq!(
+                        obj.magic.load(Ordering::Relaxed),
+                        LIVE,
+                        "reader saw freed memory"
+                    );
                     drop(g);
                     reads.fetch_add(1, Ordering::Relaxed);
                     rcu.quiescent_state();
@@ -177,7 +187,10 @@ fn readers_never_see_freed_objects() {
             thread::yield_now();
         }
         for serial in 1..=REPLACES {
-            let new = Box::into_raw(Box::new(Obj { magic: AtomicU64::new(LIVE), serial }));
+            let new = Box::into_raw(Box::new(Obj {
+                magic: AtomicU64::new(LIVE),
+                serial,
+            }));
             let old = ObjPtr(slot.swap(new, Ordering::AcqRel));
             if serial % 8 == 0 {
                 rcu.synchronize();
@@ -237,4 +250,38 @@ fn dropping_the_domain_runs_pending_callbacks() {
     }
     drop(rcu);
     assert_eq!(ran.load(Ordering::Relaxed), 5);
+}
+
+/// `barrier` waits for callbacks that another CPU has already taken off the queue and is still
+/// running: `Memory::quiesce` relies on it to count free frames exactly.
+#[test]
+fn barrier_waits_for_callbacks_another_cpu_is_running() {
+    let p = Arc::new(Emulated::new(1, 2));
+    let rcu = Rcu::new(p.clone());
+    let started = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    thread::scope(|s| {
+        let (rcu, started2, done2) = (&rcu, started.clone(), done.clone());
+        p.spawn_cpu(s, 1, move || {
+            let started3 = started2.clone();
+            rcu.call_rcu(Box::new(move || {
+                started3.store(true, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(100));
+                done2.store(true, Ordering::SeqCst);
+            }));
+            // No reader anywhere: the grace period is over, so this runs the callback.
+            while !started2.load(Ordering::SeqCst) {
+                rcu.quiescent_state();
+            }
+        });
+        p.bind_cpu(0);
+        while !started.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        rcu.barrier();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "barrier returned while a callback was still running"
+        );
+    });
 }

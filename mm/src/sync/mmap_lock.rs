@@ -4,7 +4,9 @@
 //! `vma_start_write` stamps a VMA with the current (odd) value; the VMA is write-locked exactly
 //! while `vma.vm_lock_seq == mm_lock_seq`. Dropping the write guard bumps the count to even
 //! (`vma_end_write_all`), which unlocks every VMA stamped under that hold in one store. The count
-//! may wrap; a stale stamp that matches again only sends a reader to the `mmap_lock` fallback.
+//! may wrap; a stale stamp that matches again only sends a reader to the `mmap_lock` fallback,
+//! because `vma_start_write` never takes a matching stamp as proof that it already drained the
+//! VMA's readers.
 //!
 //! `vma_writer_wait` is the word a VMA writer parks on while readers drain; it lives here (in the
 //! address space, as Linux's `mm->vma_writer_wait`) rather than in the VMA, so a reader that just
@@ -92,6 +94,14 @@ impl<W: Park> MmapLock<W> {
     /// Whether the lock is held at all by someone (for `debug_assert!`s).
     pub fn is_locked(&self) -> bool {
         self.sem.is_locked()
+    }
+
+    /// Jumps `mm_lock_seq` to `seq` (even, lock free), standing in for 2^31 write holds so tests
+    /// can reach a wrap of the counter.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn skip_write_periods_to(&self, seq: u32) {
+        assert!(seq.is_multiple_of(2) && !self.is_locked());
+        self.mm_lock_seq.store(seq, Ordering::Relaxed);
     }
 
     pub(crate) fn vma_writer_wait(&self) -> &AtomicU32 {

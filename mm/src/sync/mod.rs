@@ -5,11 +5,13 @@
 //!   of the address space at once (`vma_end_write_all`).
 //! - [`RwSemaphore`]: the writer-preferring sleeping lock under it; waiters spin briefly, then
 //!   block through [`Park`] (the platform's futex-like `wait`/`wake`).
-//! - [`SpinLock`] / [`RawSpinLock`]: for short critical sections that never sleep (the split PTE
-//!   lock, the per-CPU frame caches). In debug builds with `std`, each acquisition checks the
-//!   lock order of `LOCKING.md` through [`LockClass`].
+//! - [`SpinLock`] / [`RawSpinLock`]: the crate's one spinlock, for short critical sections that
+//!   never sleep (the maple tree's writer lock, the split PTE lock, the per-CPU frame caches). In
+//!   debug builds with `std`, each acquisition checks the lock order of `LOCKING.md` through
+//!   [`LockClass`].
 //!
-//! Lock order (outermost first): `mmap_lock` > VMA write lock > PTE lock > frame cache lock.
+//! Lock order (outermost first): `mmap_lock` > VMA write lock > maple writer lock > PTE lock >
+//! frame cache lock.
 
 mod mmap_lock;
 mod park;

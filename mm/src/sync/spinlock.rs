@@ -18,21 +18,27 @@ use crate::primitive::{AtomicBool, Ordering, spin_loop};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum LockClass {
+    /// A maple tree's writer lock (taken under `mmap_lock` for write, before any PTE lock).
+    MapleWriter = 0,
     /// The split PTE lock of a page-table page.
-    Pte = 0,
+    Pte = 1,
     /// A per-CPU frame cache.
-    FrameCache = 1,
+    FrameCache = 2,
     /// Leaf locks that nest inside everything and take nothing.
-    Leaf = 2,
+    Leaf = 3,
 }
+
+/// Number of [`LockClass`]es.
+#[cfg(all(debug_assertions, any(test, feature = "std"), not(loom)))]
+const CLASSES: usize = LockClass::Leaf as usize + 1;
 
 #[cfg(all(debug_assertions, any(test, feature = "std"), not(loom)))]
 mod order {
-    use super::LockClass;
+    use super::{CLASSES, LockClass};
     use core::cell::Cell;
 
     std::thread_local! {
-        static HELD: Cell<[u8; 3]> = const { Cell::new([0; 3]) };
+        static HELD: Cell<[u8; CLASSES]> = const { Cell::new([0; CLASSES]) };
     }
 
     pub(super) fn acquire(class: LockClass) {

@@ -149,7 +149,10 @@ fn stress_faults_under_concurrent_mmap_munmap_mprotect() {
         let ok = s.get(Event::VmaLockSuccess);
         let with_vma = s.get(Event::Fault) - s.get(Event::Segv);
         assert!(with_vma > 1000, "too few faults to judge: {with_vma}");
-        assert!(ok * 10 >= with_vma * 9, "fast path not the common case: {ok} of {with_vma}");
+        assert!(
+            ok * 10 >= with_vma * 9,
+            "fast path not the common case: {ok} of {with_vma}"
+        );
     }
     env.assert_baseline();
 }

@@ -139,12 +139,15 @@ impl VmaLock {
 
     /// `vma_start_write`: excludes readers until `guard` is dropped. Idempotent within one
     /// write hold. A detached VMA is only stamped (no reader can reach it).
+    ///
+    /// A stamp equal to this period does not prove the VMA was locked in it: `mm_lock_seq`
+    /// wraps, and a VMA left alone for 2^31 write holds carries a stamp that matches again while
+    /// readers that entered in an earlier period are still inside. So readers are always
+    /// drained through `vm_refcnt` (one uncontended CAS when there are none); the stamp alone
+    /// only ever makes readers fail, which is the harmless direction.
     pub fn start_write<W: Park>(&self, guard: &MmapWriteGuard<'_, W>) {
         debug_assert!(guard.lock().is_write_locked());
         let seq = guard.mm_lock_seq();
-        if self.vm_lock_seq.load(Ordering::Relaxed) == seq {
-            return;
-        }
         let entered = self.enter_locked(guard.lock(), false);
         // Published to readers by the release in `exit_locked`: a reader whose increment comes
         // after it sees this stamp and fails check (4).

@@ -117,3 +117,33 @@ fn detach_waits_for_transient_readers() {
         Some(StartReadError::Detached)
     );
 }
+
+/// `mm_lock_seq` wraps after 2^31 write holds: a VMA stamped in the write period that the counter
+/// comes back to must still have its readers drained by `vma_start_write`, not be taken as
+/// already locked (that would let a fault run inside a munmap of its range).
+#[test]
+fn start_write_after_the_sequence_wraps_still_waits_for_readers() {
+    let lock = setup();
+    let vma = attached_vma(&lock); // stamped with period 1; the lock is now at 2
+    let reader = vma.start_read(&lock, MM).unwrap();
+    // 2^31 write holds later the next write period is 1 again.
+    lock.skip_write_periods_to(0);
+    let written = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let g = lock.write();
+            assert_eq!(g.mm_lock_seq(), 1);
+            vma.start_write(&g);
+            written.store(true, Ordering::SeqCst);
+            assert_eq!(vma.lock().readers(), 0, "write-locked with a reader inside");
+            drop(g);
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !written.load(Ordering::SeqCst),
+            "the wrapped stamp let the writer skip the reader"
+        );
+        drop(reader);
+    });
+    assert!(written.load(Ordering::SeqCst));
+}

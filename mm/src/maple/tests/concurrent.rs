@@ -33,7 +33,11 @@ impl Drop for Tag {
 }
 
 fn tag(start: u64, end: u64) -> Arc<Tag> {
-    Arc::new(Tag { start, end, magic: AtomicU64::new(LIVE) })
+    Arc::new(Tag {
+        start,
+        end,
+        magic: AtomicU64::new(LIVE),
+    })
 }
 
 /// Tiny deterministic generator (xorshift), one per thread.
@@ -55,7 +59,8 @@ fn readers_see_consistent_ranges_while_a_writer_churns() {
     p.bind_cpu(0);
     let t: MapleTree<Arc<Tag>, Emulated> = MapleTree::new(Arc::new(Rcu::new(p.clone())));
     for c in 0..CELLS {
-        t.insert(c * CELL..c * CELL + 10, tag(c * CELL, c * CELL + 10)).unwrap();
+        t.insert(c * CELL..c * CELL + 10, tag(c * CELL, c * CELL + 10))
+            .unwrap();
     }
     let stop = AtomicBool::new(false);
     let (lookups, writes) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -72,7 +77,11 @@ fn readers_see_consistent_ranges_while_a_writer_churns() {
                         let home = addr % CELL < 10;
                         match t.walk(&g, addr) {
                             Some((r, v)) => {
-                                assert_eq!(v.magic.load(Ordering::Relaxed), LIVE, "freed value at {addr}");
+                                assert_eq!(
+                                    v.magic.load(Ordering::Relaxed),
+                                    LIVE,
+                                    "freed value at {addr}"
+                                );
                                 assert_eq!((r.start, r.end), (v.start, v.end), "bounds of {addr}");
                                 assert!(r.contains(&addr));
                             }
@@ -81,7 +90,9 @@ fn readers_see_consistent_ranges_while_a_writer_churns() {
                         // The next range from a cell start is always that cell's home range or
                         // a churned one inside the cell.
                         let cell = addr - addr % CELL;
-                        let (r, _) = t.find(&g, cell + 10).expect("the next cell has a home range");
+                        let (r, _) = t
+                            .find(&g, cell + 10)
+                            .expect("the next cell has a home range");
                         assert!(r.start < cell + CELL + 10 && r.start >= cell + CHURN.0.min(CELL));
                     }
                     let mut homes = 0;

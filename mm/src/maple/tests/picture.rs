@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use super::tree;
-use crate::maple::{GapDir, InsertError, MapleTree, ReplaceError, StoreError};
+use crate::maple::{GapDir, InsertError, MapleTree, ReplaceError, StoreError, StoreSpanError};
 use crate::platform::emulated::Emulated;
 
 const PAGE: u64 = 0x1000;
@@ -34,7 +34,8 @@ fn pages(r: Range<u64>) -> Range<u64> {
 fn draw(pic: &str) -> T {
     let t = tree();
     for (r, c) in parse(pic) {
-        t.insert(r, Arc::new(c)).expect("picture ranges do not overlap");
+        t.insert(r, Arc::new(c))
+            .expect("picture ranges do not overlap");
     }
     t.validate().unwrap();
     t
@@ -46,7 +47,10 @@ fn render(t: &T, width: usize) -> String {
     let g = rcu.read_lock();
     let mut out: Vec<char> = core::iter::repeat_n(' ', width).collect();
     for (r, c) in t.iter(&g, 0..width as u64 * PAGE) {
-        assert!(r.start % PAGE == 0 && r.end % PAGE == 0, "range {r:x?} not page-aligned");
+        assert!(
+            r.start % PAGE == 0 && r.end % PAGE == 0,
+            "range {r:x?} not page-aligned"
+        );
         for p in r.start / PAGE..r.end / PAGE {
             out[p as usize] = **c;
         }
@@ -66,10 +70,19 @@ fn picture_round_trips_and_walks() {
     let t = draw("AA B   CC");
     expect(&t, "AA B   CC");
     let g = t.rcu().read_lock();
-    assert_eq!(t.walk(&g, 3 * PAGE + 5).map(|(r, c)| (r, **c)), Some((pages(3..4), 'B')));
+    assert_eq!(
+        t.walk(&g, 3 * PAGE + 5).map(|(r, c)| (r, **c)),
+        Some((pages(3..4), 'B'))
+    );
     assert!(t.walk(&g, 2 * PAGE).is_none());
-    assert_eq!(t.find(&g, 2 * PAGE).map(|(r, c)| (r, **c)), Some((pages(3..4), 'B')));
-    assert_eq!(t.find(&g, 4 * PAGE).map(|(r, c)| (r, **c)), Some((pages(7..9), 'C')));
+    assert_eq!(
+        t.find(&g, 2 * PAGE).map(|(r, c)| (r, **c)),
+        Some((pages(3..4), 'B'))
+    );
+    assert_eq!(
+        t.find(&g, 4 * PAGE).map(|(r, c)| (r, **c)),
+        Some((pages(7..9), 'C'))
+    );
     assert!(t.find(&g, 9 * PAGE).is_none());
 }
 
@@ -97,7 +110,10 @@ fn erase_leaves_one_merged_hole() {
     expect(&t, "AA   CC");
     assert!(t.erase(3 * PAGE).is_none());
     // The three free pages are one gap: a 3-page search finds them.
-    assert_eq!(t.find_gap(3 * PAGE, PAGE, 0, 7 * PAGE, GapDir::BottomUp), Some(2 * PAGE));
+    assert_eq!(
+        t.find_gap(3 * PAGE, PAGE, 0, 7 * PAGE, GapDir::BottomUp),
+        Some(2 * PAGE)
+    );
 }
 
 #[test]
@@ -107,10 +123,22 @@ fn insert_refuses_overlap_and_empty_ranges_and_hands_the_value_back() {
         Err(InsertError::Overlap(v)) => assert_eq!(*v, 'X'),
         other => panic!("expected overlap, got {other:?}"),
     }
-    assert!(matches!(t.insert(pages(3..4), Arc::new('X')), Err(InsertError::Overlap(_))));
-    assert!(matches!(t.insert(pages(2..2), Arc::new('X')), Err(InsertError::InvalidRange(_))));
-    let reversed = Range { start: 3 * PAGE, end: 2 * PAGE };
-    assert!(matches!(t.store(reversed, Arc::new('X')), Err(StoreError::InvalidRange(_))));
+    assert!(matches!(
+        t.insert(pages(3..4), Arc::new('X')),
+        Err(InsertError::Overlap(_))
+    ));
+    assert!(matches!(
+        t.insert(pages(2..2), Arc::new('X')),
+        Err(InsertError::InvalidRange(_))
+    ));
+    let reversed = Range {
+        start: 3 * PAGE,
+        end: 2 * PAGE,
+    };
+    assert!(matches!(
+        t.store(reversed, Arc::new('X')),
+        Err(StoreError::InvalidRange(_))
+    ));
     t.insert(pages(2..3), Arc::new('X')).unwrap();
     expect(&t, "AAXB");
 }
@@ -120,17 +148,35 @@ fn replace_keeps_the_range() {
     let t = draw("AA BB");
     assert_eq!(*t.replace(4 * PAGE, Arc::new('Q')).unwrap(), 'B');
     expect(&t, "AA QQ");
-    assert!(matches!(t.replace(2 * PAGE, Arc::new('Q')), Err(ReplaceError::NotFound(_))));
+    assert!(matches!(
+        t.replace(2 * PAGE, Arc::new('Q')),
+        Err(ReplaceError::NotFound(_))
+    ));
 }
 
 #[test]
 fn find_gap_both_directions_with_alignment() {
     let t = draw("AA  B    C");
-    assert_eq!(t.find_gap(2 * PAGE, PAGE, 0, 10 * PAGE, GapDir::BottomUp), Some(2 * PAGE));
-    assert_eq!(t.find_gap(2 * PAGE, PAGE, 0, 10 * PAGE, GapDir::TopDown), Some(7 * PAGE));
-    assert_eq!(t.find_gap(2 * PAGE, 4 * PAGE, 0, 10 * PAGE, GapDir::BottomUp), None);
-    assert_eq!(t.find_gap(2 * PAGE, 4 * PAGE, 0, 20 * PAGE, GapDir::BottomUp), Some(12 * PAGE));
-    assert_eq!(t.find_gap(5 * PAGE, PAGE, 0, 10 * PAGE, GapDir::TopDown), None);
+    assert_eq!(
+        t.find_gap(2 * PAGE, PAGE, 0, 10 * PAGE, GapDir::BottomUp),
+        Some(2 * PAGE)
+    );
+    assert_eq!(
+        t.find_gap(2 * PAGE, PAGE, 0, 10 * PAGE, GapDir::TopDown),
+        Some(7 * PAGE)
+    );
+    assert_eq!(
+        t.find_gap(2 * PAGE, 4 * PAGE, 0, 10 * PAGE, GapDir::BottomUp),
+        None
+    );
+    assert_eq!(
+        t.find_gap(2 * PAGE, 4 * PAGE, 0, 20 * PAGE, GapDir::BottomUp),
+        Some(12 * PAGE)
+    );
+    assert_eq!(
+        t.find_gap(5 * PAGE, PAGE, 0, 10 * PAGE, GapDir::TopDown),
+        None
+    );
     assert_eq!(t.find_gap(0, PAGE, 0, 10 * PAGE, GapDir::TopDown), None);
     assert_eq!(t.find_gap(PAGE, 3, 0, 10 * PAGE, GapDir::TopDown), None);
 }
@@ -146,11 +192,18 @@ fn many_ranges_grow_and_shrink_the_tree_and_free_every_node() {
     }
     t.validate().unwrap();
     assert_eq!(t.len(), n as usize);
-    assert_eq!(t.find_gap(2 * PAGE, PAGE, 0, u64::MAX, GapDir::BottomUp), Some(2 * n * PAGE - PAGE));
+    assert_eq!(
+        t.find_gap(2 * PAGE, PAGE, 0, u64::MAX, GapDir::BottomUp),
+        Some(2 * n * PAGE - PAGE)
+    );
     for &i in order.iter().rev() {
         assert!(t.erase(2 * i * PAGE).is_some());
         t.rcu().barrier();
-        assert_eq!(t.allocated_nodes(), t.reachable_nodes().unwrap(), "leak after erasing {i}");
+        assert_eq!(
+            t.allocated_nodes(),
+            t.reachable_nodes().unwrap(),
+            "leak after erasing {i}"
+        );
         if i % 97 == 0 {
             t.validate().unwrap();
         }
@@ -165,7 +218,11 @@ fn many_ranges_grow_and_shrink_the_tree_and_free_every_node() {
 fn out_of_memory_leaves_the_tree_unchanged() {
     let t: T = tree();
     for i in 0..300u64 {
-        t.insert(pages(3 * i..3 * i + 2), Arc::new(if i % 2 == 0 { 'A' } else { 'B' })).unwrap();
+        t.insert(
+            pages(3 * i..3 * i + 2),
+            Arc::new(if i % 2 == 0 { 'A' } else { 'B' }),
+        )
+        .unwrap();
     }
     let before = render(&t, 900);
     for budget in 0..6 {
@@ -178,7 +235,9 @@ fn out_of_memory_leaves_the_tree_unchanged() {
         // Each either fully happened or not at all.
         if let Err(e) = ins {
             // Once it got through, later attempts overlap.
-            assert!(matches!(e, InsertError::NoMemory(ref v) | InsertError::Overlap(ref v) if **v == 'X'));
+            assert!(
+                matches!(e, InsertError::NoMemory(ref v) | InsertError::Overlap(ref v) if **v == 'X')
+            );
         }
         if let Err(e) = st {
             assert!(matches!(e, StoreError::NoMemory(ref v) if **v == 'Y'));
@@ -193,3 +252,55 @@ fn out_of_memory_leaves_the_tree_unchanged() {
     }
 }
 
+#[test]
+fn store_span_replaces_a_run_in_one_write_or_not_at_all() {
+    let entries = || alloc::vec![(pages(1..2), Arc::new('X')), (pages(3..5), Arc::new('Y'))];
+    let mut budget = 0;
+    loop {
+        let t = draw("AABBBCC");
+        t.fail_node_allocs_after(Some(budget));
+        let r = t.store_span(pages(0..6), entries());
+        t.fail_node_allocs_after(None);
+        t.validate().unwrap();
+        match r {
+            Err(StoreSpanError::NoMemory(back)) => {
+                assert_eq!(render(&t, 7), "AABBBCC", "half-done with {budget} nodes");
+                assert_eq!(back.len(), 2);
+                budget += 1;
+            }
+            r => {
+                r.unwrap();
+                assert_eq!(render(&t, 7), " X YY C");
+                break;
+            }
+        }
+    }
+    let t = draw("AA");
+    let overlapping = alloc::vec![(pages(0..2), Arc::new('X')), (pages(1..3), Arc::new('Y'))];
+    assert!(
+        matches!(t.store_span(pages(0..4), overlapping), Err(StoreSpanError::InvalidRange(v)) if v.len() == 2)
+    );
+    let outside = alloc::vec![(pages(3..5), Arc::new('X'))];
+    assert!(matches!(
+        t.store_span(pages(0..4), outside),
+        Err(StoreSpanError::InvalidRange(_))
+    ));
+    assert_eq!(render(&t, 4), "AA  ");
+}
+
+/// The writer lock is a `sync::SpinLock` of class `MapleWriter`: taking it under a PTE lock
+/// (an inversion of `LOCKING.md`) is caught in debug builds.
+#[cfg(debug_assertions)]
+#[test]
+fn writer_lock_is_checked_against_the_lock_order() {
+    use crate::sync::{LockClass, RawSpinLock};
+    let t: T = tree();
+    let pte = RawSpinLock::new(LockClass::Pte);
+    let held = pte.lock();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = t.insert(pages(0..1), Arc::new('A'));
+    }));
+    drop(held);
+    assert!(r.is_err(), "maple writer lock taken under a PTE lock");
+    t.insert(pages(0..1), Arc::new('A')).unwrap();
+}

@@ -22,7 +22,13 @@ enum Op {
     Store(u64, u64, u32),
     Erase(u64),
     Replace(u64, u32),
-    FindGap { size: u64, align_shift: u32, low: u64, high: u64, top_down: bool },
+    FindGap {
+        size: u64,
+        align_shift: u32,
+        low: u64,
+        high: u64,
+        top_down: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,7 +47,10 @@ fn op() -> impl Strategy<Value = Op> {
 type Model = BTreeMap<u64, (u64, u32)>;
 
 fn overlapping(m: &Model, s: u64, e: u64) -> Vec<(u64, u64, u32)> {
-    m.iter().filter(|&(&a, &(b, _))| a < e && b > s).map(|(&a, &(b, v))| (a, b, v)).collect()
+    m.iter()
+        .filter(|&(&a, &(b, _))| a < e && b > s)
+        .map(|(&a, &(b, v))| (a, b, v))
+        .collect()
 }
 
 fn model_gap(m: &Model, size: u64, align: u64, low: u64, high: u64, top_down: bool) -> Option<u64> {
@@ -70,14 +79,21 @@ fn model_gap(m: &Model, size: u64, align: u64, low: u64, high: u64, top_down: bo
             (s + size <= b).then_some(s)
         }
     };
-    if top_down { free.into_iter().rev().find_map(fits) } else { free.into_iter().find_map(fits) }
+    if top_down {
+        free.into_iter().rev().find_map(fits)
+    } else {
+        free.into_iter().find_map(fits)
+    }
 }
 
 fn check_same(t: &MapleTree<Arc<u32>, Emulated>, m: &Model) {
     t.validate().unwrap();
     assert_eq!(t.len(), m.len());
     let g = t.rcu().read_lock();
-    let got: Vec<(u64, u64, u32)> = t.iter(&g, 0..u64::MAX).map(|(r, v)| (r.start, r.end, **v)).collect();
+    let got: Vec<(u64, u64, u32)> = t
+        .iter(&g, 0..u64::MAX)
+        .map(|(r, v)| (r.start, r.end, **v))
+        .collect();
     let want: Vec<(u64, u64, u32)> = m.iter().map(|(&a, &(b, v))| (a, b, v)).collect();
     assert_eq!(got, want);
 }
@@ -93,7 +109,10 @@ fn run(ops: &[Op]) {
                     assert!(res.is_ok(), "{op:?}");
                     m.insert(s, (s + l, v));
                 } else {
-                    assert!(matches!(res, Err(InsertError::Overlap(ref x)) if **x == v), "{op:?}");
+                    assert!(
+                        matches!(res, Err(InsertError::Overlap(ref x)) if **x == v),
+                        "{op:?}"
+                    );
                 }
             }
             Op::Store(s, l, v) => {
@@ -125,11 +144,25 @@ fn run(ops: &[Op]) {
                     m.insert(s, (e, v));
                 }
             }
-            Op::FindGap { size, align_shift, low, high, top_down } => {
+            Op::FindGap {
+                size,
+                align_shift,
+                low,
+                high,
+                top_down,
+            } => {
                 let align = 1 << align_shift;
-                let dir = if top_down { GapDir::TopDown } else { GapDir::BottomUp };
+                let dir = if top_down {
+                    GapDir::TopDown
+                } else {
+                    GapDir::BottomUp
+                };
                 let got = t.find_gap(size, align, low, high, dir);
-                assert_eq!(got, model_gap(&m, size, align, low, high, top_down), "{op:?}");
+                assert_eq!(
+                    got,
+                    model_gap(&m, size, align, low, high, top_down),
+                    "{op:?}"
+                );
             }
         }
         check_same(&t, &m);
