@@ -14,7 +14,13 @@ use kernel::arch::percpu::{PERCPU, cpu_id, online_count};
 use kernel::arch::{apic, tlb};
 use kernel::memory::{FRAMES, heap};
 use kernel::qemu::{ExitCode, exit};
+use kernel::platform::memory;
+use kernel::process::Process;
 use kernel::{error, info, sched};
+use mm::memory::FaultPolicy;
+use mm::ops::MapFlags;
+use mm::stats::Event;
+use mm::vma::Prot;
 
 bootloader_api::entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -56,6 +62,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         error!("smp: CPUs that did not start (APIC ids): {:?}", boot.smp.failed);
     }
     threads_demo();
+    for policy in [FaultPolicy::PerVmaLock, FaultPolicy::MmapLockOnly] {
+        faults_demo(policy);
+    }
     let (used, free_heap) = heap::usage();
     info!("heap: {} KiB used, {} KiB free", used >> 10, free_heap >> 10);
     info!("done; leaving QEMU");
@@ -107,5 +116,85 @@ fn threads_demo() {
         "tlb: {} shootdowns, {} IPIs so far",
         tlb::SHOOTDOWNS.load(Ordering::Relaxed),
         tlb::SHOOTDOWN_IPIS.load(Ordering::Relaxed)
+    );
+}
+
+/// One process, two threads per CPU: each maps its own 1 MiB and touches every page (real #PF
+/// -> `handle_mm_fault` -> page tables), checks what it wrote, unmaps, and again; meanwhile a
+/// churn thread keeps mapping, splitting (mprotect) and unmapping other ranges, which takes
+/// `mmap_lock` for write and write-locks VMAs. Run once per fault policy.
+fn faults_demo(policy: FaultPolicy) {
+    const PAGES: u64 = 256;
+    const ROUNDS: u64 = 4;
+    let p = Process::new("demo").expect("a process");
+    let workers = 2 * online_count();
+    memory().set_fault_policy(policy);
+    let before = memory().stats().snapshot();
+    let stop = alloc::sync::Arc::new(core::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (mm, stop) = (p.mm().clone(), stop.clone());
+        p.spawn("churn", move || {
+            let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+            let mut ops = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(a) = mm.mmap(0, 16 * 4096, Prot::READ | Prot::WRITE, flags) else { return -1 };
+                let split = mm.mprotect(a.as_u64() + 4 * 4096, 4 * 4096, Prot::READ);
+                let unmapped = mm.munmap(a.as_u64(), 16 * 4096);
+                if split.is_err() || unmapped.is_err() {
+                    return -1;
+                }
+                ops += 3;
+            }
+            ops
+        })
+        .expect("spawn the churn thread")
+    };
+    let t0 = apic::rdtsc();
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let mm = p.mm().clone();
+            p.spawn(alloc::format!("faulter/{w}"), move || {
+                let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+                for round in 0..ROUNDS {
+                    let Ok(a) = mm.mmap(0, PAGES * 4096, Prot::READ | Prot::WRITE, flags) else { return -1 };
+                    let base = a.as_u64();
+                    let tag = |i: u64| ((w as u64) << 32) | (round << 16) | i;
+                    for i in 0..PAGES {
+                        // SAFETY: this thread's own fresh read-write mapping.
+                        unsafe { ((base + i * 4096) as *mut u64).write_volatile(tag(i)) };
+                    }
+                    // SAFETY: as above.
+                    if (0..PAGES).any(|i| unsafe { ((base + i * 4096) as *const u64).read_volatile() } != tag(i)) {
+                        return -2;
+                    }
+                    if mm.munmap(base, PAGES * 4096).is_err() {
+                        return -1;
+                    }
+                }
+                0
+            })
+            .expect("spawn a faulting thread")
+        })
+        .collect();
+    let failed = handles.into_iter().map(|h| h.join()).filter(|&c| c != 0).count();
+    let cycles = apic::rdtsc() - t0;
+    stop.store(true, Ordering::Relaxed);
+    let churn_ops = churn.join();
+    memory().set_fault_policy(FaultPolicy::PerVmaLock);
+    let d = memory().stats().snapshot().since(&before);
+    let faults = d.get(Event::Fault);
+    let us = cycles / apic::tsc_mhz().max(1);
+    info!(
+        "mm ({policy:?}): {workers} threads, {faults} faults in {} ms ({} faults/s), {churn_ops} churn ops, {failed} threads failed",
+        us / 1000,
+        faults * 1_000_000 / us.max(1)
+    );
+    info!(
+        "mm ({policy:?}): VMA_LOCK_SUCCESS={} ABORT={} RETRY={} MISS={} MMAP_LOCK_FALLBACK={}",
+        d.get(Event::VmaLockSuccess),
+        d.get(Event::VmaLockAbort),
+        d.get(Event::VmaLockRetry),
+        d.get(Event::VmaLockMiss),
+        d.get(Event::MmapLockFallback)
     );
 }

@@ -153,7 +153,9 @@ extern "C" fn ap_entry(cpu: usize) -> ! {
     // SAFETY: the BSP runs with these CR4 bits, so this CPU (of the same kind) supports them;
     // the trampoline already set the paging bits among them.
     unsafe { Cr4::write_raw(BSP_CR4.load(Ordering::Relaxed)) };
-    percpu::init_cpu(cpu, apic::id());
+    // The APIC id is read only once the APIC is in the BSP's mode: in x2APIC mode its
+    // registers are MSRs that fault while this CPU's APIC is still in xAPIC mode.
+    percpu::init_cpu(cpu, 0);
     let df_stack = Box::leak(Box::new([0u8; DOUBLE_FAULT_STACK_SIZE]));
     let top = VirtAddr::from_ptr(df_stack.as_ptr()) + DOUBLE_FAULT_STACK_SIZE as u64;
     Box::leak(Box::new(CpuTables::new(top))).load();

@@ -170,5 +170,4 @@ pub unsafe fn unmap_kernel_page(page: Page) -> Option<PhysFrame> {
 }
 
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::FrameAllocator as _;
 use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB};
