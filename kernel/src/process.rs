@@ -78,14 +78,19 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
     if addr.as_u64() >= mm::pgtable::USER_END {
         return false;
     }
+    if crate::arch::percpu::this_cpu().preempt_count.load(core::sync::atomic::Ordering::Relaxed) != 0
+        || !frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG)
+    {
+        // A user-memory fault with preemption or interrupts off (inside a spinlock or RCU read
+        // section) cannot sleep to resolve: a kernel bug, reported by the #PF handler's panic.
+        return false;
+    }
     let access = Access::from_error_code(error.bits());
     let outcome = sched::with_current(|t| {
         let mm = t.mm()?;
-        // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on
-        // if the faulting code had them on (an interrupt gate turned them off).
-        if frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG) {
-            interrupts::enable();
-        }
+        // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on,
+        // as the faulting code had them (an interrupt gate turned them off).
+        interrupts::enable();
         let result = handle_mm_fault(mm, addr, access);
         interrupts::disable();
         Some((result, t.id()))

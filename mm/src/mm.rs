@@ -122,6 +122,11 @@ impl<P: Platform> AddressSpace<P> {
 
     /// The CPUs that have run this address space.
     pub fn cpus(&self) -> CpuMask {
+        // Orders the caller's PTE stores before this load (x86 may pass a load over a store): a
+        // CPU that starts using this address space after the load sees the new PTEs, and one
+        // that started before (its `activate_on` is a locked RMW, a full barrier, done before it
+        // loads CR3) is in the mask.
+        core::sync::atomic::fence(Ordering::SeqCst);
         CpuMask(self.cpus.load(Ordering::Relaxed))
     }
 

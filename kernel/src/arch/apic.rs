@@ -147,13 +147,15 @@ fn send(dest: u32, low: u32) {
             // SAFETY: the x2APIC ICR (MSR 0x830) takes the destination in the high half.
             unsafe { Msr::new(0x830).write(((dest as u64) << 32) | low as u64) };
         }
-        Mode::XApic { .. } => {
+        // Two register writes: an interrupt between them that sends an IPI of its own would
+        // redirect ours.
+        Mode::XApic { .. } => x86_64::instructions::interrupts::without_interrupts(|| {
             write(REG_ICR_HIGH, dest << 24);
             write(REG_ICR_LOW, low);
             while read(REG_ICR_LOW) & ICR_PENDING != 0 {
                 core::hint::spin_loop();
             }
-        }
+        }),
     }
 }
 

@@ -122,5 +122,30 @@ pub fn preempt_enable() {
     }
 }
 
+/// Preemption disabled for as long as it lives: for spinlocks that preemption-disabled code may
+/// also wait for (a preempted holder would leave such a waiter on its CPU spinning for good).
+#[must_use]
+pub struct NoPreempt(());
+
+impl NoPreempt {
+    /// Disables preemption until the value is dropped.
+    pub fn new() -> Self {
+        preempt_disable();
+        NoPreempt(())
+    }
+}
+
+impl Default for NoPreempt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NoPreempt {
+    fn drop(&mut self) {
+        preempt_enable();
+    }
+}
+
 const PREEMPT_OFFSET: usize = core::mem::offset_of!(PerCpu, preempt_count);
 const _: () = assert!(core::mem::offset_of!(PerCpu, id) == 8);

@@ -11,7 +11,7 @@ use core::sync::atomic::Ordering;
 
 use core::sync::atomic::AtomicU64;
 
-use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};
+use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
@@ -120,8 +120,10 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
             return false;
         }
     };
-    let (root, _) = Cr3::read();
-    set_word(&raw const ap_trampoline_cr3, root.start_address().as_u64());
+    let root = crate::memory::kernel_root().start_address().as_u64();
+    // The trampoline loads CR3 in 32-bit mode.
+    assert!(root < 1 << 32, "kernel page table at {root:#x}, above what the AP trampoline can load");
+    set_word(&raw const ap_trampoline_cr3, root);
     // Only what entering long mode needs: bits such as PCIDE are illegal before it, so the
     // rest of CR4 is set by `ap_entry`, in 64-bit code.
     let cr4 = Cr4::read() & (Cr4Flags::PHYSICAL_ADDRESS_EXTENSION | Cr4Flags::PAGE_GLOBAL);

@@ -123,14 +123,18 @@ impl FrameAllocator {
 
     /// Frames managed in total, and frames free now.
     pub fn stats(&self) -> (u64, u64) {
-        let a = self.inner.lock();
-        (a.total, a.free)
+        interrupts::without_interrupts(|| {
+            let a = self.inner.lock();
+            (a.total, a.free)
+        })
     }
 
     /// Physical frame numbers `[first, end)` the allocator can return.
     pub fn frame_range(&self) -> (u64, u64) {
-        let a = self.inner.lock();
-        (a.lowest / 4096, a.highest / 4096)
+        interrupts::without_interrupts(|| {
+            let a = self.inner.lock();
+            (a.lowest / 4096, a.highest / 4096)
+        })
     }
 }
 

@@ -92,6 +92,7 @@ pub fn kernel_half() -> [u64; 256] {
 /// Drops whatever the bootloader left mapped in the lower half (its identity mappings for the
 /// switch into the kernel): the lower half belongs to user address spaces.
 pub fn clear_lower_half() {
+    let _np = crate::arch::percpu::NoPreempt::new();
     let _guard = KERNEL_PT_LOCK.lock();
     let root = kernel_root();
     let table = phys_to_virt(root.start_address()).as_mut_ptr::<PageTable>();
@@ -119,6 +120,7 @@ static KERNEL_PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 /// The mapping must not alias memory in a way that breaks Rust's rules (e.g. map a frame that
 /// backs another live object as writable elsewhere), and `page` must not be in use.
 pub unsafe fn map_kernel_page(page: Page, frame: PhysFrame, flags: PageTableFlags) -> Result<(), MapError> {
+    let _np = crate::arch::percpu::NoPreempt::new();
     let _guard = KERNEL_PT_LOCK.lock();
     let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
     let table = phys_to_virt(kernel_root().start_address()).as_mut_ptr::<PageTable>();
@@ -159,6 +161,7 @@ unsafe impl x86_64::structures::paging::FrameAllocator<Size4KiB> for TableFrames
 /// # Safety
 /// Nothing may use the page any more.
 pub unsafe fn unmap_kernel_page(page: Page) -> Option<PhysFrame> {
+    let _np = crate::arch::percpu::NoPreempt::new();
     let _guard = KERNEL_PT_LOCK.lock();
     let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
     let table = phys_to_virt(kernel_root().start_address()).as_mut_ptr::<PageTable>();

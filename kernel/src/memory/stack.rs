@@ -46,6 +46,7 @@ impl Stack {
             return Err(StackError::TooLarge);
         }
         let slot = {
+            let _np = NoPreempt::new();
             let mut s = SLOTS_FREE.lock();
             match s.0.pop() {
                 Some(slot) => slot,
@@ -104,30 +105,28 @@ impl Drop for Stack {
 /// (a reap on another CPU may hold stacks it took off the list but has not freed yet).
 pub fn reap() {
     if interrupts::are_enabled() {
-        reap_with(REAPING.lock());
+        let _np = NoPreempt::new();
+        let _reaping = REAPING.lock();
+        reap_locked();
     }
 }
 
 /// Reaps unless another CPU is at it (for idle CPUs, which have better things to do than wait).
 pub fn try_reap() {
-    if interrupts::are_enabled()
-        && let Some(guard) = REAPING.try_lock()
-    {
-        reap_with(guard);
+    if interrupts::are_enabled() {
+        let _np = NoPreempt::new();
+        if let Some(_reaping) = REAPING.try_lock() {
+            reap_locked();
+        }
     }
 }
 
-/// Serializes reapers; see `reap`.
+/// Serializes reapers; see `reap`. Taken only with preemption disabled, from before the lock
+/// until after it: a holder preempted in between (say an idle thread, which runs only when
+/// nothing else can) would leave every other reaper spinning on it for good.
 static REAPING: Mutex<()> = Mutex::new(());
 
-fn reap_with(reaping: spin::MutexGuard<'_, ()>) {
-    // Not preemptible while holding REAPING: a preempted holder (an idle thread, which runs
-    // only when nothing else can) would leave every other reaper spinning on it.
-    crate::arch::percpu::preempt_disable();
-    reap_locked();
-    drop(reaping);
-    crate::arch::percpu::preempt_enable();
-}
+
 
 fn reap_locked() {
     if interrupts::without_interrupts(|| ZOMBIES.lock().is_empty()) {
@@ -151,3 +150,5 @@ fn reap_locked() {
         SLOTS_FREE.lock().0.push(slot);
     }
 }
+
+use crate::arch::percpu::NoPreempt;

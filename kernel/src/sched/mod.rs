@@ -77,22 +77,26 @@ impl CpuSched {
     }
 
     fn push(&self, t: Arc<Thread>) {
-        self.queue.lock().push_back(t);
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        let mut q = self.queue.lock();
+        q.push_back(t);
+        self.queued.store(q.len(), Ordering::Relaxed);
     }
 
-    /// The first thread that may move to another CPU.
+    /// The first thread that may move to another CPU: not pinned, and not a thread its CPU
+    /// preempted and is still switching away from (only the popping CPU sets `on_cpu`, and this
+    /// runs under the queue lock, so the check holds).
     fn steal(&self) -> Option<Arc<Thread>> {
         let mut q = self.queue.lock();
-        let i = q.iter().position(|t| t.pinned.is_none())?;
+        let i = q.iter().position(|t| t.pinned.is_none() && !t.on_cpu.load(Ordering::Acquire))?;
         let t = q.remove(i)?;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.queued.store(q.len(), Ordering::Relaxed);
         Some(t)
     }
 
     fn pop(&self) -> Option<Arc<Thread>> {
-        let t = self.queue.lock().pop_front()?;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let mut q = self.queue.lock();
+        let t = q.pop_front()?;
+        self.queued.store(q.len(), Ordering::Relaxed);
         Some(t)
     }
 }
@@ -234,11 +238,30 @@ fn enqueue(cpu: usize, t: Arc<Thread>) {
 }
 
 /// Makes a blocked thread runnable again (no-op if it is not blocked).
+///
+/// A thread that has just blocked may still be on its CPU's stack (`on_cpu`): it is queued only
+/// once that CPU is off it. Otherwise two CPUs each switching away from a blocking thread could
+/// each pick up (steal) the other's, and each wait, interrupts off, for the other to finish
+/// switching: a deadlock. This way the only queued threads still `on_cpu` are ones their own
+/// CPU just preempted, and that CPU finishes its switch without waiting for anyone.
 pub fn wake(t: Arc<Thread>) {
     if t.cas_state(State::Blocked, State::Ready) {
+        while t.on_cpu.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
         let cpu = t.pinned.unwrap_or_else(|| t.last_cpu.load(Ordering::Relaxed));
         enqueue(cpu, t);
     }
+}
+
+/// Panics if the caller may not give up the CPU: with preemption disabled (a spinlock or an RCU
+/// read section held), switching away would leave this CPU's count wrong and the section open.
+pub(crate) fn assert_may_sleep() {
+    assert_eq!(
+        this_cpu().preempt_count.load(Ordering::Relaxed),
+        0,
+        "scheduling while atomic (preemption disabled)"
+    );
 }
 
 /// Threads that exist now (exited ones count until the last handle to them is gone).
@@ -248,6 +271,7 @@ pub fn live_threads() -> usize {
 
 /// Gives the CPU to another ready thread, if there is one.
 pub fn yield_now() {
+    assert_may_sleep();
     let were_enabled = interrupts::are_enabled();
     interrupts::disable();
     schedule();
@@ -305,14 +329,16 @@ pub(crate) fn schedule() {
 /// caches translations of `next`'s address space (its shootdowns must reach us).
 fn switch_address_space(cpu: usize, next: &Thread) {
     let root = next.mm.as_ref().map_or_else(crate::memory::kernel_root, |mm| mm.page_tables().root());
+    if let Some(mm) = &next.mm {
+        // Before CR3: from the write on, the CPU may cache translations of `mm`, so shootdowns
+        // must already reach it (`AddressSpace::cpus` pairs with this locked RMW).
+        mm.activate_on(cpu);
+    }
     let (cur, flags) = Cr3::read();
     if cur != root {
         // SAFETY: `root` is the kernel's table or an address space's, whose kernel half is the
         // kernel's; the address space outlives the thread that keeps it loaded here.
         unsafe { Cr3::write(root, flags) };
-    }
-    if let Some(mm) = &next.mm {
-        mm.activate_on(cpu);
     }
 }
 
@@ -372,6 +398,7 @@ extern "C" fn thread_start() -> ! {
 
 /// Ends the calling thread with `code`.
 pub fn exit(code: i64) -> ! {
+    assert_may_sleep();
     let me = current();
     assert!(!me.idle, "the idle thread cannot exit");
     me.exit_code.store(code, Ordering::Release);
@@ -390,22 +417,18 @@ pub fn idle_loop() -> ! {
     loop {
         interrupts::disable();
         quiescent_state();
-        let work = cpu.sched.queued.load(Ordering::Relaxed) > 0
-            || PERCPU.iter().any(|c| c.sched.queued.load(Ordering::Relaxed) > 0);
-        if work {
-            schedule();
-            interrupts::enable();
+        // Runs our queue's head or a thread stolen from another CPU, if there is one; returns
+        // here when this CPU has nothing to do again.
+        schedule();
+        interrupts::enable();
+        // Free the stacks of exited threads here, where waiting for a shootdown costs nothing.
+        crate::memory::stack::try_reap();
+        interrupts::disable();
+        if cpu.sched.queued.load(Ordering::Relaxed) == 0 {
+            // Woken by the next tick (which retries stealing) or a reschedule IPI.
+            interrupts::enable_and_hlt();
         } else {
             interrupts::enable();
-            // Free the stacks of exited threads here, where waiting for a shootdown costs
-            // nothing; the check for work comes again right after.
-            crate::memory::stack::try_reap();
-            interrupts::disable();
-            if cpu.sched.queued.load(Ordering::Relaxed) == 0 {
-                interrupts::enable_and_hlt();
-            } else {
-                interrupts::enable();
-            }
         }
     }
 }

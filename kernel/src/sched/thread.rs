@@ -6,9 +6,10 @@
 //! closure returns. Only a waker moves `Blocked` -> `Ready`, and whoever does a move to `Ready`
 //! puts the thread in a run queue, so a thread is queued at most once.
 //!
-//! A thread can be `Ready` in a queue while the CPU it last ran on is still switching away from
-//! it; `on_cpu` stays set until that CPU is off its stack, and a CPU about to run the thread
-//! waits for it to clear.
+//! `on_cpu` stays set until the CPU that ran the thread is off its stack. A waker waits for it to
+//! clear before queueing a woken thread; a preempted thread is queued by its own CPU while still
+//! `on_cpu`, and a CPU that steals it waits for the clear, which that CPU, in the middle of its
+//! switch, never waits for anything to give.
 
 use alloc::boxed::Box;
 use alloc::string::String;

@@ -35,6 +35,7 @@ impl WaitQueue {
     /// Blocks the calling thread as long as `cond()` holds. `cond` is checked under the queue's
     /// lock, so it must not block or take this queue's lock.
     pub fn wait_while(&self, cond: impl Fn() -> bool) {
+        super::assert_may_sleep();
         loop {
             let were_enabled = interrupts::are_enabled();
             interrupts::disable();
@@ -102,6 +103,7 @@ static SLEEPERS: Mutex<Vec<Arc<Thread>>> = Mutex::new(Vec::new());
 
 /// Blocks the calling thread for at least `ns` nanoseconds (to the next timer tick after).
 pub fn sleep_ns(ns: u64) {
+    super::assert_may_sleep();
     let deadline = crate::arch::apic::now_ns() + ns;
     let me = current();
     me.wake_at.store(deadline, Ordering::Relaxed);

@@ -23,4 +23,6 @@ pub use mmap_lock::{MmapLock, MmapReadGuard, MmapWriteGuard};
 pub(crate) use park::LoomPark;
 pub use park::Park;
 pub use rwsem::RwSemaphore;
+#[cfg(not(loom))]
+pub use spinlock::set_preempt_hooks;
 pub use spinlock::{LockClass, RawSpinGuard, RawSpinLock, SpinGuard, SpinLock};

@@ -4,6 +4,11 @@
 //! page-table page in physical memory); [`SpinLock<T>`] owns its data. Both are test-and-test-
 //! and-set locks: waiters spin on a plain load so the line is not bounced while the lock is held.
 //!
+//! A holder must not be preempted (a waiter on the same CPU that cannot be preempted itself, say
+//! inside an RCU read section, would spin forever): on a machine with preemption the platform
+//! installs [`set_preempt_hooks`], and every lock disables preemption from before it is taken
+//! until after it is released, as Linux's `spin_lock` does.
+//!
 //! Lock order: each lock has a [`LockClass`]; in debug builds with `std` (host tests) taking a
 //! lock while holding one of the same or a later class panics, which catches an inversion the
 //! first time the path runs instead of the first time it deadlocks.
@@ -12,7 +17,31 @@ use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
+use core::sync::atomic::AtomicPtr;
+
 use crate::primitive::{AtomicBool, Ordering, spin_loop};
+
+/// `preempt_disable` and `preempt_enable` of the machine, as installed by the platform; null
+/// where threads are not preempted behind the lock's back (host tests: each "CPU" is a thread).
+static PREEMPT_DISABLE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+static PREEMPT_ENABLE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Makes every spinlock of `mm` disable preemption while held. Call once at boot, before any
+/// lock is taken.
+#[cfg(not(loom))]
+pub fn set_preempt_hooks(disable: fn(), enable: fn()) {
+    PREEMPT_DISABLE.store(disable as *mut (), Ordering::Release);
+    PREEMPT_ENABLE.store(enable as *mut (), Ordering::Release);
+}
+
+fn preempt_hook(hook: &AtomicPtr<()>) {
+    let f = hook.load(Ordering::Acquire);
+    if !f.is_null() {
+        // SAFETY: only `set_preempt_hooks` stores non-null values, and they are `fn()`s.
+        let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(f) };
+        f();
+    }
+}
 
 /// Where a spinlock sits in the lock order (`LOCKING.md`); lower classes are taken first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,6 +126,7 @@ impl RawSpinLock {
 
     /// Spins until the lock is ours.
     pub fn lock(&self) -> RawSpinGuard<'_> {
+        preempt_hook(&PREEMPT_DISABLE);
         order::acquire(self.class);
         loop {
             if !self.locked.swap(true, Ordering::Acquire) {
@@ -113,7 +143,9 @@ impl RawSpinLock {
 
     /// Takes the lock if it is free.
     pub fn try_lock(&self) -> Option<RawSpinGuard<'_>> {
+        preempt_hook(&PREEMPT_DISABLE);
         if self.locked.swap(true, Ordering::Acquire) {
+            preempt_hook(&PREEMPT_ENABLE);
             return None;
         }
         order::acquire(self.class);
@@ -147,6 +179,7 @@ impl Drop for RawSpinGuard<'_> {
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
         order::release(self.lock.class);
+        preempt_hook(&PREEMPT_ENABLE);
     }
 }
 
