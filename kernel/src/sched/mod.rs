@@ -256,12 +256,19 @@ pub fn wake(t: Arc<Thread>) {
 
 /// Panics if the caller may not give up the CPU: with preemption disabled (a spinlock or an RCU
 /// read section held), switching away would leave this CPU's count wrong and the section open.
+#[track_caller]
 pub(crate) fn assert_may_sleep() {
-    assert_eq!(
-        this_cpu().preempt_count.load(Ordering::Relaxed),
-        0,
-        "scheduling while atomic (preemption disabled)"
-    );
+    let count = this_cpu().preempt_count.load(Ordering::Relaxed);
+    if count != 0 {
+        let who = with_current(|t| (t.id(), alloc::string::String::from(t.name())));
+        let owner = this_cpu().preempt_owner.load(Ordering::Relaxed);
+        // SAFETY: only `preempt_disable` stores here, and it stores `&'static Location`s.
+        let owner = unsafe { owner.as_ref() };
+        panic!(
+            "scheduling while atomic: thread {} ({}), preempt count {count}, last raised from 0 at {owner:?}",
+            who.0, who.1
+        );
+    }
 }
 
 /// Threads that exist now (exited ones count until the last handle to them is gone).
@@ -270,6 +277,7 @@ pub fn live_threads() -> usize {
 }
 
 /// Gives the CPU to another ready thread, if there is one.
+#[track_caller]
 pub fn yield_now() {
     assert_may_sleep();
     let were_enabled = interrupts::are_enabled();
@@ -397,6 +405,7 @@ extern "C" fn thread_start() -> ! {
 }
 
 /// Ends the calling thread with `code`.
+#[track_caller]
 pub fn exit(code: i64) -> ! {
     assert_may_sleep();
     let me = current();

@@ -159,6 +159,7 @@ pub struct JoinHandle {
 
 impl JoinHandle {
     /// Blocks until the thread returns; gives its exit code.
+    #[track_caller]
     pub fn join(self) -> i64 {
         let t = &self.thread;
         t.joiners.wait_while(|| !t.done.load(Ordering::Acquire));

@@ -34,6 +34,7 @@ impl WaitQueue {
 
     /// Blocks the calling thread as long as `cond()` holds. `cond` is checked under the queue's
     /// lock, so it must not block or take this queue's lock.
+    #[track_caller]
     pub fn wait_while(&self, cond: impl Fn() -> bool) {
         super::assert_may_sleep();
         loop {
@@ -88,6 +89,7 @@ fn bucket(word: &AtomicU32) -> &'static WaitQueue {
 
 /// Blocks while `*word == expected` (returns at once otherwise; may return spuriously, when
 /// another word in the same bucket is woken).
+#[track_caller]
 pub fn futex_wait(word: &AtomicU32, expected: u32) {
     bucket(word).wait_while(|| word.load(Ordering::SeqCst) == expected);
 }
@@ -102,6 +104,7 @@ pub fn futex_wake(word: &AtomicU32, _count: usize) {
 static SLEEPERS: Mutex<Vec<Arc<Thread>>> = Mutex::new(Vec::new());
 
 /// Blocks the calling thread for at least `ns` nanoseconds (to the next timer tick after).
+#[track_caller]
 pub fn sleep_ns(ns: u64) {
     super::assert_may_sleep();
     let deadline = crate::arch::apic::now_ns() + ns;
