@@ -64,7 +64,7 @@ fn backtrace() {
     for _ in 0..24 {
         // Follow the chain only upwards, within 1 MiB, in the kernel half: a broken chain ends
         // the walk instead of faulting inside the panic handler.
-        if rbp < low || rbp - low > 1 << 20 || rbp % 8 != 0 || rbp < 0xffff_8000_0000_0000 {
+        if rbp < low || rbp - low > 1 << 20 || !rbp.is_multiple_of(8) || rbp < 0xffff_8000_0000_0000 {
             break;
         }
         // SAFETY: `rbp` points at a saved frame of this stack (checked bounds above): the

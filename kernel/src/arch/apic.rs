@@ -90,11 +90,9 @@ pub fn init_cpu(xapic_phys: u64) {
 
 /// Enables an application processor's local APIC in the mode the BSP chose.
 pub fn init_cpu_ap() {
-    let mode = MODE.get().expect("the BSP's APIC first");
-    init_cpu(match mode {
-        Mode::X2Apic => 0,
-        Mode::XApic { .. } => 0,
-    });
+    assert!(MODE.get().is_some(), "the BSP's APIC first");
+    // The mode (and the xAPIC base) is already set: the address is not looked at again.
+    init_cpu(0);
 }
 
 /// Whether the APIC runs in x2APIC mode.
