@@ -46,9 +46,14 @@ pub enum Event {
     PgtableInstallRaceLost,
     /// An empty PTE table was freed (after an RCU grace period).
     PgtableFree,
+    /// `madvise(MADV_DONTNEED)` ran under the per-VMA read lock (range within one VMA).
+    MadvDontneedVmaLock,
+    /// `madvise(MADV_DONTNEED)` ran under `mmap_lock` for read (several VMAs, holes, or the
+    /// VMA lock was not available).
+    MadvDontneedMmapLock,
 }
 
-const EVENTS: usize = Event::PgtableFree as usize + 1;
+const EVENTS: usize = Event::MadvDontneedMmapLock as usize + 1;
 
 impl Event {
     /// Every event, in declaration order.
@@ -69,6 +74,8 @@ impl Event {
         Event::PgtableAlloc,
         Event::PgtableInstallRaceLost,
         Event::PgtableFree,
+        Event::MadvDontneedVmaLock,
+        Event::MadvDontneedMmapLock,
     ];
 
     /// The Linux-style name (`VMA_LOCK_SUCCESS`, ...).
@@ -90,6 +97,8 @@ impl Event {
             Event::PgtableAlloc => "PGTABLE_ALLOC",
             Event::PgtableInstallRaceLost => "PGTABLE_INSTALL_RACE_LOST",
             Event::PgtableFree => "PGTABLE_FREE",
+            Event::MadvDontneedVmaLock => "MADV_DONTNEED_VMA_LOCK",
+            Event::MadvDontneedMmapLock => "MADV_DONTNEED_MMAP_LOCK",
         }
     }
 }
