@@ -8,7 +8,7 @@
 //! BENCH-HEADER cpu_model="<text>" tsc_mhz=<n> accel=<TCG|KVM|linux> cpus=<n> mem_mib=<n> [host_cores=<n>] ...
 //! BENCH workload=<w> policy=<vma|mmap|floor|linux> threads=<T> cpus=<N> rep=<i> faults=<n> ns=<n>
 //!       faults_per_sec=<x> p50_ns=<n> p99_ns=<n> max_ns=<n> vma_lock_success=<n> vma_lock_abort=<n>
-//!       vma_lock_retry=<n> vma_lock_miss=<n> churn_ops=<n> [ipis=<n>] [munmaps=<n>] ...
+//!       vma_lock_retry=<n> vma_lock_miss=<n> churn_ops=<n> [ipis=<n>] [munmaps=<n>] [cpu_ns=<n>] ...
 //! BENCH-PHASE workload=<w> policy=<p> threads=<T> phase=<name> samples=<n> median_cycles=<n> p99_cycles=<n> ...
 //! ```
 //! (a `BENCH` record is one line; it is wrapped here only to be read).
@@ -50,6 +50,8 @@
 //! - `churn_ops`: map, mprotect, unmap cycles the churn thread completed in the window.
 //! - `ipis`: TLB shootdown IPIs sent in the window, one per target CPU; `munmaps`: the munmap and
 //!   `MADV_DONTNEED` calls in the window (what shoots down). The report divides the two.
+//! - `cpu_ns`: CPU time the workers ran in the window, summed; the report shows it as the share
+//!   of `threads * ns` they got ("busy"), which says whether anything else took the CPUs.
 //!
 //! Meaning of the `BENCH-PHASE` keys, for a fault path profiled phase by phase (usually at
 //! `threads=1`): `phase` one step (for example `entry`, `lock_vma`, `alloc`, `zero`, `pte`,
@@ -89,7 +91,7 @@ pub const BENCH_KEYS: [&str; 16] = [
 /// How many of [`BENCH_KEYS`] every line must have.
 pub const BENCH_REQUIRED: usize = 11;
 /// The optional keys of a `BENCH` line that this crate understands.
-pub const BENCH_OPTIONAL: [&str; 2] = ["ipis", "munmaps"];
+pub const BENCH_OPTIONAL: [&str; 3] = ["ipis", "munmaps", "cpu_ns"];
 /// The keys of a `BENCH-HEADER` line, in order.
 pub const HEADER_KEYS: [&str; 5] = ["cpu_model", "tsc_mhz", "accel", "cpus", "mem_mib"];
 /// The optional keys of a `BENCH-HEADER` line that this crate understands.
@@ -206,6 +208,7 @@ pub struct Measurement {
     pub churn_ops: u64,
     pub ipis: Option<u64>,
     pub munmaps: Option<u64>,
+    pub cpu_ns: Option<u64>,
     /// Keys this crate does not know, in line order.
     pub extra: Vec<(String, String)>,
 }
@@ -384,6 +387,7 @@ fn parse_measurement(f: &mut Fields) -> Result<Measurement, LineError> {
     let mut extra = f.rest(&BENCH_KEYS)?;
     let ipis = take_number(&mut extra, "ipis")?;
     let munmaps = take_number(&mut extra, "munmaps")?;
+    let cpu_ns = take_number(&mut extra, "cpu_ns")?;
 
     if !(p50_ns <= p99_ns && p99_ns <= max_ns) {
         return Err(LineError::LatencyOrder {
@@ -419,6 +423,7 @@ fn parse_measurement(f: &mut Fields) -> Result<Measurement, LineError> {
         churn_ops,
         ipis,
         munmaps,
+        cpu_ns,
         extra,
     })
 }

@@ -10,7 +10,10 @@
 //!             [--churn-kib 64]
 //! ```
 //! `BENCH` lines go to stdout, progress and errors to stderr. The default thread counts are
-//! those of 1, 2, 4, 8 that do not exceed the CPUs the program may use.
+//! those of 1, 2, 4, 8 that do not exceed the CPUs the program may use. Besides the common keys
+//! the lines carry `ipis` (the system-wide `TLB:` count of `/proc/interrupts`, so other programs'
+//! shootdowns count too), `munmaps`, `cpu_ns` (the workers' CPU time in the window) and
+//! `minflt` (the workers' minor faults by `getrusage`: each page touch should be one).
 
 mod clock;
 mod hist;
@@ -169,11 +172,21 @@ fn run(args: &[String]) -> Result<(), Error> {
     emit(header(&opts, tsc))?;
     for &w in &opts.workloads {
         for &t in &threads {
-            eprintln!("fault_bench: {} with {t} thread(s)", w.name());
             let windows = workloads::run(w, t, p).map_err(Error::Run)?;
             for (rep, win) in windows.iter().enumerate() {
                 emit(bench_line(w, t, ncpus, rep, win, tsc))?;
             }
+            let mut rates: Vec<f64> = windows
+                .iter()
+                .map(|win| win.faults as f64 * 1e9 / win.ns.max(1) as f64)
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            eprintln!(
+                "fault_bench: {} T={t}: {:.0} faults/s (median of {})",
+                w.name(),
+                rates[rates.len() / 2],
+                rates.len()
+            );
         }
     }
     Ok(())
@@ -236,6 +249,9 @@ fn bench_line(
     );
     if let Some(n) = win.ipis {
         let _ = write!(s, " ipis={n}");
+    }
+    if let Some(n) = win.cpu_ns {
+        let _ = write!(s, " cpu_ns={n}");
     }
     if let Some(n) = win.minflt {
         let _ = write!(s, " minflt={n}");

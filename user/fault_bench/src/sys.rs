@@ -197,6 +197,19 @@ pub fn thread_minor_faults() -> Result<u64, SysError> {
     Ok(u64::try_from(usage.ru_minflt).unwrap_or(0))
 }
 
+/// CPU time the calling thread has used so far, user and system, in ns.
+pub fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: `ts` is a writable timespec.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, ts.as_mut_ptr()) };
+    if ret != 0 {
+        return None;
+    }
+    // SAFETY: clock_gettime filled it in.
+    let ts = unsafe { ts.assume_init() };
+    Some(u64::try_from(ts.tv_sec).ok()? * 1_000_000_000 + u64::try_from(ts.tv_nsec).ok()?)
+}
+
 /// CPUs online.
 pub fn online_cpus() -> Option<u64> {
     // SAFETY: sysconf reads a constant of the system.

@@ -78,6 +78,8 @@ pub struct Window {
     pub munmaps: u64,
     /// The workers' minor faults by `getrusage`, where the system reports them.
     pub minflt: Option<u64>,
+    /// The workers' CPU time (user and system), where the system reports it.
+    pub cpu_ns: Option<u64>,
     /// TLB shootdown IPIs the system received, where it reports them.
     pub ipis: Option<u64>,
 }
@@ -174,6 +176,7 @@ pub fn run(workload: Workload, threads: usize, p: &Params) -> Result<Vec<Window>
                 churn_ops: 0,
                 munmaps: 0,
                 minflt: Some(0),
+                cpu_ns: Some(0),
                 ipis: ipis[r].zip(ipis[r - 1]).map(|(b, a)| b.saturating_sub(a)),
             };
             for (t, thread_tallies) in tallies.iter().enumerate() {
@@ -184,6 +187,7 @@ pub fn run(workload: Workload, threads: usize, p: &Params) -> Result<Vec<Window>
                 win.munmaps += tally.munmaps;
                 if t < threads {
                     win.minflt = win.minflt.zip(tally.minflt).map(|(a, b)| a + b);
+                    win.cpu_ns = win.cpu_ns.zip(tally.cpu_ns).map(|(a, b)| a + b);
                 }
             }
             win
@@ -206,6 +210,7 @@ struct Tally {
     churn_ops: u64,
     munmaps: u64,
     minflt: Option<u64>,
+    cpu_ns: Option<u64>,
 }
 
 /// One thread's side of the epoch protocol.
@@ -216,6 +221,7 @@ struct Worker<'a> {
     /// Indexed by epoch: warm-up, the windows, and after the stop.
     tallies: Vec<Tally>,
     minflt_mark: Option<u64>,
+    cpu_mark: Option<u64>,
 }
 
 impl<'a> Worker<'a> {
@@ -226,6 +232,7 @@ impl<'a> Worker<'a> {
             current: 0,
             tallies: (0..=reps + 1).map(|_| Tally::default()).collect(),
             minflt_mark: sys::thread_minor_faults().ok(),
+            cpu_mark: sys::thread_cpu_ns(),
         }
     }
 
@@ -241,9 +248,12 @@ impl<'a> Worker<'a> {
 
     #[cold]
     fn switch(&mut self, e: u32) {
-        let now = sys::thread_minor_faults().ok();
-        self.tally().minflt = now.zip(self.minflt_mark).map(|(b, a)| b.saturating_sub(a));
-        self.minflt_mark = now;
+        let (minflt, cpu) = (sys::thread_minor_faults().ok(), sys::thread_cpu_ns());
+        let (minflt_mark, cpu_mark) = (self.minflt_mark, self.cpu_mark);
+        let tally = self.tally();
+        tally.minflt = minflt.zip(minflt_mark).map(|(b, a)| b.saturating_sub(a));
+        tally.cpu_ns = cpu.zip(cpu_mark).map(|(b, a)| b.saturating_sub(a));
+        (self.minflt_mark, self.cpu_mark) = (minflt, cpu);
         self.current = e;
     }
 
@@ -347,6 +357,10 @@ mod tests {
                     );
                 }
                 assert_eq!(win.churn_ops > 0, w == Workload::Churn, "{w:?}");
+                // Two workers cannot use more than two CPUs' worth of the window.
+                if let Some(cpu) = win.cpu_ns {
+                    assert!(cpu > 0 && cpu <= 2 * win.ns + 20_000_000, "{w:?}: {cpu} ns");
+                }
             }
         }
     }
