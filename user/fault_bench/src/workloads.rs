@@ -87,6 +87,11 @@ pub struct Window {
 #[derive(Debug)]
 pub enum RunError {
     Sys(SysError),
+    /// The `pft` region has fewer pages than there are workers.
+    RegionTooSmall {
+        pages: usize,
+        threads: usize,
+    },
     /// A thread panicked (a bug: its message was printed).
     Panicked,
 }
@@ -101,6 +106,10 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Sys(e) => e.fmt(f),
+            RunError::RegionTooSmall { pages, threads } => write!(
+                f,
+                "the pft region has {pages} pages, fewer than the {threads} workers"
+            ),
             RunError::Panicked => f.write_str("a benchmark thread panicked"),
         }
     }
@@ -113,7 +122,13 @@ pub fn run(workload: Workload, threads: usize, p: &Params) -> Result<Vec<Window>
     let epoch = AtomicU32::new(0);
     let shared = match workload {
         Workload::PageFault1 => None,
-        Workload::Pft | Workload::Churn => Some(Mapping::anonymous(p.pft_region)?),
+        Workload::Pft | Workload::Churn => {
+            let pages = p.pft_region.div_ceil(page);
+            if pages < threads {
+                return Err(RunError::RegionTooSmall { pages, threads });
+            }
+            Some(Mapping::anonymous(p.pft_region)?)
+        }
     };
     let churn = workload == Workload::Churn;
     let barrier = Barrier::new(threads + usize::from(churn) + 1);
@@ -288,7 +303,8 @@ fn page_fault1(w: &mut Worker, region: usize, page: usize) -> Result<(), SysErro
 }
 
 fn pft(w: &mut Worker, m: &Mapping, piece: Range<usize>, page: usize) -> Result<(), SysError> {
-    loop {
+    // The epoch is followed per round too, so that even a worker without pages stops.
+    while w.running() {
         for offset in piece.clone().step_by(page) {
             if !w.running() {
                 return Ok(());
@@ -298,6 +314,7 @@ fn pft(w: &mut Worker, m: &Mapping, piece: Range<usize>, page: usize) -> Result<
         m.dontneed(piece.start, piece.len())?;
         w.tally().munmaps += 1;
     }
+    Ok(())
 }
 
 fn churner(w: &mut Worker, region: usize, page: usize) -> Result<(), SysError> {
@@ -328,6 +345,31 @@ mod tests {
             }
             assert_eq!(next, 1000 * 4096);
         }
+    }
+
+    #[test]
+    fn pft_with_more_threads_than_pages_does_not_hang() {
+        let p = Params {
+            warmup: Duration::from_millis(10),
+            window: Duration::from_millis(10),
+            reps: 1,
+            region: 4096,
+            pft_region: 4096,
+            churn_region: 64 << 10,
+            cpus: sys::allowed_cpus().unwrap(),
+        };
+        // Worker 0 gets no page of a one-page region.
+        let r = run(Workload::Pft, 2, &p);
+        assert!(
+            matches!(
+                r,
+                Err(RunError::RegionTooSmall {
+                    pages: 1,
+                    threads: 2
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]
