@@ -8,16 +8,23 @@ KVM     ?= 0
 TIMEOUT ?= 300
 PROFILE ?= release
 LOG     ?= info
+# make bench-linux: thread counts (default: 1,2,4,8 up to the CPU count), workloads, repetitions
+THREADS   ?=
+WORKLOADS ?= page_fault1,pft,churn
+REPS      ?= 3
 
 TARGET  := x86_64-unknown-none
 BOOT    := target/release/boot
 KERNEL   = target/$(TARGET)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/kernel
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
+BENCH_DIR   := target/bench
+FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean
+.PHONY: all run gdb test host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+        bench-linux bench-report user-toolchain
 
 all: kernel
 
@@ -39,9 +46,36 @@ test: setup boot-tool
 loom: setup
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm --release --lib loom
 
+## bench-linux: the benchmark's workloads on this machine's Linux -> target/bench/linux.log, then
+## the report (THREADS=1,2 WORKLOADS=page_fault1,pft,churn REPS=3)
+bench-linux: user-toolchain
+	cd user && CARGO_TARGET_DIR=$(CURDIR)/target/user cargo build --release
+	@! command -v file >/dev/null || file $(FAULT_BENCH) | grep -q 'static' || \
+	  { echo "$(FAULT_BENCH) is not a static binary" >&2; exit 1; }
+	mkdir -p $(BENCH_DIR)
+	$(FAULT_BENCH) $(if $(THREADS),--threads $(THREADS)) --workloads $(WORKLOADS) --reps $(REPS) \
+	  > $(BENCH_DIR)/linux.log.part
+	mv $(BENCH_DIR)/linux.log.part $(BENCH_DIR)/linux.log
+	@cat $(BENCH_DIR)/linux.log
+	$(MAKE) --no-print-directory bench-report
+
+## bench-report: report.md and SVG plots in target/bench from the logs there: serial.log (make
+## bench), linux.log (make bench-linux), either or both
+bench-report: toolchain
+	@logs=""; for f in $(BENCH_DIR)/serial.log $(BENCH_DIR)/linux.log; do \
+	  if [ -f $$f ]; then logs="$$logs $$f"; fi; done; \
+	if [ -z "$$logs" ]; then echo "no logs in $(BENCH_DIR): run make bench or make bench-linux" >&2; exit 1; fi; \
+	echo "cargo run -q -p benchreport -- --out $(BENCH_DIR)$$logs"; \
+	cargo run -q -p benchreport -- --out $(BENCH_DIR) $$logs
+
+# The stable toolchain with the musl target that user/rust-toolchain.toml names.
+user-toolchain:
+	@command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs" >&2; exit 1; }
+	@cd user && { rustup toolchain install >/dev/null 2>&1 || rustup toolchain install; }
+
 ## check: clippy over the host crates and the kernel
 check: setup
-	cargo clippy -p mm -p boot --all-targets
+	cargo clippy -p mm -p boot -p benchreport --all-targets
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets
 
 kernel:

@@ -60,12 +60,16 @@ pub fn runner(args: &[String]) -> Result<bool, String> {
     Ok(all_ok)
 }
 
-/// `boot test`: host tests of `mm` and `boot`, then every test kernel under QEMU.
+/// `boot test`: host tests of `mm`, `boot` and `benchreport`, then every test kernel under QEMU.
 pub fn all() -> Result<bool, String> {
     let root = workspace_root();
     let mut total = Counts::default();
 
-    let host_runs: [&[&str]; 2] = [&["test", "-p", "mm"], &["test", "--release", "-p", "boot"]];
+    let host_runs: [&[&str]; 3] = [
+        &["test", "-p", "mm"],
+        &["test", "--release", "-p", "boot"],
+        &["test", "-p", "benchreport"],
+    ];
     for args in host_runs {
         let c = host_suite(&root, args)?;
         println!("== host `cargo {}`: {} passed, {} failed", args.join(" "), c.passed, c.failed);
