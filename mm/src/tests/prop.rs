@@ -1,6 +1,10 @@
 //! Random sequences of mmap/munmap/mprotect/read/write against a model (page -> protection and
 //! content byte). After every step the VMA tree, the page tables and the model must agree and
 //! the tree must validate; after every case every frame must be back.
+//!
+//! Each step runs on one of two emulated CPUs, each with its own TLB, so a translation one CPU
+//! cached must be shot down when another changes the mapping: a missing or misdirected flush
+//! shows up as a read of old data, or an access that should fault and does not.
 
 use std::collections::BTreeMap;
 use std::vec::Vec;
@@ -19,6 +23,7 @@ use crate::vma::Prot;
 /// Pages of the window the operations work in (spans two PTE tables).
 const WINDOW: u64 = 600;
 const CASES: u32 = 200;
+const CPUS: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -196,16 +201,21 @@ proptest! {
     })]
 
     #[test]
-    fn ops_and_faults_match_a_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let env = Env::new(8, 1);
+    fn ops_and_faults_match_a_model(
+        ops in proptest::collection::vec((0..CPUS, op()), 1..40)
+    ) {
+        let env = Env::new(8, CPUS);
         {
             let mm = env.mm();
             let mut model = Model::new();
-            for op in &ops {
+            for (cpu, op) in &ops {
+                // One thread, moved between CPUs only between steps (nothing held then).
+                env.p.bind_cpu(*cpu);
                 apply(&mm, &mut model, op);
                 check(&env, &mm, &model);
                 env.mem.rcu().quiescent_state();
             }
+            env.p.bind_cpu(0);
         }
         env.assert_baseline();
     }
