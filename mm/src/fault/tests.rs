@@ -3,8 +3,8 @@ use crate::frame::FrameKind;
 use crate::memory::FaultPolicy;
 use crate::mmu;
 use crate::pgtable::pte_frame;
+use crate::tests::tlb::{Pause, on_cpu};
 use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
-use std::time::Duration;
 
 fn rw() -> Prot {
     Prot::READ | Prot::WRITE
@@ -188,11 +188,6 @@ fn a_write_locked_vma_sends_faults_to_mmap_lock() {
     assert_eq!(s.get(Event::VmaLockAbort), 2);
 }
 
-/// Runs `f` on a new thread bound to `cpu` and returns its result.
-fn on_cpu<T: Send>(env: &Env, cpu: usize, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| env.p.spawn_cpu(s, cpu, f).join().unwrap())
-}
-
 /// Copy-on-write must flush the old translation before the copy becomes visible. CPU 3 caches
 /// the read-only zero-frame translation of page P; CPU 1 write-faults P and copies it. While
 /// CPU 1's shootdown is in flight, CPU 2 writes P and then a flag, and CPU 3 reads the flag and
@@ -216,17 +211,11 @@ fn cow_flushes_the_old_translation_before_the_new_page_is_visible() {
             Some(env.mem.frames().zero_frame())
         );
 
-        let (paused_tx, paused) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        env.p.on_next_shootdown(move || {
-            paused_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
-        });
+        let (pause, hook) = Pause::arm();
+        env.p.on_next_shootdown(hook);
         let (published, seen, wrote) = std::thread::scope(|s| {
             let writer = env.p.spawn_cpu(s, 1, || mmu::store(&mm, p, 7, true));
-            while paused.recv_timeout(Duration::from_millis(10)).is_err() {
-                assert!(!writer.is_finished(), "the write fault sent no shootdown");
-            }
+            let resume = pause.wait(&writer, "the write fault's shootdown");
             // CPU 1 is inside its write fault, at the shootdown.
             let published = on_cpu(&env, 2, || {
                 mmu::store_nofault(&mm, p, 42, true).is_ok()
@@ -236,7 +225,7 @@ fn cow_flushes_the_old_translation_before_the_new_page_is_visible() {
                 let f = mmu::load_nofault(&mm, flag, true);
                 (f, mmu::load_nofault(&mm, p, true))
             });
-            go.send(()).unwrap();
+            drop(resume);
             (published, seen, writer.join().unwrap())
         });
         assert_eq!(wrote, Ok(()));

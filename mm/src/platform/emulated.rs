@@ -157,6 +157,16 @@ impl Tlb {
         self.entries.append(&mut above);
     }
 
+    /// The address space whose translations are cached.
+    pub fn asid(&self) -> u64 {
+        self.asid
+    }
+
+    /// Every cached translation, as (page address, entry), lowest first.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, TlbEntry)> + '_ {
+        self.entries.iter().map(|(&vpn, &e)| (vpn << 12, e))
+    }
+
     /// How many translations are cached.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -268,7 +278,12 @@ impl Emulated {
     /// The TLB of the calling thread's CPU, locked. The emulated MMU holds it for one access;
     /// nothing else may be waited for while it is held.
     pub fn tlb(&self) -> MutexGuard<'_, Tlb> {
-        lock(&self.tlbs[self.cpu_id()])
+        self.tlb_of(self.cpu_id())
+    }
+
+    /// The TLB of `cpu`, locked (to inspect it).
+    pub fn tlb_of(&self, cpu: usize) -> MutexGuard<'_, Tlb> {
+        lock(&self.tlbs[cpu])
     }
 
     /// Runs `f` once, at the start of the next shootdown (before any TLB is flushed), on the
@@ -405,6 +420,12 @@ unsafe impl Platform for Emulated {
             .fetch_add(pages as u64, Ordering::Relaxed);
         #[cfg(test)]
         run_hook(&self.hooks.before_shootdown);
+        let me = self.cpu_id();
+        if cpus.iter().any(|c| c != me) {
+            // IPIs take a while to arrive: let the other CPUs run into whatever the sender left
+            // open meanwhile (stress tests find ordering bugs through this window).
+            thread::yield_now();
+        }
         // Each target's lock waits out an access in flight there, as an IPI waits for the
         // instruction to retire.
         for cpu in cpus.iter().take_while(|&c| c < self.cpus) {

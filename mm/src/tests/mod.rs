@@ -3,4 +3,4 @@
 
 mod prop;
 mod stress;
-mod tlb;
+pub(crate) mod tlb;

@@ -104,7 +104,10 @@ fn churner(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
 /// Reads the churner's zones, which are replaced, locked and detached all the time: exercises
 /// VMA_LOCK_ABORT/MISS and the fallback. Any outcome but a wrong value is fine there: the
 /// churner writes only the first word of a page, so the word read here is 0 unless a stale
-/// translation reached a frame that went on to be used for something else.
+/// translation reached a frame that went on to be used for something else. It also reads the
+/// faulters' tagged words while they are written, unmapped and mapped again: a word is 0 or the
+/// tag of that faulter and page, whatever the round; anything else came through a translation
+/// that outlived its mapping.
 fn prober(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -112,6 +115,15 @@ fn prober(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
             for p in (PAGES + 8..PAGES + 48).step_by(3) {
                 let r = mmu::load(mm, region(t) + p * PAGE + 8, true);
                 assert!(matches!(r, Ok(0) | Err(_)), "prober read {r:?}");
+                n += 1;
+            }
+            for p in (0..PAGES).step_by(5) {
+                if let Ok(v) = mmu::load(mm, region(t) + p * PAGE + 8 * (p % 64), true) {
+                    assert!(
+                        v == 0 || (v >> 48 == t as u64 && v & 0xffff == p),
+                        "prober read {v:#x} at page {p} of thread {t}"
+                    );
+                }
                 n += 1;
             }
         }

@@ -22,37 +22,47 @@ fn rw() -> Prot {
 }
 
 /// Runs `f` on a new thread bound to `cpu` and returns its result.
-fn on_cpu<T: Send>(env: &Env, cpu: usize, f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn on_cpu<T: Send>(env: &Env, cpu: usize, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| env.p.spawn_cpu(s, cpu, f).join().unwrap())
 }
 
-/// A pause point: `arm` gives the closure to install as a hook (it stops there until
-/// `resume`), `wait` returns once a thread stopped in it.
-struct Pause {
+/// A pause point for forcing an interleaving: [`Pause::arm`] gives the hook to install, which
+/// stops the thread that reaches it until the [`Resume`] that [`Pause::wait`] returns is
+/// dropped. Being a guard, it also lets that thread go when the test panics meanwhile, so a
+/// failing test fails instead of waiting forever inside `thread::scope`.
+pub(crate) struct Pause {
     paused: mpsc::Receiver<()>,
     go: mpsc::Sender<()>,
 }
 
+/// Lets the paused thread go when dropped.
+#[must_use = "dropping it resumes the paused thread at once"]
+pub(crate) struct Resume<'a>(&'a Pause);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        // The paused thread may be gone already (the hook fires once).
+        let _ = self.0.go.send(());
+    }
+}
+
 impl Pause {
-    fn arm() -> (Pause, impl FnOnce() + Send + 'static) {
+    pub(crate) fn arm() -> (Pause, impl FnOnce() + Send + 'static) {
         let (paused_tx, paused) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<()>();
         let hook = move || {
-            paused_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
+            let _ = paused_tx.send(());
+            let _ = go_rx.recv();
         };
         (Pause { paused, go }, hook)
     }
 
     /// Waits until `t` stops at the hook; fails (rather than hangs) if it ends without.
-    fn wait<T>(&self, t: &ScopedJoinHandle<'_, T>, what: &str) {
+    pub(crate) fn wait<T>(&self, t: &ScopedJoinHandle<'_, T>, what: &str) -> Resume<'_> {
         while self.paused.recv_timeout(Duration::from_millis(10)).is_err() {
             assert!(!t.is_finished(), "{what} never reached the hook");
         }
-    }
-
-    fn resume(&self) {
-        self.go.send(()).unwrap();
+        Resume(self)
     }
 }
 
@@ -96,9 +106,9 @@ fn setting_accessed_never_resurrects_a_zapped_pte() {
         env.p.on_next_ad_update(hook);
         let (got, zapped) = std::thread::scope(|s| {
             let reader = env.p.spawn_cpu(s, 1, || mmu::load_nofault(&mm, P, true));
-            pause.wait(&reader, "the read's A/D update");
+            let resume = pause.wait(&reader, "the read's A/D update");
             let zapped = zap_pte(&mm);
-            pause.resume();
+            drop(resume);
             (reader.join().unwrap(), zapped)
         });
         assert_eq!(zapped, clean, "the hook ran before the Accessed update");
@@ -132,9 +142,9 @@ fn setting_dirty_through_a_cached_clean_entry_rechecks_the_pte() {
             let writer = env
                 .p
                 .spawn_cpu(s, 1, || mmu::store_nofault(&mm, P, 9, true));
-            pause.wait(&writer, "the write's Dirty update");
+            let resume = pause.wait(&writer, "the write's Dirty update");
             let zapped = zap_pte(&mm);
-            pause.resume();
+            drop(resume);
             (writer.join().unwrap(), zapped)
         });
         assert_eq!(zapped, clean | PageTableFlags::ACCESSED.bits());
@@ -176,9 +186,9 @@ fn munmap_frees_frames_only_after_the_shootdown() {
         env.p.on_next_shootdown(hook);
         let stale = std::thread::scope(|s| {
             let unmapper = env.p.spawn_cpu(s, 0, || mm.munmap(P, PAGE));
-            pause.wait(&unmapper, "munmap");
+            let resume = pause.wait(&unmapper, "munmap");
             let stale = on_cpu(&env, 1, || mmu::load_nofault(&mm, P, true));
-            pause.resume();
+            drop(resume);
             assert_eq!(unmapper.join().unwrap(), Ok(()));
             stale
         });
