@@ -1,8 +1,9 @@
 //! Threads as CPUs: three fault their own regions and write and re-check tagged values while a
 //! fourth churns mmap/mprotect/munmap in between (sharing page-table pages with them) and a
-//! fifth probes the churned ranges. Every
-//! thread re-reads its data; afterwards every frame is back. Prints the counters and checks
-//! that the per-VMA fast path took the common case.
+//! fifth reads the churned ranges and the faulters' words from its own TLB, so every munmap and
+//! downgrade has another CPU's stale translations to shoot down. Every thread re-reads its data;
+//! afterwards every frame is back. Prints the counters and checks that the per-VMA fast path
+//! took the common case.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
