@@ -19,7 +19,7 @@
 extern crate std;
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 use std::boxed::Box;
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ pub struct Emulated {
     flushed_pages: AtomicU64,
     fail_allocs_after: AtomicU64,
     start: Instant,
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     hooks: Hooks,
 }
 
@@ -77,10 +77,10 @@ struct FutexQueue {
 }
 
 /// Code a test runs at a chosen point of the emulation, once, to force an interleaving.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 type Hook = Box<dyn FnOnce() + Send>;
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 #[derive(Default)]
 struct Hooks {
     before_shootdown: Mutex<Option<Hook>>,
@@ -223,7 +223,7 @@ impl Emulated {
             flushed_pages: AtomicU64::new(0),
             fail_allocs_after: AtomicU64::new(u64::MAX),
             start: Instant::now(),
-            #[cfg(test)]
+            #[cfg(all(test, not(loom)))]
             hooks: Hooks::default(),
         }
     }
@@ -288,14 +288,14 @@ impl Emulated {
 
     /// Runs `f` once, at the start of the next shootdown (before any TLB is flushed), on the
     /// thread that sends it.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn on_next_shootdown(&self, f: impl FnOnce() + Send + 'static) {
         *lock(&self.hooks.before_shootdown) = Some(Box::new(f));
     }
 
     /// Runs `f` once, when the emulated MMU next has walked to a PTE that lacks Accessed or
     /// Dirty and is about to set it (with its CPU's TLB locked).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn on_next_ad_update(&self, f: impl FnOnce() + Send + 'static) {
         *lock(&self.hooks.before_ad_update) = Some(Box::new(f));
     }
@@ -312,8 +312,9 @@ impl Emulated {
     }
 
     /// Called by the emulated MMU before it sets Accessed/Dirty in a PTE it walked to.
+    #[cfg(not(loom))]
     pub(crate) fn before_ad_update(&self) {
-        #[cfg(test)]
+        #[cfg(all(test, not(loom)))]
         run_hook(&self.hooks.before_ad_update);
     }
 
@@ -331,7 +332,7 @@ impl Emulated {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 fn run_hook(slot: &Mutex<Option<Hook>>) {
     // Taken out first: the hook may block, and must not hold the slot meanwhile.
     let hook = lock(slot).take();
@@ -418,7 +419,7 @@ unsafe impl Platform for Emulated {
         self.shootdowns.fetch_add(1, Ordering::Relaxed);
         self.flushed_pages
             .fetch_add(pages as u64, Ordering::Relaxed);
-        #[cfg(test)]
+        #[cfg(all(test, not(loom)))]
         run_hook(&self.hooks.before_shootdown);
         let me = self.cpu_id();
         if cpus.iter().any(|c| c != me) {
