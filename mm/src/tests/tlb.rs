@@ -95,7 +95,7 @@ fn finish_zap(env: &Env, mm: &AddressSpace<Emulated>, e: u64) {
 
 /// The MMU walked to P's PTE and is about to set Accessed when the PTE is zapped: the update
 /// must fail and the access fault. (An unconditional `fetch_or` left 0x20 in the cleared PTE,
-/// which the fault path took for a `PROT_NONE` entry and "restored" as a mapping of frame 0.)
+/// which the fault path would take for a `PROT_NONE` entry and "restore" as a mapping of frame 0.)
 #[test]
 fn setting_accessed_never_resurrects_a_zapped_pte() {
     let env = Env::new(4, 2);
