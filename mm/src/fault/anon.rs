@@ -4,6 +4,13 @@
 //! pool), and the PTE is re-checked under the lock: of two CPUs faulting the same page, the one
 //! that finds the PTE already filled frees its frame and reports success, and the access is
 //! retried against the winner's mapping.
+//!
+//! A copy-on-write replaces the frame behind a present PTE, which other CPUs may have cached. It
+//! goes in Linux's `wp_page_copy` order: copy, lock, re-check, clear the old PTE and shoot it
+//! down (still under the PTE lock, `ptep_clear_flush`), and only then install the new one. Once
+//! any CPU can reach the copy, none can still read the old frame through a stale translation:
+//! otherwise a CPU could see data another wrote to the copy after something published later,
+//! yet read the old value of the page itself.
 
 use crate::fault::{AccessKind, FaultResult, Outcome};
 use crate::frame::FrameKind;
@@ -70,7 +77,8 @@ pub(super) fn do_anonymous_page<P: Platform>(
 /// frame) is copied into a new frame.
 ///
 /// Locks: on entry the VMA read lock or `mmap_lock` read, and the PTE lock (`pte`, consumed);
-/// on exit the same without the PTE lock. The copy is made with the PTE lock dropped.
+/// on exit the same without the PTE lock. The copy is made with the PTE lock dropped; the
+/// shootdown of the old translation is sent with it held (see the module header).
 pub(super) fn do_wp_page<P: Platform>(
     mm: &AddressSpace<P>,
     vma: &Vma,
@@ -135,14 +143,16 @@ pub(super) fn do_wp_page<P: Platform>(
     }
     let flags = pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
     frames.meta(new).map();
-    // Under the lock only the MMU's A/D bits of the old entry can change; they die with it.
+    // `ptep_clear_flush`: other CPUs may cache the old read-only translation. Until the new PTE
+    // is set, they can only read the old data, which nobody can have overwritten yet, and the
+    // others fault and wait for this lock. The old entry's A/D bits die with it.
+    let _ = pte.take(addr);
+    mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);
     pte.set(addr, make_pte(new, flags));
     if old != zero {
         frames.meta(old).unmap();
     }
     drop(pte);
-    // Other CPUs may cache the old read-only translation: flush it before the old frame can go.
-    mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);
     if old != zero {
         frames.put(old); // the reference of the mapping just replaced
     }

@@ -3,6 +3,7 @@ use crate::frame::FrameKind;
 use crate::memory::FaultPolicy;
 use crate::mmu;
 use crate::pgtable::pte_frame;
+use crate::tests::tlb::{Pause, on_cpu};
 use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
 
 fn rw() -> Prot {
@@ -185,4 +186,67 @@ fn a_write_locked_vma_sends_faults_to_mmap_lock() {
     assert!(lock_vma_under_rcu(&mm, PIC_BASE + PAGE).is_none());
     let s = env.mem.stats().snapshot();
     assert_eq!(s.get(Event::VmaLockAbort), 2);
+}
+
+/// Copy-on-write must flush the old translation before the copy becomes visible. CPU 3 caches
+/// the read-only zero-frame translation of page P; CPU 1 write-faults P and copies it. While
+/// CPU 1's shootdown is in flight, CPU 2 writes P and then a flag, and CPU 3 reads the flag and
+/// then P: seeing the flag but P's old data through the stale entry breaks the ordering user
+/// code relies on. (Installing the new PTE before the shootdown allowed exactly that.)
+#[test]
+fn cow_flushes_the_old_translation_before_the_new_page_is_visible() {
+    let env = Env::new(4, 4);
+    {
+        let mm = env.mm();
+        let (p, flag) = (PIC_BASE, PIC_BASE + PAGE);
+        mm.mmap(p, 2 * PAGE, rw(), fixed()).unwrap();
+        mmu::store(&mm, flag, 0, true).unwrap();
+        let cached = on_cpu(&env, 3, || {
+            let v = mmu::load(&mm, p, true);
+            (v, env.p.tlb().lookup(p))
+        });
+        assert_eq!(cached.0, Ok(0));
+        assert_eq!(
+            cached.1.map(|e| e.frame),
+            Some(env.mem.frames().zero_frame())
+        );
+
+        let (pause, hook) = Pause::arm();
+        env.p.on_next_shootdown(hook);
+        let (published, seen, wrote) = std::thread::scope(|s| {
+            let writer = env.p.spawn_cpu(s, 1, || mmu::store(&mm, p, 7, true));
+            let resume = pause.wait(&writer, "the write fault's shootdown");
+            // CPU 1 is inside its write fault, at the shootdown.
+            let published = on_cpu(&env, 2, || {
+                mmu::store_nofault(&mm, p, 42, true).is_ok()
+                    && mmu::store_nofault(&mm, flag, 1, true).is_ok()
+            });
+            let seen = on_cpu(&env, 3, || {
+                let f = mmu::load_nofault(&mm, flag, true);
+                (f, mmu::load_nofault(&mm, p, true))
+            });
+            drop(resume);
+            (published, seen, writer.join().unwrap())
+        });
+        assert_eq!(wrote, Ok(()));
+        assert_eq!(seen.0, Ok(u64::from(published)));
+        if published {
+            assert_eq!(
+                seen.1,
+                Ok(42),
+                "CPU 3 saw the flag but read P through its stale translation"
+            );
+        }
+        // After the fault every CPU sees the copy.
+        on_cpu(&env, 2, || {
+            mmu::store(&mm, p, 42, true).unwrap();
+            mmu::store(&mm, flag, 1, true).unwrap();
+        });
+        let seen = on_cpu(&env, 3, || {
+            (mmu::load(&mm, flag, true), mmu::load(&mm, p, true))
+        });
+        assert_eq!(seen, (Ok(1), Ok(42)));
+        assert_eq!(env.mem.stats().snapshot().get(Event::WpCopy), 1);
+    }
+    env.assert_baseline();
 }

@@ -2,24 +2,42 @@
 //! frames (page tables live in it in the real x86-64 entry format), and std threads stand in for
 //! CPUs. A thread becomes CPU `n` with [`Emulated::bind_cpu`] or [`Emulated::spawn_cpu`].
 //!
+//! Each CPU has a software TLB ([`Tlb`]), which the emulated MMU (`crate::mmu`) fills and uses as
+//! x86 hardware does, so a missing or late flush shows up as a stale read or write in host tests.
+//! A TLB is behind a lock that the MMU holds for one whole access (lookup or walk, then the data
+//! access) and that `flush_tlb_local` and `shootdown` take to flush it: like an IPI taken between
+//! two instructions, a shootdown lands before an access or after it, never inside. The lock is
+//! never held while anything else is waited for, so a shootdown may be sent under any lock.
+//!
+//! `wait`/`wake` are a futex: a waiter returns when the word differs on entry or when a `wake`
+//! of its word picks it, never on a timer, so a lost wake-up hangs the test that has it (and a
+//! waiter blocked for a long time says so on stderr).
+//!
 //! It checks what a real machine would not: handing out a frame twice or freeing one that is not
 //! allocated panics, and it counts frames and shootdowns so tests can assert on them.
 
 extern crate std;
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+#[cfg(all(test, not(loom)))]
+use std::boxed::Box;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::{CpuMask, MAX_CPUS, PhysAddr, PhysFrame, Platform, VirtAddr};
+use super::{CpuMask, MAX_CPUS, PageTableFlags, PhysAddr, PhysFrame, Platform, VirtAddr};
 
 const FRAME: usize = 4096;
 /// Physical address of the first emulated frame; frame 0 stays invalid, as on real machines.
 const BASE: u64 = 0x10_0000;
+/// Translations one TLB holds; filling a full TLB evicts one, as hardware does.
+const TLB_ENTRIES: usize = 1024;
+/// How long a `wait` blocks before it reports itself on stderr (it keeps waiting).
+const LONG_WAIT: Duration = Duration::from_secs(10);
 
 std::thread_local! {
     static CPU: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -30,22 +48,140 @@ std::thread_local! {
 /// # Invariants
 /// `ram` points to `frames * 4096` bytes aligned to 4096, owned by this value. `allocated[i]` is
 /// true exactly when frame `i` has been handed out by `alloc_frame` and not given back.
+/// `tlbs` has one TLB per CPU.
 pub struct Emulated {
     ram: *mut u8,
     frames: usize,
     cpus: usize,
     pool: Mutex<Pool>,
-    parking: Mutex<()>,
-    parked: Condvar,
+    tlbs: Vec<Mutex<Tlb>>,
+    futex: Mutex<FutexQueue>,
+    futex_woken: Condvar,
     shootdowns: AtomicU64,
     flushed_pages: AtomicU64,
     fail_allocs_after: AtomicU64,
     start: Instant,
+    #[cfg(all(test, not(loom)))]
+    hooks: Hooks,
 }
 
 struct Pool {
     free: Vec<u32>,
     allocated: Vec<bool>,
+}
+
+/// The threads blocked in `wait`, in arrival order: (word address, ticket).
+struct FutexQueue {
+    waiters: Vec<(usize, u64)>,
+    next_ticket: u64,
+}
+
+/// Code a test runs at a chosen point of the emulation, once, to force an interleaving.
+#[cfg(all(test, not(loom)))]
+type Hook = Box<dyn FnOnce() + Send>;
+
+#[cfg(all(test, not(loom)))]
+#[derive(Default)]
+struct Hooks {
+    before_shootdown: Mutex<Option<Hook>>,
+    before_ad_update: Mutex<Option<Hook>>,
+}
+
+/// A translation as one TLB caches it: the frame and the PTE's flags (permissions, Accessed,
+/// Dirty) as they were when it was filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbEntry {
+    /// The frame the page maps to.
+    pub frame: PhysFrame,
+    /// The PTE's flags at fill time.
+    pub flags: PageTableFlags,
+}
+
+/// One CPU's TLB: translations of the address space the CPU runs, by virtual page.
+///
+/// There are no global pages (user mappings never are), so loading another address space
+/// flushes everything, as a CR3 write without PCIDs does; entries of two address spaces never
+/// meet in one TLB.
+///
+/// # Invariants
+/// Every entry was filled from a present PTE of address space `asid`, and there are at most
+/// [`TLB_ENTRIES`] of them.
+#[derive(Debug, Default)]
+pub struct Tlb {
+    asid: u64,
+    entries: BTreeMap<u64, TlbEntry>,
+}
+
+impl Tlb {
+    /// Whether the CPU runs address space `asid` (its tables are in "CR3").
+    pub fn runs(&self, asid: u64) -> bool {
+        self.asid == asid
+    }
+
+    /// Loads "CR3" with the tables of address space `asid`; a different one flushes the TLB.
+    pub fn switch_mm(&mut self, asid: u64) {
+        if self.asid != asid {
+            self.entries.clear();
+            self.asid = asid;
+        }
+    }
+
+    /// The cached translation of the page containing `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<TlbEntry> {
+        self.entries.get(&(addr >> 12)).copied()
+    }
+
+    /// Caches `entry` for the page containing `addr`.
+    ///
+    /// # Panics
+    /// If `entry` is not present: x86 never caches a not-present translation.
+    pub fn fill(&mut self, addr: u64, entry: TlbEntry) {
+        assert!(
+            entry.flags.contains(PageTableFlags::PRESENT),
+            "caching a not-present translation"
+        );
+        let vpn = addr >> 12;
+        if self.entries.len() >= TLB_ENTRIES && !self.entries.contains_key(&vpn) {
+            // INVARIANT: make room; which entry goes is the hardware's choice.
+            self.entries.pop_first();
+        }
+        self.entries.insert(vpn, entry);
+    }
+
+    /// Drops the translations of `pages` pages from `start` (`invlpg` over the range).
+    pub fn invalidate(&mut self, start: u64, pages: usize) {
+        let first = start >> 12;
+        let end = first.saturating_add(pages as u64);
+        let mut rest = self.entries.split_off(&first);
+        let mut above = rest.split_off(&end);
+        self.entries.append(&mut above);
+    }
+
+    /// The address space whose translations are cached.
+    pub fn asid(&self) -> u64 {
+        self.asid
+    }
+
+    /// Every cached translation, as (page address, entry), lowest first.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, TlbEntry)> + '_ {
+        self.entries.iter().map(|(&vpn, &e)| (vpn << 12, e))
+    }
+
+    /// How many translations are cached.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Locks `m`, ignoring poisoning: a test that panicked holding it has already failed, and the
+/// others should report their own result rather than a poisoned lock.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // SAFETY: `ram` is only reached through `phys_to_ptr`, whose users synchronize among themselves as
@@ -77,12 +213,18 @@ impl Emulated {
                 free,
                 allocated: std::vec![false; frames],
             }),
-            parking: Mutex::new(()),
-            parked: Condvar::new(),
+            tlbs: (0..cpus).map(|_| Mutex::new(Tlb::default())).collect(),
+            futex: Mutex::new(FutexQueue {
+                waiters: Vec::new(),
+                next_ticket: 0,
+            }),
+            futex_woken: Condvar::new(),
             shootdowns: AtomicU64::new(0),
             flushed_pages: AtomicU64::new(0),
             fail_allocs_after: AtomicU64::new(u64::MAX),
             start: Instant::now(),
+            #[cfg(all(test, not(loom)))]
+            hooks: Hooks::default(),
         }
     }
 
@@ -133,6 +275,49 @@ impl Emulated {
         self.fail_allocs_after.store(n, Ordering::Relaxed);
     }
 
+    /// The TLB of the calling thread's CPU, locked. The emulated MMU holds it for one access;
+    /// nothing else may be waited for while it is held.
+    pub fn tlb(&self) -> MutexGuard<'_, Tlb> {
+        self.tlb_of(self.cpu_id())
+    }
+
+    /// The TLB of `cpu`, locked (to inspect it).
+    pub fn tlb_of(&self, cpu: usize) -> MutexGuard<'_, Tlb> {
+        lock(&self.tlbs[cpu])
+    }
+
+    /// Runs `f` once, at the start of the next shootdown (before any TLB is flushed), on the
+    /// thread that sends it.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn on_next_shootdown(&self, f: impl FnOnce() + Send + 'static) {
+        *lock(&self.hooks.before_shootdown) = Some(Box::new(f));
+    }
+
+    /// Runs `f` once, when the emulated MMU next has walked to a PTE that lacks Accessed or
+    /// Dirty and is about to set it (with its CPU's TLB locked).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn on_next_ad_update(&self, f: impl FnOnce() + Send + 'static) {
+        *lock(&self.hooks.before_ad_update) = Some(Box::new(f));
+    }
+
+    /// Threads blocked in `wait` on `word`.
+    #[cfg(test)]
+    fn waiters_on(&self, word: &AtomicU32) -> usize {
+        let key = word as *const AtomicU32 as usize;
+        lock(&self.futex)
+            .waiters
+            .iter()
+            .filter(|&&(k, _)| k == key)
+            .count()
+    }
+
+    /// Called by the emulated MMU before it sets Accessed/Dirty in a PTE it walked to.
+    #[cfg(not(loom))]
+    pub(crate) fn before_ad_update(&self) {
+        #[cfg(all(test, not(loom)))]
+        run_hook(&self.hooks.before_ad_update);
+    }
+
     fn index(&self, pa: PhysAddr) -> usize {
         let off = pa
             .as_u64()
@@ -147,6 +332,15 @@ impl Emulated {
     }
 }
 
+#[cfg(all(test, not(loom)))]
+fn run_hook(slot: &Mutex<Option<Hook>>) {
+    // Taken out first: the hook may block, and must not hold the slot meanwhile.
+    let hook = lock(slot).take();
+    if let Some(f) = hook {
+        f();
+    }
+}
+
 impl Drop for Emulated {
     fn drop(&mut self) {
         let layout = Layout::from_size_align(self.frames * FRAME, FRAME).expect("RAM layout");
@@ -157,7 +351,8 @@ impl Drop for Emulated {
 
 // SAFETY: 1. pointers are inside the owned buffer, which lives as long as `self`; 2. the pool's
 // `allocated` bitmap rules out handing a frame out twice; 3. `cpu_id` is the thread's binding,
-// checked against `cpus`, and a thread never changes CPU by itself; 4. there is no TLB to flush.
+// checked against `cpus`, and a thread never changes CPU by itself; 4. `shootdown` flushes each
+// target's TLB under its lock before returning.
 unsafe impl Platform for Emulated {
     fn cpu_id(&self) -> usize {
         let cpu = CPU.with(|c| c.get());
@@ -216,12 +411,27 @@ unsafe impl Platform for Emulated {
         pool.free.push(i as u32);
     }
 
-    fn flush_tlb_local(&self, _start: VirtAddr, _pages: usize) {}
+    fn flush_tlb_local(&self, start: VirtAddr, pages: usize) {
+        self.tlb().invalidate(start.as_u64(), pages);
+    }
 
-    fn shootdown(&self, _cpus: CpuMask, _start: VirtAddr, pages: usize) {
+    fn shootdown(&self, cpus: CpuMask, start: VirtAddr, pages: usize) {
         self.shootdowns.fetch_add(1, Ordering::Relaxed);
         self.flushed_pages
             .fetch_add(pages as u64, Ordering::Relaxed);
+        #[cfg(all(test, not(loom)))]
+        run_hook(&self.hooks.before_shootdown);
+        let me = self.cpu_id();
+        if cpus.iter().any(|c| c != me) {
+            // IPIs take a while to arrive: let the other CPUs run into whatever the sender left
+            // open meanwhile (stress tests find ordering bugs through this window).
+            thread::yield_now();
+        }
+        // Each target's lock waits out an access in flight there, as an IPI waits for the
+        // instruction to retire.
+        for cpu in cpus.iter().take_while(|&c| c < self.cpus) {
+            lock(&self.tlbs[cpu]).invalidate(start.as_u64(), pages);
+        }
     }
 
     fn preempt_disable(&self) {}
@@ -229,21 +439,50 @@ unsafe impl Platform for Emulated {
     fn preempt_enable(&self) {}
 
     fn wait(&self, word: &AtomicU32, expected: u32) {
-        let guard = self.parking.lock().unwrap();
+        let key = word as *const AtomicU32 as usize;
+        let mut q = lock(&self.futex);
+        // Checked under the queue lock, which `wake` takes too: a waker that changed the word
+        // after this load finds us queued.
         if word.load(Ordering::SeqCst) != expected {
             return;
         }
-        // A bounded wait: futex semantics allow spurious returns, and it keeps a lost wake-up
-        // (a bug elsewhere) from hanging a test forever.
-        let _ = self
-            .parked
-            .wait_timeout(guard, Duration::from_millis(50))
-            .unwrap();
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.waiters.push((key, ticket));
+        let mut reported = false;
+        // Only a `wake` that dequeued our ticket ends the wait: no timeout, so a lost wake-up
+        // is a hang, not a slow success.
+        while q.waiters.iter().any(|&(_, t)| t == ticket) {
+            let (g, r) = self
+                .futex_woken
+                .wait_timeout(q, LONG_WAIT)
+                .unwrap_or_else(PoisonError::into_inner);
+            q = g;
+            if r.timed_out() && !reported {
+                reported = true;
+                std::eprintln!(
+                    "emulated CPU {}: blocked in wait on {key:#x} (value {}) for {LONG_WAIT:?}: \
+                     lost wake-up?",
+                    CPU.with(|c| c.get()),
+                    word.load(Ordering::SeqCst)
+                );
+            }
+        }
     }
 
-    fn wake(&self, _word: &AtomicU32, _count: usize) {
-        let _guard = self.parking.lock().unwrap();
-        self.parked.notify_all();
+    fn wake(&self, word: &AtomicU32, count: usize) {
+        let key = word as *const AtomicU32 as usize;
+        let mut q = lock(&self.futex);
+        let mut woken = 0;
+        // Oldest first, as a futex does.
+        q.waiters.retain(|&(k, _)| {
+            let pick = k == key && woken < count;
+            woken += usize::from(pick);
+            !pick
+        });
+        if woken > 0 {
+            self.futex_woken.notify_all();
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -273,6 +512,84 @@ mod tests {
         assert_eq!(p.free_frames(), before);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.free_frame(f)));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn tlb_flushes_ranges_and_on_a_switch_and_never_caches_not_present() {
+        let p = Emulated::new(1, 2);
+        p.bind_cpu(0);
+        let f = p.alloc_frame().unwrap();
+        let e = TlbEntry {
+            frame: f,
+            flags: PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+        };
+        {
+            let mut t = p.tlb();
+            t.switch_mm(1);
+            for page in 0..8u64 {
+                t.fill(page * 4096, e);
+            }
+        }
+        p.flush_tlb_local(VirtAddr::new(2 * 4096), 3);
+        let cached = |t: &Tlb| {
+            (0..8)
+                .filter(|&pg| t.lookup(pg * 4096 + 8).is_some())
+                .count()
+        };
+        assert_eq!(cached(&p.tlb()), 5);
+        assert!(p.tlb().lookup(4 * 4096).is_none() && p.tlb().lookup(5 * 4096).is_some());
+        // A shootdown of CPU 1 only leaves CPU 0 alone.
+        p.shootdown(CpuMask(0b10), VirtAddr::zero(), 8);
+        assert_eq!(cached(&p.tlb()), 5);
+        p.shootdown(CpuMask(0b11), VirtAddr::new(7 * 4096), 1);
+        assert_eq!(cached(&p.tlb()), 4);
+        p.tlb().switch_mm(1);
+        assert_eq!(cached(&p.tlb()), 4, "same address space: nothing flushed");
+        p.tlb().switch_mm(2);
+        assert!(p.tlb().is_empty());
+        // Capacity is bounded; the newest fill is kept.
+        for page in 0..TLB_ENTRIES as u64 + 10 {
+            p.tlb().fill(page * 4096, e);
+        }
+        assert_eq!(p.tlb().len(), TLB_ENTRIES);
+        assert!(p.tlb().lookup((TLB_ENTRIES as u64 + 9) * 4096).is_some());
+        let not_present = TlbEntry {
+            frame: f,
+            flags: PageTableFlags::WRITABLE,
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.tlb().fill(0, not_present)
+        }));
+        assert!(r.is_err());
+        p.free_frame(f);
+    }
+
+    #[test]
+    fn wait_blocks_until_a_wake_of_its_word_picks_it() {
+        let p = Emulated::new(1, 3);
+        let (a, b) = (AtomicU32::new(0), AtomicU32::new(0));
+        // A value that differs returns at once.
+        p.wait(&a, 1);
+        thread::scope(|s| {
+            let hs: Vec<_> = (1..3)
+                .map(|cpu| p.spawn_cpu(s, cpu, || p.wait(&a, 0)))
+                .collect();
+            while p.waiters_on(&a) < 2 {
+                thread::yield_now();
+            }
+            // Waking another word, or nobody, returns no one.
+            p.wake(&b, usize::MAX);
+            p.wake(&a, 0);
+            assert_eq!(p.waiters_on(&a), 2);
+            p.wake(&a, 1);
+            assert_eq!(p.waiters_on(&a), 1, "wake(1) takes exactly one waiter");
+            // The one picked returns (join below); the other stays until its own wake.
+            p.wake(&a, 1);
+            assert_eq!(p.waiters_on(&a), 0);
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
     }
 
     #[test]

@@ -53,6 +53,12 @@ impl Probe {
     }
 }
 
+impl crate::mmu::HasTlb for Probe {
+    fn emulated(&self) -> &Emulated {
+        &self.inner
+    }
+}
+
 // SAFETY: everything but the CPU numbering and the hook is `Emulated`'s, which keeps the
 // promises; 3. `cpu_id` maps the emulated CPU (below `ids.len()`) to a distinct id below
 // `nr_cpu_ids`, the bound computed from the same `ids`, and stays put as the emulated one does.
@@ -89,7 +95,14 @@ unsafe impl Platform for Probe {
         if let Some(hook) = &*self.on_shootdown.lock().unwrap() {
             hook(cpus);
         }
-        self.inner.shootdown(cpus, start, pages)
+        // The machine underneath numbers its CPUs densely.
+        let mut dense = CpuMask::empty();
+        for (n, &id) in self.ids.iter().enumerate() {
+            if cpus.contains(id) {
+                dense.insert(n);
+            }
+        }
+        self.inner.shootdown(dense, start, pages)
     }
 
     fn preempt_disable(&self) {

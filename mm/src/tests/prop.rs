@@ -1,6 +1,12 @@
 //! Random sequences of mmap/munmap/mprotect/read/write against a model (page -> protection and
 //! content byte). After every step the VMA tree, the page tables and the model must agree and
 //! the tree must validate; after every case every frame must be back.
+//!
+//! Each step runs on one of two emulated CPUs, each with its own TLB, so a translation one CPU
+//! cached must be shot down when another changes the mapping. After every step every cached
+//! translation must still be backed by its PTE (same frame, no permission the PTE lacks): a
+//! missing flush shows up there at once, and later as a read of old data or an access that
+//! should fault and does not.
 
 use std::collections::BTreeMap;
 use std::vec::Vec;
@@ -19,6 +25,7 @@ use crate::vma::Prot;
 /// Pages of the window the operations work in (spans two PTE tables).
 const WINDOW: u64 = 600;
 const CASES: u32 = 200;
+const CPUS: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -47,8 +54,9 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    // Cluster around the 2 MiB boundary at page 512 so PTE tables fill, empty and get freed.
-    let page = prop_oneof![0..WINDOW, 500..524u64];
+    // Cluster around the 2 MiB boundary at page 512 so PTE tables fill, empty and get freed,
+    // and on a few pages, so that accesses meet the pages' earlier translations.
+    let page = prop_oneof![0..WINDOW, 500..524u64, 508..516u64];
     let prot = prop_oneof![Just('n'), Just('r'), Just('w'), Just('x')];
     prop_oneof![
         (page.clone(), 1..8u64, prot.clone(), any::<bool>()).prop_map(|(page, n, prot, fixed)| {
@@ -141,8 +149,39 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
     }
 }
 
+/// Permissions a cached translation may keep only while its PTE still grants them.
+fn grants(f: PageTableFlags) -> [bool; 4] {
+    [
+        f.contains(PageTableFlags::PRESENT),
+        f.contains(PageTableFlags::USER_ACCESSIBLE),
+        f.contains(PageTableFlags::WRITABLE),
+        !f.contains(PageTableFlags::NO_EXECUTE),
+    ]
+}
+
+/// With no operation in flight, a TLB may lag behind its PTEs only where x86 needs no flush
+/// (a PTE that gained permissions); it never holds a frame or a permission the PTE dropped.
+fn check_tlbs(env: &Env, mm: &AddressSpace<Emulated>) {
+    for cpu in 0..CPUS {
+        let tlb = env.p.tlb_of(cpu);
+        if tlb.asid() != mm.id() {
+            continue;
+        }
+        for (a, cached) in tlb.entries() {
+            let e = mm.page_tables().lookup_pte(a);
+            let (now, then) = (grants(pte_flags(e)), grants(cached.flags));
+            assert!(
+                pte_frame(e) == cached.frame && then.iter().zip(now).all(|(&t, n)| !t || n),
+                "CPU {cpu} still caches {a:#x} -> {cached:?}, but the PTE is {e:#x}: a flush \
+                 is missing"
+            );
+        }
+    }
+}
+
 fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
     mm.validate().unwrap();
+    check_tlbs(env, mm);
     // VMAs = the model's pages, merged into runs of equal protection.
     let mut want: Vec<(u64, u64, Prot)> = Vec::new();
     for (&p, &(prot, _)) in model {
@@ -196,16 +235,21 @@ proptest! {
     })]
 
     #[test]
-    fn ops_and_faults_match_a_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let env = Env::new(8, 1);
+    fn ops_and_faults_match_a_model(
+        ops in proptest::collection::vec((0..CPUS, op()), 1..40)
+    ) {
+        let env = Env::new(8, CPUS);
         {
             let mm = env.mm();
             let mut model = Model::new();
-            for op in &ops {
+            for (cpu, op) in &ops {
+                // One thread, moved between CPUs only between steps (nothing held then).
+                env.p.bind_cpu(*cpu);
                 apply(&mm, &mut model, op);
                 check(&env, &mm, &model);
                 env.mem.rcu().quiescent_state();
             }
+            env.p.bind_cpu(0);
         }
         env.assert_baseline();
     }
