@@ -17,7 +17,7 @@ SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean
+.PHONY: all run gdb test test-long host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean
 
 all: kernel
 
@@ -34,6 +34,10 @@ gdb: setup boot-tool kernel
 ## test: every test: host tests of mm/ and boot/, then the in-QEMU test kernels; one summary line
 test: setup boot-tool
 	$(BOOT) test
+
+## test-long: the host property tests with many more cases (MM_TEST_LONG=1), release build
+test-long: setup
+	MM_TEST_LONG=1 cargo test -p mm --release --lib prop
 
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup
