@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 
 use super::tree;
-use crate::maple::{GapDir, InsertError, MapleTree, MapleValue};
+use crate::maple::{GapDir, InsertError, MapleTree, MapleValue, StoreError};
 use crate::platform::emulated::Emulated;
 
 /// Number of random sequences by default; each has up to `MAX_OPS` operations.
@@ -35,6 +35,9 @@ enum Op {
     Clear(u64, u64),
     /// `store_span` of two entries: `v` on the second quarter and `v + 1` on the last.
     Span(u64, u64, u32),
+    /// A `Store` whose node allocations fail after the first `budget`: it happens whole or
+    /// not at all, and a failed one hands the value back and frees what it allocated.
+    StoreOom(u64, u64, u32, usize),
     Replace(u64, u32),
     FindGap {
         size: u64,
@@ -53,6 +56,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..SPACE, 1..200u64).prop_map(|(s, l)| Op::Clear(s, l)),
         1 => (0..SPACE, 4..200u64, any::<u32>()).prop_map(|(s, l, v)| Op::Span(s, l, v)),
         1 => (0..SPACE, any::<u32>()).prop_map(|(a, v)| Op::Replace(a, v)),
+        1 => (0..SPACE, 1..120u64, any::<u32>(), 0..4usize)
+            .prop_map(|(s, l, v, budget)| Op::StoreOom(s, l, v, budget)),
         2 => (1..60u64, 0..5u32, 0..SPACE, 0..SPACE + 100, any::<bool>()).prop_map(
             |(size, align_shift, low, high, top_down)| Op::FindGap { size, align_shift, low, high, top_down }
         ),
@@ -211,6 +216,19 @@ fn apply(t: &Tree, m: &mut Model, op: &Op, live: &Arc<AtomicUsize>) {
             model_clear(m, s, s + l);
             m.insert(a.start, (a.end, v));
             m.insert(b.start, (b.end, v.wrapping_add(1)));
+        }
+        Op::StoreOom(s, l, v, budget) => {
+            t.fail_node_allocs_after(Some(budget));
+            let res = t.store(s..s + l, val(v));
+            t.fail_node_allocs_after(None);
+            match res {
+                Ok(()) => {
+                    model_clear(m, s, s + l);
+                    m.insert(s, (s + l, v));
+                }
+                Err(StoreError::NoMemory(back)) => assert_eq!(back.v(), v, "{op:?}"),
+                Err(e) => panic!("{op:?}: {e:?}"),
+            }
         }
         Op::Erase(a) => {
             let got = t.erase(a).map(|(r, v)| (r.start, r.end, v.v()));
