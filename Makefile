@@ -23,7 +23,7 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+.PHONY: all run gdb test test-long host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
         bench-linux bench-report user-toolchain
 
 all: kernel
@@ -41,6 +41,10 @@ gdb: setup boot-tool kernel
 ## test: every test: host tests of mm/ and boot/, then the in-QEMU test kernels; one summary line
 test: setup boot-tool
 	$(BOOT) test
+
+## test-long: the host property tests with many more cases (MM_TEST_LONG=1), release build
+test-long: setup
+	MM_TEST_LONG=1 cargo test -p mm --release --lib prop
 
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup

@@ -105,3 +105,14 @@ pub(crate) fn picture(mm: &AddressSpace<Emulated>, pages: usize) -> (String, Str
     }
     (letters, prots)
 }
+
+/// Sets its flag when dropped, including when the thread that owns it unwinds from a failed
+/// assertion: threads of a scope that wait for the flag are released, so the test fails instead
+/// of hanging in `thread::scope` (which joins them before passing the panic on).
+pub(crate) struct SetOnDrop<'a>(pub &'a core::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, core::sync::atomic::Ordering::SeqCst);
+    }
+}

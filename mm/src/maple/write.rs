@@ -12,7 +12,15 @@
 //!    node (same range), it is stored into the parent's slot in place and gaps are fixed up the
 //!    path: done. Otherwise the parents of the span's ends are opened: their children left of
 //!    `lo` and right of `hi` are kept, the new nodes go between, and everything else between is
-//!    retired whole. Repeat one level up; at the root, a new root is stored.
+//!    retired whole. Repeat one level up; at the root, a new root is stored. Once the span
+//!    covers the whole key space, the new root is built from its items alone and the rest of
+//!    the old tree (the levels above and every node between the span's ends) is retired.
+//!
+//! Every node the new version no longer reaches is retired exactly once, with every value it
+//! held that the new version does not: an *opened* node (its slots taken into the span) is
+//! retired alone, since what it held lives on in the items or was retired entry by entry; any
+//! other node in the replaced range is retired with its whole subtree, skipping opened nodes
+//! inside it.
 //!
 //! Nothing visible changes until that single store; on allocation failure all new nodes are
 //! freed and the tree is as it was.
@@ -143,6 +151,9 @@ pub(super) struct WriteOp<'a, V: MapleValue, P: Platform> {
     root: u64,
     /// Allocated here and not yet published: freed if the write fails.
     fresh: Vec<NodeRef>,
+    /// Nodes whose slots were taken into the span (at any height): their entries or children
+    /// live on in the new version or were retired one by one, so they are retired alone.
+    opened: Vec<NodeRef>,
     /// Nodes the new version no longer reaches: retired once it is published.
     dead_nodes: Vec<NodeRef>,
     /// Values the new version no longer holds: dropped a grace period after publication.
@@ -191,6 +202,7 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
             w,
             root,
             fresh: Vec::new(),
+            opened: Vec::new(),
             dead_nodes: Vec::new(),
             dead_values: Vec::new(),
             clone: None,
@@ -215,6 +227,8 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         debug_assert!(s <= pieces[0].hi && e < u64::MAX);
         match self.build(s, e, pieces) {
             Ok(p) => {
+                #[cfg(debug_assertions)]
+                self.assert_retired_once();
                 self.commit(p);
                 Ok(())
             }
@@ -256,10 +270,13 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                 items.merge_nulls();
             }
             let whole = lo == 0 && hi == u64::MAX;
-            if whole && !opened.is_empty() && h < self.w.height {
-                // The span covers every node of this level: the levels above go entirely.
+            if whole && !opened.is_empty() {
+                // The span covers every node of this level: the new version is built from the
+                // items alone, so everything of the old tree not opened into them goes (the
+                // levels above, and the nodes of this level between the span's ends with all
+                // below them).
                 let root = self.root;
-                self.retire_above(root, self.w.height, h)?;
+                self.retire_subtree(root)?;
                 opened.clear();
             }
             if !whole {
@@ -339,7 +356,7 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                         up.push(*c);
                     } else if clo > hi {
                         kept_after.push(*c);
-                    } else if !opened.iter().any(|o| o.word() == c.word) {
+                    } else {
                         self.retire_subtree(c.word)?;
                     }
                     clo = c.hi.wrapping_add(1);
@@ -503,25 +520,24 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         Located { node, min, max }
     }
 
+    /// Takes the slots of `n` into the span (the caller adds them to its items): `n` is
+    /// retired, what it holds is not.
     fn open(&mut self, opened: &mut Vec<NodeRef>, n: NodeRef) -> Result<(), NoMemory> {
         push(opened, n)?;
+        push(&mut self.opened, n)?;
         push(&mut self.dead_nodes, n)
     }
 
-    /// Retires the nodes of the subtree at `word` (of height `k`) that are above height `h`.
-    fn retire_above(&mut self, word: u64, k: usize, h: usize) -> Result<(), NoMemory> {
-        let n = NodeRef::from_word(word).expect("internal slots hold children");
-        push(&mut self.dead_nodes, n)?;
-        if k - 1 > h {
-            for i in 0..n.end() {
-                self.retire_above(n.slot(i), k - 1, h)?;
-            }
-        }
-        Ok(())
-    }
-
+    /// Retires the subtree at `word`, which the new version does not reach, with its values,
+    /// except the opened nodes inside it: they are retired already and what they hold is in the
+    /// span. (An opened node can sit below a node that is retired whole: when the span absorbs
+    /// a neighbour under another parent, the parent of the span's old end lies between the new
+    /// ends one level up.)
     fn retire_subtree(&mut self, word: u64) -> Result<(), NoMemory> {
         let n = NodeRef::from_word(word).expect("internal slots hold children");
+        if self.opened.contains(&n) {
+            return Ok(());
+        }
         push(&mut self.dead_nodes, n)?;
         for i in 0..n.end() {
             let w = n.slot(i);
@@ -581,6 +597,18 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         self.tree
             .rcu
             .call_rcu(Box::new(move || free_retired::<V>(nodes, values, &count)));
+    }
+
+    /// Each node is retired at most once (twice would be a double free). Values cannot be
+    /// checked the same way: two slots may hold equal words (a split `Arc` is one pointer).
+    #[cfg(debug_assertions)]
+    fn assert_retired_once(&self) {
+        let mut nodes: Vec<u64> = self.dead_nodes.iter().map(|n| n.word()).collect();
+        nodes.sort_unstable();
+        assert!(
+            nodes.windows(2).all(|w| w[0] != w[1]),
+            "maple: a node retired twice"
+        );
     }
 
     /// Stores `child` into the slot covering `key` of the live node at height `height`, then

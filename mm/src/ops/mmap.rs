@@ -95,7 +95,13 @@ impl<P: Platform> AddressSpace<P> {
         };
         rewrite(self, &g, range.clone(), Some(prot))
             .map_err(|TreeOutOfMemory| MmapError::OutOfMemory)?;
-        // MAP_FIXED over existing mappings: their pages go (a no-op on a free range).
+        // MAP_FIXED over existing mappings: their pages go (a no-op on a free range). `rewrite`
+        // write-locked every VMA over the range, kept ones included.
+        debug_assert!(
+            self.vmas_in(range.clone())
+                .iter()
+                .all(|v| v.lock().is_write_locked_by(&g))
+        );
         let zap = self.page_tables().zap(&g, range.clone());
         zap.flush(self.memory(), self.cpus());
         Ok(VirtAddr::new(range.start))

@@ -6,12 +6,17 @@
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
 //! rewrite the VMAs around the affected range with [`rewrite`]: it computes the new
 //! layout (the edit applied, then adjacent VMAs of equal protection merged), write-locks every
-//! VMA that changes (`vma_start_write`), replaces them in the tree with their replacements
-//! (complete and write-locked from birth) in one tree write, so running out of memory leaves
-//! everything as it was, and detaches the old ones. Page-table changes follow
-//! while everything is still locked, and their flush token is flushed before the lock drops.
-//! Faults on the affected range meanwhile fail the lockless path (VMA missing, detached or
-//! locked) and wait on `mmap_lock`.
+//! VMA over the edited range and every VMA that changes (`vma_start_write`), replaces the
+//! changed ones in the tree with their replacements (complete and write-locked from birth) in
+//! one tree write, so running out of memory leaves everything as it was, and detaches the old
+//! ones. Page-table changes of the edited range follow while everything is still locked, and
+//! their flush token is flushed before the lock drops. Faults on the affected range meanwhile
+//! fail the lockless path (VMA missing, detached or locked) and wait on `mmap_lock`.
+//!
+//! A VMA over the edited range is write-locked even when the layout keeps it as it is (a
+//! `MAP_FIXED` mapping with the protection it already has over part of it): its pages still
+//! change, and a fault under its read lock must not run while they do (`pgtable::zap`). The
+//! outcome equals unmapping the range and mapping it anew: the same VMAs, the pages gone.
 
 mod madvise;
 mod mmap;
@@ -77,7 +82,8 @@ pub(crate) struct TreeOutOfMemory;
 /// protection, as described in the module header. Returns the VMAs that were replaced (already
 /// write-locked and detached).
 ///
-/// Locks: `mmap_lock` for write (`g`) on entry and exit; write-locks the VMAs it changes.
+/// Locks: `mmap_lock` for write (`g`) on entry and exit; write-locks every VMA over `edit`
+/// (the caller changes its pages next) and every VMA it replaces, until `g` drops.
 pub(crate) fn rewrite<P: Platform>(
     mm: &AddressSpace<P>,
     g: &MmapWriteGuard<'_, P>,
@@ -87,6 +93,13 @@ pub(crate) fn rewrite<P: Platform>(
     debug_assert!(g.holds(mm.mmap_lock()));
     let window = edit.start.saturating_sub(PAGE)..edit.end.saturating_add(PAGE).min(USER_END);
     let old = mm.vmas_in(window);
+    for v in old
+        .iter()
+        .filter(|v| v.start() < edit.end && v.end() > edit.start)
+    {
+        // Lock order: mmap_lock (write) > VMA write lock.
+        v.start_write(g);
+    }
 
     // The new layout of the area the old VMAs and the edit cover.
     let mut segs: Vec<(Range<u64>, Prot)> = Vec::with_capacity(old.len() + 2);

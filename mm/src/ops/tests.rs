@@ -2,10 +2,17 @@
 //! string each VMA has its own letter, the second gives each page's protection
 //! (r, w, x, n = none).
 
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
 use super::*;
+use crate::fault::lock_vma_under_rcu;
 use crate::mmu;
+use crate::pgtable::{pte_flags, pte_frame};
+use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
-use crate::testutil::{Env, PAGE, PIC_BASE, anon, draw, fixed, picture};
+use crate::testutil::{Env, PAGE, PIC_BASE, SetOnDrop, anon, draw, fixed, picture};
 
 fn scenario(before: &str, op: impl FnOnce(&AddressSpace<Emulated>), after: (&str, &str)) {
     let env = Env::new(4, 1);
@@ -298,6 +305,132 @@ fn freeing_an_empty_pte_table_is_shot_down() {
             env.p.shootdown_stats().0 > before,
             "page-table page freed without a shootdown"
         );
+    }
+    env.assert_baseline();
+}
+
+/// `MAP_FIXED` over part of a VMA with the protection it already has leaves the layout as it
+/// is but zaps the pages: it must write-lock the VMA first, so a fault holding the VMA's read
+/// lock finishes before the zap. (It used to zap without the lock: `rewrite` returned early as
+/// nothing in the tree changed.)
+#[test]
+fn map_fixed_over_part_of_a_vma_waits_for_its_readers() {
+    let env = Env::new(4, 2);
+    {
+        let mm = env.mm();
+        let rw = Prot::READ | Prot::WRITE;
+        draw(&mm, "wwww");
+        for i in 0..4 {
+            mmu::store(&mm, page(i) + 8, 100 + i, true).unwrap();
+        }
+        let done = AtomicBool::new(false);
+        // Observed while the reader held the VMA: whether the MAP_FIXED had returned, whether
+        // the page was zapped, whether a new reader was turned away (a writer draining them).
+        let (finished, zapped, draining) = thread::scope(|s| {
+            let reader = lock_vma_under_rcu(&mm, page(1)).expect("the VMA is not locked");
+            env.p.spawn_cpu(s, 1, || {
+                mm.mmap(page(1), PAGE, rw, fixed()).unwrap();
+                done.store(true, Ordering::SeqCst);
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut draining = false;
+            while !done.load(Ordering::SeqCst) && !draining && Instant::now() < deadline {
+                draining = lock_vma_under_rcu(&mm, page(1)).is_none();
+                thread::yield_now();
+            }
+            let seen = (
+                done.load(Ordering::SeqCst),
+                mm.page_tables().lookup_pte(page(1)) == 0,
+                draining,
+            );
+            // Released before anything is asserted, so a failure cannot leave the writer waiting.
+            drop(reader);
+            seen
+        });
+        assert!(!finished, "MAP_FIXED returned while a reader held the VMA");
+        assert!(!zapped, "MAP_FIXED zapped a page of a read-locked VMA");
+        assert!(
+            draining,
+            "MAP_FIXED neither finished nor waited for the reader"
+        );
+        // The same as munmap then mmap: one VMA as before, the remapped page zero-filled.
+        assert_eq!(picture(&mm, 4), ("AAAA".into(), "wwww".into()));
+        for i in [0, 2, 3] {
+            assert_eq!(mmu::load(&mm, page(i) + 8, true), Ok(100 + i));
+        }
+        assert_eq!(mmu::load(&mm, page(1) + 8, true), Ok(0));
+        mm.validate().unwrap();
+    }
+    env.assert_baseline();
+}
+
+/// Stress for the above: a thread holding a VMA's read lock (as a fault does) must see every
+/// page it found mapped stay mapped to the same frame until it drops the lock, while another
+/// thread keeps mapping `MAP_FIXED` (same protection) over parts of the VMA and faulting the
+/// pages back in.
+#[test]
+fn pages_stay_mapped_under_a_vma_read_lock_while_map_fixed_runs() {
+    const PAGES: u64 = 8;
+    /// Holds that found a page mapped, to reach before stopping.
+    const CHECKS: usize = 1000;
+    let env = Env::new(8, 3);
+    {
+        let mm = env.mm();
+        let rw = Prot::READ | Prot::WRITE;
+        draw(&mm, "wwwwwwww");
+        let stop = AtomicBool::new(false);
+        let checked = thread::scope(|s| {
+            env.p.spawn_cpu(s, 1, || {
+                let mut x = 0x2545_f491_4f6c_dd1d_u64;
+                while !stop.load(Ordering::SeqCst) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let (at, len) = (x % PAGES, 1 + (x >> 8) % 3);
+                    let len = len.min(PAGES - at);
+                    mm.mmap(page(at), len * PAGE, rw, fixed()).unwrap();
+                    for i in 0..PAGES {
+                        mmu::store(&mm, page(i), i, true).unwrap();
+                    }
+                    thread::yield_now();
+                }
+            });
+            let checker = env.p.spawn_cpu(s, 2, || {
+                // The mapper stops when we are done, or when an assertion below fails.
+                let _stop = SetOnDrop(&stop);
+                let mut checked = 0;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for n in 0.. {
+                    if checked == CHECKS || Instant::now() > deadline {
+                        break;
+                    }
+                    let i = n % PAGES;
+                    let Some(reader) = lock_vma_under_rcu(&mm, page(i)) else {
+                        continue;
+                    };
+                    let before = mm.page_tables().lookup_pte(page(i));
+                    for _ in 0..200 {
+                        core::hint::spin_loop();
+                    }
+                    thread::yield_now();
+                    let after = mm.page_tables().lookup_pte(page(i));
+                    drop(reader);
+                    if pte_flags(before).contains(PageTableFlags::PRESENT) {
+                        assert!(
+                            pte_flags(after).contains(PageTableFlags::PRESENT)
+                                && pte_frame(after) == pte_frame(before),
+                            "page {i} zapped under the VMA read lock: PTE {before:#x} -> {after:#x}"
+                        );
+                        checked += 1;
+                    }
+                }
+                checked
+            });
+            checker.join()
+        });
+        let checked = checked.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        assert_eq!(checked, CHECKS, "too few holds found a page mapped");
+        mm.validate().unwrap();
     }
     env.assert_baseline();
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::platform::emulated::Emulated;
+use crate::testutil::SetOnDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -99,6 +100,9 @@ fn detach_waits_for_transient_readers() {
                 }
             }
         });
+        // Stops the reader however this thread leaves the scope: a failed assertion below
+        // must fail the test, not leave the reader spinning.
+        let stop_reader = SetOnDrop(&stop);
         for _ in 0..200 {
             let g = lock.write();
             vma.start_write(&g);
@@ -110,7 +114,7 @@ fn detach_waits_for_transient_readers() {
         vma.lock().mark_detached(&g);
         assert!(!vma.lock().is_attached());
         drop(g);
-        stop.store(true, Ordering::Relaxed);
+        drop(stop_reader);
     });
     assert_eq!(
         vma.start_read(&lock, MM).err(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::maple::MapleTree;
 use crate::platform::emulated::Emulated;
 use crate::rcu::Rcu;
+use crate::testutil::SetOnDrop;
 
 const LIVE: u64 = 0x600d_600d;
 const DEAD: u64 = 0xdead_dead;
@@ -108,6 +109,9 @@ fn readers_see_consistent_ranges_while_a_writer_churns() {
                 }
             });
         }
+        // Stops the readers however this thread leaves the scope: a failure below must fail
+        // the test, not leave them spinning.
+        let stop_readers = SetOnDrop(&stop);
         let mut rng = Rng(42);
         let start = Instant::now();
         while start.elapsed() < run_for {
@@ -131,7 +135,7 @@ fn readers_see_consistent_ranges_while_a_writer_churns() {
             }
             t.rcu().quiescent_state();
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(stop_readers);
     });
     t.validate().unwrap();
     assert!(lookups.load(Ordering::Relaxed) > 1000 && writes.load(Ordering::Relaxed) > 1000);
