@@ -129,7 +129,14 @@ impl RawSpinLock {
         preempt_hook(&PREEMPT_DISABLE);
         order::acquire(self.class);
         loop {
-            if !self.locked.swap(true, Ordering::Acquire) {
+            // A compare-and-swap rather than a swap: a failed attempt stores nothing, which also
+            // lets loom see the waiter's loads as stale once the holder has released (a `true`
+            // stored by the waiter itself would stay a possible value for ever).
+            if self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
                 return RawSpinGuard {
                     lock: self,
                     _not_send: PhantomData,
