@@ -5,6 +5,7 @@
 //! that finds the PTE already filled frees its frame and reports success, and the access is
 //! retried against the winner's mapping.
 
+use crate::fault::profile::{self, Stamp};
 use crate::fault::{AccessKind, FaultResult, Outcome};
 use crate::frame::FrameKind;
 use crate::mm::AddressSpace;
@@ -44,6 +45,7 @@ pub(super) fn do_anonymous_page<P: Platform>(
             ),
         )
     };
+    profile::stamp(&**mem.platform(), Stamp::Frame);
     // Lock order: VMA read lock / mmap_lock > PTE lock.
     let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
         frames.put(frame);
@@ -62,6 +64,8 @@ pub(super) fn do_anonymous_page<P: Platform>(
         mem.count(Event::AnonFrameMapped);
     }
     pte.set(addr, entry);
+    drop(pte);
+    profile::stamp(&**mem.platform(), Stamp::Pte);
     Outcome::Done(FaultResult::Resolved)
 }
 
