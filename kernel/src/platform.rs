@@ -5,7 +5,7 @@
 //! counters, fault policy, and the RCU domain whose quiescent states the scheduler reports).
 
 use alloc::sync::Arc;
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use mm::memory::Memory;
 use mm::mm::AddressSpace;
@@ -22,14 +22,18 @@ pub struct KernelPlatform;
 // SAFETY: 1. all physical memory is mapped at the bootloader's offset for the kernel's lifetime;
 // 2. `FRAMES` hands out each frame once until freed, and never the heap, the kernel image or
 // page tables it does not own; 3. `cpu_id` reads the per-CPU area, which a thread cannot leave
-// while `preempt_disable` holds; 4. `tlb::shootdown` returns after every target acknowledged.
+// while `preempt_disable` holds, and is below `nr_cpu_ids` (every running CPU is online, and the
+// set is fixed before mm is set up); 4. `tlb::shootdown` returns after every target acknowledged.
 unsafe impl Platform for KernelPlatform {
     fn cpu_id(&self) -> usize {
         percpu::cpu_id()
     }
 
-    fn num_cpus(&self) -> usize {
-        percpu::online_count()
+    /// CPU numbers are indexes into the firmware's CPU list, and a CPU that failed to start keeps
+    /// its number, so the bound is the highest online number + 1, not the online count. No CPU
+    /// comes online after `smp::start_all`, which runs before `init_memory`.
+    fn nr_cpu_ids(&self) -> usize {
+        percpu::PERCPU.iter().rposition(|c| c.online.load(Ordering::Acquire)).map_or(1, |id| id + 1)
     }
 
     fn phys_to_ptr(&self, frame: PhysAddr) -> *mut u8 {

@@ -108,6 +108,36 @@ fn loom_vma_start_read_vs_end_write_all() {
     });
 }
 
+/// Two write periods, the VMA changed in the first only (the second changes some other VMA): a
+/// reader that sees `mm_lock_seq` of the second period finds the VMA unlocked and must then see
+/// the first period's change. It synchronises only through `mm_lock_seq`, so the store that
+/// begins a period must be a release too: acquiring the relaxed begin of period 2 would not
+/// order the reader after the release that ended period 1, and the read would race the write.
+#[test]
+fn loom_vma_start_read_after_two_write_periods() {
+    model(|| {
+        let m = vma_model();
+        let w = m.clone();
+        let writer = thread::spawn(move || {
+            {
+                let g = w.mm.write();
+                w.vma.start_write(&g);
+                // SAFETY: write-locked (what loom checks).
+                w.data.with_mut(|p| unsafe { *p = 1 });
+            }
+            // A write hold that leaves this VMA alone.
+            drop(w.mm.write());
+        });
+        if m.vma.start_read(&m.mm, || true).is_ok() {
+            // SAFETY: the read lock excludes the writer (what loom checks).
+            let v = m.data.with(|p| unsafe { *p });
+            m.vma.end_read(&m.mm);
+            assert!(v == 0 || v == 1);
+        }
+        writer.join().unwrap();
+    });
+}
+
 /// A reader whose owner check fails drops its reference, so a writer is not blocked by it.
 #[test]
 fn loom_vma_foreign_reader_does_not_block_writer() {

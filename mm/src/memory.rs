@@ -35,7 +35,7 @@ impl<P: Platform> Memory<P> {
         Ok(Arc::new(Memory {
             rcu: Arc::new(Rcu::new(platform.clone())),
             frames: FrameAllocator::new(platform.clone())?,
-            stats: Stats::new(platform.num_cpus()),
+            stats: Stats::new(platform.nr_cpu_ids()),
             policy: AtomicU8::new(FaultPolicy::PerVmaLock as u8),
             platform,
         }))

@@ -1,7 +1,8 @@
 //! Per-CPU event counters.
 //!
-//! Each CPU owns a cache-line-aligned block of counters and is the only writer of it, so counting
-//! on the fault fast path writes no shared cache line. Readers sum over all CPUs; a sum taken
+//! Each CPU owns a cache-line-aligned block of counters, indexed by CPU id (sized by
+//! `Platform::nr_cpu_ids`, so sparse ids get their own blocks), and is the only writer of it, so
+//! counting on the fault fast path writes no shared cache line. Readers sum over all CPUs; a sum taken
 //! while CPUs are counting is a consistent-enough snapshot for statistics, not an exact one.
 
 use alloc::boxed::Box;
@@ -45,9 +46,14 @@ pub enum Event {
     PgtableInstallRaceLost,
     /// An empty PTE table was freed (after an RCU grace period).
     PgtableFree,
+    /// `madvise(MADV_DONTNEED)` ran under the per-VMA read lock (range within one VMA).
+    MadvDontneedVmaLock,
+    /// `madvise(MADV_DONTNEED)` ran under `mmap_lock` for read (several VMAs, holes, or the
+    /// VMA lock was not available).
+    MadvDontneedMmapLock,
 }
 
-const EVENTS: usize = Event::PgtableFree as usize + 1;
+const EVENTS: usize = Event::MadvDontneedMmapLock as usize + 1;
 
 impl Event {
     /// Every event, in declaration order.
@@ -68,6 +74,8 @@ impl Event {
         Event::PgtableAlloc,
         Event::PgtableInstallRaceLost,
         Event::PgtableFree,
+        Event::MadvDontneedVmaLock,
+        Event::MadvDontneedMmapLock,
     ];
 
     /// The Linux-style name (`VMA_LOCK_SUCCESS`, ...).
@@ -89,6 +97,8 @@ impl Event {
             Event::PgtableAlloc => "PGTABLE_ALLOC",
             Event::PgtableInstallRaceLost => "PGTABLE_INSTALL_RACE_LOST",
             Event::PgtableFree => "PGTABLE_FREE",
+            Event::MadvDontneedVmaLock => "MADV_DONTNEED_VMA_LOCK",
+            Event::MadvDontneedMmapLock => "MADV_DONTNEED_MMAP_LOCK",
         }
     }
 }
@@ -103,22 +113,28 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Counters for `cpus` CPUs, all zero.
-    pub fn new(cpus: usize) -> Self {
-        let cpus = (0..cpus.max(1))
+    /// Counters for CPU ids `0..nr_cpu_ids` (`Platform::nr_cpu_ids`), all zero.
+    pub fn new(nr_cpu_ids: usize) -> Self {
+        let cpus = (0..nr_cpu_ids.max(1))
             .map(|_| CpuCounters(core::array::from_fn(|_| AtomicU64::new(0))))
             .collect::<Vec<_>>()
             .into_boxed_slice();
         Stats { cpus }
     }
 
-    /// Counts `event` on `cpu`'s block. A CPU id past the end (a misconfigured platform) is
-    /// folded in rather than trusted as an index.
+    /// Counts `event` on `cpu`'s block (`cpu` below the `nr_cpu_ids` the counters were made
+    /// for: each CPU writes only its own block).
     pub fn count(&self, cpu: usize, event: Event) {
-        let block = &self.cpus[cpu % self.cpus.len()];
+        let block = &self.cpus[cpu];
         // Relaxed: nobody orders anything against a statistic. The block is this CPU's own, so
         // the RMW does not bounce a line between CPUs.
         block.0[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters of CPU `cpu` alone.
+    pub fn cpu(&self, cpu: usize) -> StatsSnapshot {
+        let block = &self.cpus[cpu];
+        StatsSnapshot(core::array::from_fn(|i| block.0[i].load(Ordering::Relaxed)))
     }
 
     /// The sum over all CPUs of each event.

@@ -74,7 +74,8 @@ impl<P: Platform> FrameAllocator<P> {
         let zero = platform.alloc_frame().ok_or(FrameAllocError::OutOfMemory)?;
         mem::zero(&*platform, zero);
         table.get(zero).pin_forever(FrameKind::Zero);
-        let caches = (0..platform.num_cpus())
+        // One per CPU id (ids may be sparse); the cache of an id that never runs stays empty.
+        let caches = (0..platform.nr_cpu_ids())
             .map(|_| {
                 SpinLock::new(
                     LockClass::FrameCache,

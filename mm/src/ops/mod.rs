@@ -1,8 +1,10 @@
 //! Address-space operations: [`mmap`](crate::mm::AddressSpace::mmap),
-//! [`munmap`](crate::mm::AddressSpace::munmap), [`mprotect`](crate::mm::AddressSpace::mprotect).
+//! [`munmap`](crate::mm::AddressSpace::munmap), [`mprotect`](crate::mm::AddressSpace::mprotect),
+//! [`madvise`](crate::mm::AddressSpace::madvise).
 //!
-//! Every operation validates its arguments (an error, never a panic), takes `mmap_lock` for
-//! write, and rewrites the VMAs around the affected range with [`rewrite`]: it computes the new
+//! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
+//! and runs under read locks (see its module). The others take `mmap_lock` for write, and
+//! rewrite the VMAs around the affected range with [`rewrite`]: it computes the new
 //! layout (the edit applied, then adjacent VMAs of equal protection merged), write-locks every
 //! VMA that changes (`vma_start_write`), replaces them in the tree with their replacements
 //! (complete and write-locked from birth) in one tree write, so running out of memory leaves
@@ -11,6 +13,7 @@
 //! Faults on the affected range meanwhile fail the lockless path (VMA missing, detached or
 //! locked) and wait on `mmap_lock`.
 
+mod madvise;
 mod mmap;
 mod mprotect;
 mod munmap;
@@ -19,6 +22,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+pub use madvise::{
+    MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_NORMAL, MADV_RANDOM,
+    MADV_SEQUENTIAL, MADV_WILLNEED, MadviseError,
+};
 pub use mmap::{MapFlags, MmapError};
 pub use mprotect::MprotectError;
 pub use munmap::MunmapError;
@@ -158,5 +165,7 @@ pub(crate) fn rewrite<P: Platform>(
     Ok(removed)
 }
 
+#[cfg(all(test, not(loom)))]
+mod madvise_tests;
 #[cfg(all(test, not(loom)))]
 mod tests;

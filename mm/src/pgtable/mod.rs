@@ -16,7 +16,8 @@
 //!   [`ZapFlush`] token; they are freed only after the TLB shootdown the token performs. A PTE
 //!   table left empty is unhooked from its PMD entry *under its lock* and freed after an RCU grace
 //!   period, so a walker that read the old PMD entry either fails the re-check or finishes with
-//!   the table before it is reused.
+//!   the table before it is reused. [`PageTables::zap_pages`] (`MADV_DONTNEED`, under a read
+//!   lock, faults running) clears PTEs the same way but never unhooks a table.
 //! - The kernel half of the root (PML4 entries 256..512) belongs to the kernel: it is copied in
 //!   at creation ([`PageTables::with_kernel_half`]) and never walked or freed here.
 
@@ -30,7 +31,7 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use install::{EntrySlot, Installed, install_or_discard};
-pub use zap::{ProtectFlush, ZapFlush, pte_flags_for};
+pub use zap::{ProtectFlush, ZapFlush, ZapPagesLock, pte_flags_for};
 
 use crate::frame::{FrameAllocError, FrameKind, mem};
 use crate::memory::Memory;

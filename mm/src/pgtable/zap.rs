@@ -1,10 +1,14 @@
-//! Removing and downgrading mappings: `zap_page_range` and `change_protection`.
+//! Removing and downgrading mappings: `zap_page_range`, `zap_pages` and `change_protection`.
 //!
-//! Both run with `mmap_lock` held for write and every VMA covering the range write-locked, so no
-//! fault can be installing PTEs in the range; faults on *other* VMAs may share a PTE table and
-//! are serialized with us by its split lock. Both return a `#[must_use]` token: the caller shoots
-//! down the TLBs of the CPUs that ran the address space, and only then (for a zap) are the
-//! frames freed, because another CPU may still be writing through a stale TLB entry until then.
+//! `zap` and `change_protection` run with `mmap_lock` held for write and every VMA covering the
+//! range write-locked, so no fault can be installing PTEs in the range; faults on *other* VMAs
+//! may share a PTE table and are serialized with us by its split lock. `zap_pages`
+//! (`MADV_DONTNEED`) runs under a read lock only (the VMA's, or `mmap_lock`): faults in the range
+//! run concurrently and may refill a PTE right after it is cleared, which is fine (they map a
+//! zeroed page), but a PTE table is never unhooked there (see [`PageTables::zap_pages`]). All
+//! return a `#[must_use]` token: the caller shoots down the TLBs of the CPUs that ran the address
+//! space, and only then (for a zap) are the frames freed, because another CPU may still be
+//! writing through a stale TLB entry until then.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -15,8 +19,8 @@ use super::{PTE_PROTNONE, PageTables, pmd_chunks, pte_flags, pte_frame, pte_hold
 use crate::memory::Memory;
 use crate::platform::{CpuMask, PageTableFlags, PhysFrame, Platform, VirtAddr};
 use crate::stats::Event;
-use crate::sync::MmapWriteGuard;
-use crate::vma::Prot;
+use crate::sync::{MmapReadGuard, MmapWriteGuard, Park};
+use crate::vma::{Prot, VmaReadGuard};
 
 /// Frames unmapped by a zap, to be freed after the TLB shootdown.
 #[must_use = "the TLBs must be shot down (ZapFlush::flush) before the frames can be freed"]
@@ -123,18 +127,66 @@ pub fn pte_flags_for(prot: Prot, writable: bool) -> PageTableFlags {
     f
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A lock under which [`PageTables::zap_pages`] may clear the PTEs of a range: the read lock of
+/// the one VMA that contains it ([`VmaReadGuard`]), or `mmap_lock` held for read
+/// ([`MmapReadGuard`]). Neither excludes faults in the range.
+pub trait ZapPagesLock: sealed::Sealed {
+    /// Whether the lock covers `range` (for debug assertions).
+    fn covers(&self, range: &Range<u64>) -> bool;
+}
+
+impl<W: Park> sealed::Sealed for VmaReadGuard<'_, W> {}
+impl<W: Park> ZapPagesLock for VmaReadGuard<'_, W> {
+    fn covers(&self, range: &Range<u64>) -> bool {
+        self.vma().start() <= range.start && range.end <= self.vma().end()
+    }
+}
+
+impl<W: Park> sealed::Sealed for MmapReadGuard<'_, W> {}
+impl<W: Park> ZapPagesLock for MmapReadGuard<'_, W> {
+    fn covers(&self, _range: &Range<u64>) -> bool {
+        true
+    }
+}
+
 impl<P: Platform> PageTables<P> {
     /// `zap_page_range`: clears every PTE in `range` (page-aligned), unhooking PTE tables that
     /// become empty. Needs `mmap_lock` for write (`_proof`) and the VMAs covering `range`
     /// write-locked.
     pub fn zap(&self, _proof: &MmapWriteGuard<'_, P>, range: Range<u64>) -> ZapFlush {
+        self.zap_pte_range(range, true)
+    }
+
+    /// `zap_page_range_single` for `MADV_DONTNEED`: clears every PTE in `range` (page-aligned)
+    /// under its PTE lock, with only a read lock held (`lock`): faults may run in the range
+    /// meanwhile and refill PTEs.
+    ///
+    /// PTE tables stay in place even when emptied, as Linux leaves them under a read lock (only
+    /// `free_pgtables`, under `mmap_lock` write, frees them). Unhooking one here would pull it
+    /// from under faults that hold the same kind of lock and are between `pte_alloc` and
+    /// `pte_offset_map_lock` on it: they would have to retry, and the fault path's `mmap_lock`
+    /// fallback relies on no table vanishing while it holds `mmap_lock` (only `zap`, under the
+    /// write lock, unhooks). An emptied table is reused by the next fault in its range and freed
+    /// by `munmap` or at teardown.
+    pub fn zap_pages(&self, lock: &impl ZapPagesLock, range: Range<u64>) -> ZapFlush {
+        debug_assert!(lock.covers(&range), "zap_pages outside the locked VMA");
+        self.zap_pte_range(range, false)
+    }
+
+    /// Clears the PTEs of `range`, collecting their frames; unhooks tables left empty if
+    /// `unhook_empty` (only with `mmap_lock` held for write).
+    fn zap_pte_range(&self, range: Range<u64>, unhook_empty: bool) -> ZapFlush {
         let frames = self.mem.frames();
         let mut out = ZapFlush {
             range: range.clone(),
             ..ZapFlush::empty()
         };
         for chunk in pmd_chunks(range) {
-            // Lock order: mmap_lock (write) > PTE lock.
+            // Lock order: mmap_lock (or the VMA lock) > PTE lock.
             let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
                 continue;
             };
@@ -152,7 +204,7 @@ impl<P: Platform> PageTables<P> {
                     out.frames.push(f);
                 }
             }
-            if pte.is_empty() {
+            if unhook_empty && pte.is_empty() {
                 out.tables.push(pte.unhook());
             }
         }

@@ -168,7 +168,7 @@ unsafe impl Platform for Emulated {
         cpu
     }
 
-    fn num_cpus(&self) -> usize {
+    fn nr_cpu_ids(&self) -> usize {
         self.cpus
     }
 

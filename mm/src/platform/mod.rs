@@ -11,6 +11,10 @@
 
 #[cfg(any(test, feature = "emulated"))]
 pub mod emulated;
+#[cfg(all(test, not(loom)))]
+pub(crate) mod probe;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 use core::sync::atomic::AtomicU32;
 
@@ -63,16 +67,21 @@ impl CpuMask {
 ///    at that address can be read and written for as long as the platform lives;
 /// 2. [`alloc_frame`](Platform::alloc_frame) never hands out a frame that is already handed out
 ///    (and not yet given back by [`free_frame`](Platform::free_frame)), nor one the kernel uses;
-/// 3. [`cpu_id`](Platform::cpu_id) is below [`num_cpus`](Platform::num_cpus) and stays the same
-///    between [`preempt_disable`](Platform::preempt_disable) and the matching
-///    [`preempt_enable`](Platform::preempt_enable);
+/// 3. [`cpu_id`](Platform::cpu_id) is below [`nr_cpu_ids`](Platform::nr_cpu_ids) and stays the
+///    same between [`preempt_disable`](Platform::preempt_disable) and the matching
+///    [`preempt_enable`](Platform::preempt_enable); `nr_cpu_ids` is at most [`MAX_CPUS`] and
+///    returns the same value for the platform's lifetime;
 /// 4. [`shootdown`](Platform::shootdown) returns only after every CPU in the mask has flushed.
 pub unsafe trait Platform: Send + Sync + 'static {
-    /// The CPU this code runs on, in `0..num_cpus()`. Stable only while preemption is disabled.
+    /// The CPU this code runs on, in `0..nr_cpu_ids()`. Stable only while preemption is
+    /// disabled.
     fn cpu_id(&self) -> usize;
 
-    /// How many CPUs there are (at most [`MAX_CPUS`]).
-    fn num_cpus(&self) -> usize;
+    /// One more than the highest id [`cpu_id`](Platform::cpu_id) can return (Linux's
+    /// `nr_cpu_ids`), at most [`MAX_CPUS`]. Not a count of CPUs: ids may have holes (a CPU that
+    /// failed to start keeps its number), so per-CPU arrays are sized by this and indexed by id,
+    /// and an id that never runs just leaves its slot untouched.
+    fn nr_cpu_ids(&self) -> usize;
 
     /// Where the 4 KiB frame at `frame` can be accessed.
     fn phys_to_ptr(&self, frame: PhysAddr) -> *mut u8;

@@ -33,7 +33,7 @@ unsafe impl Platform for LoomCpus {
     fn cpu_id(&self) -> usize {
         CPU.with(|c| c.get())
     }
-    fn num_cpus(&self) -> usize {
+    fn nr_cpu_ids(&self) -> usize {
         self.0
     }
     fn phys_to_ptr(&self, _: PhysAddr) -> *mut u8 {

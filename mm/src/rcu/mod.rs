@@ -56,8 +56,9 @@ use percpu::{CpuWord, NEST_MASK, seq_ge};
 /// One RCU domain: the per-CPU reader state of every CPU of `P` and the deferred callbacks.
 ///
 /// # Invariants
-/// `cpus.len() == platform.num_cpus()`; `cpus[c]` is written only by code running on CPU `c` with
-/// preemption disabled.
+/// `cpus.len() == platform.nr_cpu_ids()` (indexed by CPU id; an id that never runs keeps a
+/// never-written word, nesting 0, which every grace period passes); `cpus[c]` is written only by
+/// code running on CPU `c` with preemption disabled.
 pub struct Rcu<P: Platform> {
     platform: Arc<P>,
     cpus: Box<[CpuWord]>,
@@ -78,10 +79,10 @@ pub struct RcuReadGuard<'a, P: Platform> {
 impl<P: Platform> Rcu<P> {
     /// A domain for every CPU of `platform`.
     pub fn new(platform: Arc<P>) -> Self {
-        let cpus = (0..platform.num_cpus())
+        let cpus = (0..platform.nr_cpu_ids())
             .map(|_| CpuWord::new())
             .collect::<Vec<_>>();
-        // INVARIANT: one word per CPU, none yet written.
+        // INVARIANT: one word per possible CPU id, none yet written.
         Rcu {
             platform,
             cpus: cpus.into_boxed_slice(),

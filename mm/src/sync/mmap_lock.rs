@@ -8,6 +8,10 @@
 //! because `vma_start_write` never takes a matching stamp as proof that it already drained the
 //! VMA's readers.
 //!
+//! Every store of `mm_lock_seq` is a release and readers load it with acquire: a reader that
+//! observes any value synchronises with every write period that ended before it (writers are
+//! ordered among themselves by the rwsem), not only with the one whose end it saw.
+//!
 //! `vma_writer_wait` is the word a VMA writer parks on while readers drain; it lives here (in the
 //! address space, as Linux's `mm->vma_writer_wait`) rather than in the VMA, so a reader that just
 //! dropped its reference can wake the writer without touching the VMA, which may be freed.
@@ -63,10 +67,17 @@ impl<W: Park> MmapLock<W> {
         self.sem.down_write();
         let seq = self.mm_lock_seq.load(Ordering::Relaxed);
         debug_assert!(seq.is_multiple_of(2), "mm_lock_seq odd with mmap_lock free");
-        // INVARIANT: odd from here until the guard drops. The VMA stamps made with this value
-        // are published by the refcount release in `vma_start_write`, so Relaxed is enough here.
+        // INVARIANT: odd from here until the guard drops.
+        // Release, although the stamps made with this value are published by the refcount
+        // release in `vma_start_write`: a reader acquiring `mm_lock_seq` (check (4) of
+        // `vma_start_read`) may read *this* value, and must then see what every earlier write
+        // period did to the VMAs it finds unlocked. We hold the rwsem, whose acquire ordered us
+        // after the previous holder's whole period, so a release here carries all earlier
+        // periods to such a reader; a relaxed store would synchronise with nothing, and the
+        // reader would race the changes made before the previous `vma_end_write_all`. Every
+        // store of `mm_lock_seq` is thus a release (a plain `mov` on x86).
         self.mm_lock_seq
-            .store(seq.wrapping_add(1), Ordering::Relaxed);
+            .store(seq.wrapping_add(1), Ordering::Release);
         MmapWriteGuard {
             lock: self,
             seq: seq.wrapping_add(1),
@@ -74,9 +85,9 @@ impl<W: Park> MmapLock<W> {
         }
     }
 
-    /// The current `mm_lock_seq`, with acquire ordering: pairs with the release in
-    /// `vma_end_write_all`, so a reader that sees the new value also sees everything the writer
-    /// did under the lock.
+    /// The current `mm_lock_seq`, with acquire ordering: pairs with the release store that wrote
+    /// the value seen (`vma_end_write_all`, or the start of a write period), so a reader sees
+    /// everything done in every write period that ended before it.
     pub fn mm_lock_seq(&self) -> u32 {
         self.mm_lock_seq.load(Ordering::Acquire)
     }
