@@ -112,7 +112,7 @@ fn a_munmap_interrupts_only_the_cpu_running_the_address_space() {
 
 #[test_case]
 fn shootdowns_from_every_cpu_at_once_all_complete() {
-    const ROUNDS: u64 = 500;
+    const ROUNDS: u64 = 200;
     static GO: AtomicBool = AtomicBool::new(false);
     static READY: AtomicU64 = AtomicU64::new(0);
     GO.store(false, Ordering::SeqCst);
