@@ -24,7 +24,7 @@ RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
 .PHONY: all run gdb test test-long host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
-        bench-linux bench-report user-toolchain
+        bench bench-kernel bench-linux bench-report user-toolchain
 
 all: kernel
 
@@ -77,10 +77,35 @@ user-toolchain:
 	@command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs" >&2; exit 1; }
 	@cd user && { rustup toolchain install >/dev/null 2>&1 || rustup toolchain install; }
 
+## bench: the fault-scaling benchmark in QEMU; serial log and report in target/bench/.
+##   SMP=2 (scaling figures on this host's cores; SMP=8 THREADS=1,2,4,8 works too)
+##   THREADS=1,2 WORKLOADS=page_fault1,pft,churn POLICIES=vma,mmap,floor REPS=3 KVM=0
+##   (empty: the kernel's defaults; also BENCH_WINDOW_MS, BENCH_WARMUP_MS, BENCH_REGION_MIB,
+##   BENCH_PIECE_MIB, BENCH_PROFILE=0|1, BENCH_TIMEOUT seconds)
+BENCH_SMP     := $(if $(filter command line environment,$(origin SMP)),$(SMP),2)
+BENCH_TIMEOUT ?= 3600
+BENCH_KERNEL  := target/$(TARGET)/release/bench
+bench: setup boot-tool bench-kernel
+	@mkdir -p $(BENCH_DIR)
+	@echo "bench: booting $(BENCH_KERNEL) on $(BENCH_SMP) CPUs; serial log: $(BENCH_DIR)/serial.log"
+	@( $(BOOT) run $(BENCH_KERNEL) --smp $(BENCH_SMP) --mem $(MEM) --timeout $(BENCH_TIMEOUT) \
+	     $(if $(filter 1,$(KVM)),--kvm); echo $$? > $(BENCH_DIR)/status ) \
+	   | tee $(BENCH_DIR)/serial.log | { grep --line-buffered -E '(bench:|^BENCH|ERROR|panic)' || true; }
+	@status=$$(cat $(BENCH_DIR)/status); rm -f $(BENCH_DIR)/status; \
+	 if [ "$$status" != 0 ]; then echo "bench: the benchmark kernel failed (see $(BENCH_DIR)/serial.log)" >&2; exit 1; fi
+	@$(MAKE) --no-print-directory bench-report
+
+# The options reach the kernel at build time (option_env!); cargo rebuilds when they change.
+bench-kernel:
+	BENCH_THREADS="$(THREADS)" BENCH_WORKLOADS="$(WORKLOADS)" BENCH_POLICIES="$(POLICIES)" \
+	BENCH_REPS="$(REPS)" BENCH_ACCEL="$(if $(filter 1,$(KVM)),KVM,TCG)" BENCH_HOST_CORES="$$(nproc)" \
+	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --release --features bench --bin bench
+
 ## check: clippy over the host crates and the kernel
 check: setup
 	cargo clippy -p mm -p boot -p benchreport --all-targets
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets
+	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets
 
 kernel:
 	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --profile $(PROFILE)

@@ -15,6 +15,8 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod arch;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod log;
 pub mod memory;
 pub mod platform;

@@ -112,11 +112,8 @@ fn threads_demo() {
     info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
     let switches: Vec<u64> = PERCPU[..n].iter().map(|c| c.sched.switches.load(Ordering::Relaxed)).collect();
     info!("threads: context switches per CPU: {switches:?}");
-    info!(
-        "tlb: {} shootdowns, {} IPIs so far",
-        tlb::SHOOTDOWNS.load(Ordering::Relaxed),
-        tlb::SHOOTDOWN_IPIS.load(Ordering::Relaxed)
-    );
+    let tlb = tlb::stats();
+    info!("tlb: {} shootdowns, {} IPIs so far", tlb.shootdowns, tlb.ipis);
 }
 
 /// One process, two threads per CPU: each maps its own 1 MiB and touches every page (real #PF

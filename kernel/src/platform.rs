@@ -82,6 +82,10 @@ unsafe impl Platform for KernelPlatform {
     fn now_ns(&self) -> u64 {
         apic::now_ns()
     }
+
+    fn cycles(&self) -> u64 {
+        apic::rdtsc()
+    }
 }
 
 /// An address space of this machine.

@@ -30,6 +30,7 @@ pub mod pgtable;
 pub mod platform;
 mod primitive;
 pub mod rcu;
+pub mod shootdown;
 pub mod stats;
 pub mod sync;
 pub mod vma;

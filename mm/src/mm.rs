@@ -1,7 +1,9 @@
 //! [`AddressSpace`]: one process's view of memory (Linux's `mm_struct`).
 //!
 //! It owns the `mmap_lock` (with `mm_lock_seq`), the maple tree of VMAs, the page tables, and the
-//! mask of CPUs that have run it (the targets of TLB shootdowns). The tree is read locklessly
+//! mask of CPUs that may cache its translations (the targets of TLB shootdowns: a CPU joins when
+//! it loads the root, [`AddressSpace::activate_on`], and leaves after it loaded another one,
+//! [`AddressSpace::deactivate_on`]). The tree is read locklessly
 //! under RCU by the fault fast path and changed only with `mmap_lock` held for write; see
 //! `LOCKING.md` for who may touch what.
 
@@ -111,21 +113,40 @@ impl<P: Platform> AddressSpace<P> {
         &self.tree
     }
 
-    /// Records that `cpu` runs this address space (the kernel calls it when loading CR3), so
-    /// shootdowns reach it. Writes the shared mask only the first time.
+    /// Records that `cpu` is about to run this address space: call it *before* loading its root
+    /// into CR3, because from that write on the CPU may cache its translations and shootdowns
+    /// must reach it. Writes the shared mask only if the bit is clear (only `cpu` itself clears
+    /// it, so its own load tells).
     pub fn activate_on(&self, cpu: usize) {
         let bit = 1u64 << cpu;
         if self.cpus.load(Ordering::Relaxed) & bit == 0 {
-            self.cpus.fetch_or(bit, Ordering::Relaxed);
+            // A locked RMW, a full barrier: set before the CR3 write and the walks after it
+            // (pairs with the fence in `cpus`).
+            self.cpus.fetch_or(bit, Ordering::SeqCst);
         }
     }
 
-    /// The CPUs that have run this address space.
+    /// Records that `cpu` has left this address space: call it *after* the CR3 write that
+    /// loaded another root, which flushed this address space's translations from the CPU's TLB
+    /// and paging-structure caches (no PCIDs, no global user pages). Shootdowns skip it from now
+    /// on, until it is activated again.
+    pub fn deactivate_on(&self, cpu: usize) {
+        // The CR3 write is serializing and this is a locked RMW: the clear is visible only after
+        // the flush happened, so whoever reads the mask without the bit finds nothing cached.
+        self.cpus.fetch_and(!(1u64 << cpu), Ordering::SeqCst);
+    }
+
+    /// The CPUs that may cache translations of this address space: the targets of a shootdown.
+    ///
+    /// Call it after changing the PTEs the shootdown is for. Each CPU either is in the returned
+    /// mask, or caches nothing of this address space that is older than those changes:
+    /// - a CPU that deactivated before our load did so after its CR3 switch flushed it, and
+    ///   walks another root since;
+    /// - a CPU that activates after our load: its `activate_on` (a full barrier, before it loads
+    ///   CR3) and our fence (after the PTE stores, before the load) form a Dekker pair: since we
+    ///   did not see its bit, its page walks see our PTEs.
     pub fn cpus(&self) -> CpuMask {
-        // Orders the caller's PTE stores before this load (x86 may pass a load over a store): a
-        // CPU that starts using this address space after the load sees the new PTEs, and one
-        // that started before (its `activate_on` is a locked RMW, a full barrier, done before it
-        // loads CR3) is in the mask.
+        // Orders the caller's PTE stores before this load (x86 may pass a load over a store).
         core::sync::atomic::fence(Ordering::SeqCst);
         CpuMask(self.cpus.load(Ordering::Relaxed))
     }

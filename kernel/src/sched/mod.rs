@@ -338,11 +338,21 @@ pub(crate) fn schedule() {
     finish_switch();
 }
 
-/// Loads `next`'s page table if this CPU runs another one, and records that this CPU now
-/// caches translations of `next`'s address space (its shootdowns must reach us).
+/// Loads `next`'s page table if this CPU runs another one, and keeps each address space's CPU
+/// mask (the targets of its shootdowns) to the CPUs that may cache its translations: this CPU
+/// joins `next`'s mask before loading its root, and leaves the previous address space's mask
+/// after loading another root, whose CR3 write flushed every translation of the previous one
+/// (`AddressSpace::cpus` explains why a shootdown initiator then either sees this CPU in the
+/// mask or finds nothing of that address space cached here).
 fn switch_address_space(cpu: usize, next: &Thread) {
-    let root = next.mm.as_ref().map_or_else(crate::memory::kernel_root, |mm| mm.page_tables().root());
-    if let Some(mm) = &next.mm {
+    // SAFETY: interrupts are off, on this CPU (`schedule`), and `schedule` holds no borrow of
+    // the slots across this call. The running thread is still `slots.0`: the thread whose root
+    // is loaded (every switch to a thread loads its root here).
+    let prev = unsafe { PERCPU[cpu].sched.slots() }.0.as_deref();
+    let prev_mm = prev.and_then(|t| t.mm.as_deref());
+    let next_mm = next.mm.as_deref();
+    let root = next_mm.map_or_else(crate::memory::kernel_root, |mm| mm.page_tables().root());
+    if let Some(mm) = next_mm {
         // Before CR3: from the write on, the CPU may cache translations of `mm`, so shootdowns
         // must already reach it (`AddressSpace::cpus` pairs with this locked RMW).
         mm.activate_on(cpu);
@@ -352,6 +362,14 @@ fn switch_address_space(cpu: usize, next: &Thread) {
         // SAFETY: `root` is the kernel's table or an address space's, whose kernel half is the
         // kernel's; the address space outlives the thread that keeps it loaded here.
         unsafe { Cr3::write(root, flags) };
+    }
+    if let Some(prev_mm) = prev_mm
+        && !next_mm.is_some_and(|n| core::ptr::eq(n, prev_mm))
+    {
+        // After CR3: `root` is loaded and is not `prev_mm`'s, so this CPU caches nothing of
+        // `prev_mm` any more (even if `prev` was not the thread whose root was loaded, clearing
+        // the bit of an address space other than the loaded one is always right).
+        prev_mm.deactivate_on(cpu);
     }
 }
 

@@ -12,6 +12,7 @@
 //! otherwise a CPU could see data another wrote to the copy after something published later,
 //! yet read the old value of the page itself.
 
+use crate::fault::profile::{self, Stamp};
 use crate::fault::{AccessKind, FaultResult, Outcome};
 use crate::frame::FrameKind;
 use crate::mm::AddressSpace;
@@ -51,6 +52,7 @@ pub(super) fn do_anonymous_page<P: Platform>(
             ),
         )
     };
+    profile::stamp(&**mem.platform(), Stamp::Frame);
     // Lock order: VMA read lock / mmap_lock > PTE lock.
     let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
         frames.put(frame);
@@ -69,6 +71,8 @@ pub(super) fn do_anonymous_page<P: Platform>(
         mem.count(Event::AnonFrameMapped);
     }
     pte.set(addr, entry);
+    drop(pte);
+    profile::stamp(&**mem.platform(), Stamp::Pte);
     Outcome::Done(FaultResult::Resolved)
 }
 

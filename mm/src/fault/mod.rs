@@ -14,8 +14,11 @@
 //! A `Segv` is only ever decided with a lock that makes it true: under the VMA read lock for an
 //! access the VMA forbids, under `mmap_lock` for "no VMA" (the lockless walk may have missed a
 //! VMA that was being replaced).
+//!
+//! [`profile`] stamps the phase boundaries (compiled out without the `fault-profile` feature).
 
 mod anon;
+pub mod profile;
 
 use crate::memory::FaultPolicy;
 use crate::mm::AddressSpace;
@@ -23,6 +26,7 @@ use crate::pgtable::{USER_END, pte_flags};
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::stats::Event;
 use crate::vma::{Prot, StartReadError, Vma, VmaReadGuard};
+use profile::Stamp;
 
 /// What an access tried to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +146,7 @@ pub fn handle_mm_fault<P: Platform>(
         }
     }
     mem.count(Event::MmapLockFallback);
+    profile::stamp(&**mem.platform(), Stamp::Walk);
     // Lock order: mmap_lock (read) is the outermost lock.
     let g = mm.mmap_read_lock();
     loop {
@@ -154,6 +159,7 @@ pub fn handle_mm_fault<P: Platform>(
                 },
             );
         };
+        profile::stamp(&**mem.platform(), Stamp::Lock);
         if let Outcome::Done(r) = handle_vma_fault(mm, &vma, addr, access) {
             return finish(mm, r);
         }
@@ -185,10 +191,12 @@ pub fn lock_vma_under_rcu<P: Platform>(
             let Some((_, vma)) = mm.tree().walk(&rcu, addr) else {
                 break;
             };
+            profile::stamp(&**mem.platform(), Stamp::Walk);
             vma.start_read(mm.mmap_lock(), mm.id())
         };
         match guard {
             Ok(g) => {
+                profile::stamp(&**mem.platform(), Stamp::Lock);
                 // The VMA may have been replaced between the walk and the lock: only its own
                 // range (immutable) counts.
                 if g.vma().contains(addr) {
@@ -259,6 +267,7 @@ fn handle_pte_fault<P: Platform>(
     let entry = pte.get(addr);
     if entry == 0 {
         drop(pte);
+        profile::stamp(&**mm.memory().platform(), Stamp::Pgtable);
         return anon::do_anonymous_page(mm, vma, addr, access);
     }
     let flags = pte_flags(entry);

@@ -126,4 +126,10 @@ pub unsafe trait Platform: Send + Sync + 'static {
     fn relax(&self) {
         core::hint::spin_loop();
     }
+
+    /// A cheap cycle counter for profiling (the TSC on x86), monotonic on each CPU. Only the
+    /// fault-phase profile reads it; platforms without one count nanoseconds.
+    fn cycles(&self) -> u64 {
+        self.now_ns()
+    }
 }
