@@ -26,6 +26,7 @@ use x86_64::instructions::interrupts;
 use crate::arch::apic;
 use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, this_cpu};
 use crate::memory::stack::{Stack, StackError};
+pub(crate) use thread::Entry;
 pub use thread::{JoinHandle, Thread};
 use thread::{State, ThreadInit};
 use x86_64::registers::control::Cr3;
@@ -180,18 +181,22 @@ pub fn current() -> Arc<Thread> {
 
 static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
-/// Starts a thread running `f`; its return value is the exit code `join` gives.
+/// Starts a thread running `f` (once); its return value is the exit code `join` gives.
+///
+/// The thread owns `f` and what it captured until it ends: `f` is called by reference, and
+/// dropped when the thread exits, returns or is killed (a killed thread unwinds nothing, so
+/// values it made on its own stack are not dropped; what it must release belongs in `f`).
 pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
-    F: FnOnce() -> i64 + Send + 'static,
+    F: FnMut() -> i64 + Send + 'static,
 {
     start(name.into(), None, None, Box::new(f))
 }
 
-/// Starts a thread that runs only on `cpu` (which must be online).
+/// Starts a thread that runs only on `cpu` (which must be online); as [`spawn`].
 pub fn spawn_on<F>(cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
-    F: FnOnce() -> i64 + Send + 'static,
+    F: FnMut() -> i64 + Send + 'static,
 {
     start(name.into(), Some(cpu), None, Box::new(f))
 }
@@ -201,7 +206,7 @@ pub(crate) fn start(
     name: String,
     pinned: Option<usize>,
     mm: Option<Arc<Mm>>,
-    f: Box<dyn FnOnce() -> i64 + Send>,
+    f: Entry,
 ) -> Result<JoinHandle, StackError> {
     if let Some(cpu) = pinned {
         assert!(PERCPU[cpu].online.load(Ordering::Acquire), "CPU {cpu} is not online");
@@ -404,17 +409,30 @@ extern "C" fn thread_start() -> ! {
     finish_switch();
     interrupts::enable();
     // No `Arc` of ourselves may live in this frame: `exit` never returns, so it would leak.
-    let f = with_current(|t| t.entry.lock().take()).expect("thread started twice");
+    let entry = with_current(|t| t.entry.get());
+    // SAFETY: only the thread itself touches its entry slot once it runs (`Thread`'s
+    // invariants), and nothing else of this thread does while `f` runs, except `exit` ending
+    // the thread from inside `f`: then this borrow is never used again, as `exit` does not
+    // return here.
+    let f = unsafe { (*entry).as_mut() }.expect("thread started twice");
     let code = f();
     exit(code)
 }
 
-/// Ends the calling thread with `code`.
+/// Ends the calling thread with `code`, dropping its entry closure (and what that captured)
+/// first, also when called from inside it: a thread killed by a fault ends here.
 #[track_caller]
 pub fn exit(code: i64) -> ! {
     assert_may_sleep();
     let me = current();
     assert!(!me.idle, "the idle thread cannot exit");
+    // SAFETY: we are the thread (`Thread`'s invariants). If `exit` runs inside the closure,
+    // the frames that borrow it are abandoned for good: nothing unwinds into them.
+    let entry = unsafe { (*me.entry.get()).take() };
+    // Here, not where the last `Arc<Thread>` goes (possibly a scheduler path with interrupts
+    // off): the captures may be the last owners of an address space, whose teardown may sleep.
+    // Before `done`, so that a joiner sees them dropped.
+    drop(entry);
     me.exit_code.store(code, Ordering::Release);
     interrupts::disable();
     me.set_state(State::Exited);
