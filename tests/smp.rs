@@ -363,3 +363,41 @@ fn the_mmap_rwsem_excludes_writers_and_loses_no_update() {
     g.sem.up_read();
     assert_eq!((a, b), (WRITERS as u64 * ROUNDS, WRITERS as u64 * ROUNDS));
 }
+
+#[test_case]
+fn preemption_is_recorded_as_disabled_by_the_real_caller() {
+    use kernel::arch::percpu::{NoPreempt, PreemptOwner};
+    use mm::sync::{LockClass, SpinLock};
+
+    let owner = || PERCPU[cpu_id()].preempt_owner();
+    let (line, ()) = (line!(), preempt_disable());
+    match owner() {
+        PreemptOwner::At(at) => assert_eq!((at.file(), at.line()), (file!(), line)),
+        other => panic!("preempt_disable recorded {other:?}"),
+    }
+    // Nested: the owner stays the outermost caller.
+    let np = NoPreempt::new();
+    assert!(matches!(owner(), PreemptOwner::At(at) if at.line() == line));
+    drop(np);
+    preempt_enable();
+
+    let (line, np) = (line!(), NoPreempt::new());
+    assert!(
+        matches!(owner(), PreemptOwner::At(at) if (at.file(), at.line()) == (file!(), line)),
+        "NoPreempt::new recorded {:?}",
+        owner()
+    );
+    drop(np);
+
+    // `mm`'s spinlocks reach the kernel through a plain `fn()` hook: the owner is where the hook
+    // was called from, as kernel code addresses (the report prints them for addr2line).
+    let lock = SpinLock::new(LockClass::Leaf, 0u64);
+    let guard = lock.lock();
+    match owner() {
+        PreemptOwner::Code(code) => {
+            assert!(code[0] >= kernel::KERNEL_BASE, "not a kernel code address: {code:x?}");
+        }
+        other => panic!("an mm spinlock recorded {other:?}"),
+    }
+    drop(guard);
+}

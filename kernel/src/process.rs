@@ -81,7 +81,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
     if addr.as_u64() >= mm::pgtable::USER_END {
         return false;
     }
-    if crate::arch::percpu::this_cpu().preempt_count.load(core::sync::atomic::Ordering::Relaxed) != 0
+    if crate::arch::percpu::preempt_count() != 0
         || !frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG)
     {
         // A user-memory fault with preemption or interrupts off (inside a spinlock or RCU read

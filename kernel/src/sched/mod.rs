@@ -3,7 +3,8 @@
 //! Each CPU runs the head of its own queue; a CPU whose queue is empty steals from the longest
 //! one, and idles (`hlt`) when every queue is empty. `spawn` spreads new threads round-robin and
 //! kicks an idle target CPU with a reschedule IPI. The timer preempts a thread only when its
-//! CPU's `preempt_count` is zero. A context switch and the idle loop are the CPU's RCU
+//! CPU's `preempt_count` is zero (see `arch::percpu`); giving up the CPU otherwise is a bug that
+//! panics ("scheduling while atomic"). A context switch and the idle loop are the CPU's RCU
 //! quiescent states (`mm`'s RCU is told through [`set_quiescent_hook`]).
 //!
 //! Everything here that touches run queues or `current` runs with interrupts off.
@@ -24,7 +25,7 @@ use spin::Mutex;
 use x86_64::instructions::interrupts;
 
 use crate::arch::apic;
-use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, this_cpu};
+use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, preempt_count, this_cpu};
 use crate::memory::stack::{Stack, StackError};
 pub(crate) use thread::Entry;
 pub use thread::{JoinHandle, Thread};
@@ -259,26 +260,30 @@ pub fn wake(t: Arc<Thread>) {
     }
 }
 
-/// Reports (once per boot, as a warning with the thread and where preemption was last raised)
-/// a caller that gives up the CPU with preemption disabled: switching away then leaves this
-/// CPU's count wrong. Known open bug: the mm_fault stress sometimes reaches the `mmap_lock`
-/// fallback of a fault this way (see the session notes); a warning, not a panic, until found.
+/// Panics if the caller may not give up the CPU (preemption disabled: a spinlock or an RCU read
+/// section held): switching away would leave the section open with the CPU's count wrong for
+/// every thread that runs there next. Called by everything that blocks, to name the caller;
+/// `schedule` checks the same as its last line of defence.
 #[track_caller]
 pub(crate) fn assert_may_sleep() {
-    static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    let count = this_cpu().preempt_count.load(Ordering::Relaxed);
-    if count != 0 && !WARNED.swap(true, Ordering::Relaxed) {
-        let who = with_current(|t| (t.id(), alloc::string::String::from(t.name())));
-        let owner = this_cpu().preempt_owner.load(Ordering::Relaxed);
-        // SAFETY: only `preempt_disable` stores here, and it stores `&'static Location`s.
-        let owner = unsafe { owner.as_ref() };
-        crate::warn!(
-            "scheduling while atomic: thread {} ({}), preempt count {count}, last raised from 0 at {owner:?}, at {}",
-            who.0,
-            who.1,
-            core::panic::Location::caller()
-        );
+    let count = preempt_count();
+    if count != 0 {
+        scheduling_while_atomic(count, core::panic::Location::caller());
     }
+}
+
+#[cold]
+#[inline(never)]
+fn scheduling_while_atomic(count: u32, at: &core::panic::Location<'_>) -> ! {
+    let owner = this_cpu().preempt_owner();
+    with_current(|t| {
+        panic!(
+            "scheduling while atomic: thread {} ({}) gives up the CPU at {at} with preempt count {count}; \
+             preemption was last disabled from zero at {owner}",
+            t.id(),
+            t.name()
+        )
+    })
 }
 
 /// Threads that exist now (exited ones count until the last handle to them is gone).
@@ -300,8 +305,13 @@ pub fn yield_now() {
 
 /// Picks the next thread for this CPU and switches to it. Interrupts must be off. The current
 /// thread goes back to the queue if it is still `Running`; a `Blocked` or `Exited` one does not.
+#[track_caller]
 pub(crate) fn schedule() {
     debug_assert!(!interrupts::are_enabled());
+    let count = preempt_count();
+    if count != 0 {
+        scheduling_while_atomic(count, core::panic::Location::caller());
+    }
     let cpu = this_cpu();
     // SAFETY: interrupts are off, on this CPU; the borrow ends before the switch.
     let cur = unsafe { cpu.sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU");
@@ -470,14 +480,14 @@ pub(crate) fn tick() {
     let cpu = this_cpu();
     cpu.ticks.fetch_add(1, Ordering::Relaxed);
     wait::wake_sleepers(apic::now_ns());
-    if cpu.preempt_count.load(Ordering::Relaxed) == 0 {
+    if preempt_count() == 0 {
         schedule();
     }
 }
 
 /// A reschedule IPI: another CPU queued work here.
 pub(crate) fn reschedule_ipi() {
-    if this_cpu().preempt_count.load(Ordering::Relaxed) == 0 {
+    if preempt_count() == 0 {
         schedule();
     }
 }
