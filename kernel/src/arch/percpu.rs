@@ -39,6 +39,11 @@ pub struct PerCpu {
     /// Nesting depth of `preempt_disable`; the timer preempts only at zero. Read it with
     /// [`preempt_count`], which is exact for the calling thread.
     pub preempt_count: AtomicU32,
+    /// This CPU should reschedule at its next preemption point (`preempt_enable` to zero with
+    /// interrupts on, or a tick): set by a tick or reschedule IPI that found preemption
+    /// disabled and by wake-ups that queue a thread here; cleared by `sched::schedule`.
+    /// Written by any CPU.
+    pub need_resched: AtomicBool,
     /// Where preemption was last raised from zero (for "scheduling while atomic" reports).
     owner_at: AtomicPtr<Location<'static>>,
     /// ... or, when it was raised through a hook that cannot know its caller, the return
@@ -62,6 +67,7 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             preempt_count: AtomicU32::new(0),
+            need_resched: AtomicBool::new(false),
             owner_at: AtomicPtr::new(core::ptr::null_mut()),
             owner_code: [const { AtomicU64::new(0) }; OWNER_FRAMES],
             ticks: AtomicU64::new(0),
@@ -212,12 +218,16 @@ pub fn preempt_disable() {
     }
 }
 
-/// Undoes one [`preempt_disable`].
+/// Undoes one [`preempt_disable`]. Dropping to zero with interrupts on is a preemption point:
+/// a pending reschedule (`need_resched`) happens here.
 #[inline]
 pub fn preempt_enable() {
     if READY.load(Ordering::Relaxed) {
         let before = preempt_count_add(-1);
         assert!(before != 0, "unbalanced preempt_enable");
+        if before == 1 && this_cpu().need_resched.load(Ordering::Relaxed) {
+            crate::sched::preempt_schedule();
+        }
     }
 }
 
