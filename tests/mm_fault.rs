@@ -12,7 +12,7 @@ extern crate alloc;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel::arch::percpu::online_count;
 use kernel::memory::FRAMES;
@@ -126,6 +126,57 @@ fn a_bad_access_ends_only_the_faulting_thread() {
         unsafe { (ro as *const u64).read_volatile() as i64 }
     });
     assert_eq!(ok.expect("spawn").join(), 0);
+}
+
+/// Counts its drops.
+struct DropCount(Arc<AtomicU64>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test_case]
+fn a_thread_killed_by_a_fault_drops_what_it_captured() {
+    let baseline = free_frames();
+    let p = Process::new("killed").expect("process");
+    let base = p.mm().mmap(0, 16 * PAGE, RW, ANON).expect("mmap").as_u64();
+    let drops = Arc::new(AtomicU64::new(0));
+    let t = {
+        // The thread holds the only other reference to its process: leaking it would keep the
+        // address space, its page tables and the frames it faulted in.
+        let (proc, counted) = (p.clone(), DropCount(drops.clone()));
+        p.spawn("faults-then-dies", move || {
+            let _ = (&proc, &counted);
+            for i in 0..16 {
+                // SAFETY: mapped read-write.
+                unsafe { ((base + i * PAGE) as *mut u64).write_volatile(i) };
+            }
+            // SAFETY: deliberately touches an address no VMA covers; the fault ends this thread.
+            unsafe { (0x1234_5000 as *mut u64).write_volatile(1) };
+            0
+        })
+        .expect("spawn")
+    };
+    assert_eq!(t.join(), EXIT_SEGV);
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "the killed thread's captures were not dropped");
+    assert_eq!(Arc::strong_count(&p), 1, "the killed thread still holds its process");
+    drop(p);
+    assert_frames_back_to(baseline);
+}
+
+#[test_case]
+fn a_thread_that_calls_exit_drops_what_it_captured() {
+    let drops = Arc::new(AtomicU64::new(0));
+    let counted = DropCount(drops.clone());
+    let t = kernel::sched::spawn("exits", move || {
+        let _ = &counted;
+        kernel::sched::exit(5)
+    })
+    .expect("spawn");
+    assert_eq!(t.join(), 5);
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "captures of a thread that called exit were not dropped");
 }
 
 /// One worker: maps its own region, faults it in with tagged writes, checks every page, also

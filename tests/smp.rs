@@ -363,3 +363,158 @@ fn the_mmap_rwsem_excludes_writers_and_loses_no_update() {
     g.sem.up_read();
     assert_eq!((a, b), (WRITERS as u64 * ROUNDS, WRITERS as u64 * ROUNDS));
 }
+
+#[test_case]
+fn preemption_is_recorded_as_disabled_by_the_real_caller() {
+    use kernel::arch::percpu::{NoPreempt, PreemptOwner};
+    use mm::sync::{LockClass, SpinLock};
+
+    let owner = || PERCPU[cpu_id()].preempt_owner();
+    let (line, ()) = (line!(), preempt_disable());
+    match owner() {
+        PreemptOwner::At(at) => assert_eq!((at.file(), at.line()), (file!(), line)),
+        other => panic!("preempt_disable recorded {other:?}"),
+    }
+    // Nested: the owner stays the outermost caller.
+    let np = NoPreempt::new();
+    assert!(matches!(owner(), PreemptOwner::At(at) if at.line() == line));
+    drop(np);
+    preempt_enable();
+
+    let (line, np) = (line!(), NoPreempt::new());
+    assert!(
+        matches!(owner(), PreemptOwner::At(at) if (at.file(), at.line()) == (file!(), line)),
+        "NoPreempt::new recorded {:?}",
+        owner()
+    );
+    drop(np);
+
+    // `mm`'s spinlocks reach the kernel through a plain `fn()` hook: the owner is where the hook
+    // was called from, as kernel code addresses (the report prints them for addr2line).
+    let lock = SpinLock::new(LockClass::Leaf, 0u64);
+    let guard = lock.lock();
+    match owner() {
+        PreemptOwner::Code(code) => {
+            assert!(code[0] >= kernel::KERNEL_BASE, "not a kernel code address: {code:x?}");
+        }
+        other => panic!("an mm spinlock recorded {other:?}"),
+    }
+    drop(guard);
+}
+
+/// The CPU of the last online CPU, and one other if there is one.
+fn two_cpus() -> (usize, Option<usize>) {
+    let n = online_count();
+    (n - 1, (n > 1).then_some(0))
+}
+
+/// Rounds of the wake-up latency tests, and how many may see a tick between the wake-up and
+/// the woken thread running: a tick can land in the few instructions between the two (it then
+/// runs the woken thread itself). Without prompt wake-ups every round sees one.
+const WAKE_ROUNDS: u64 = 20;
+const WAKE_ROUNDS_WITH_A_TICK: u64 = 5;
+
+#[test_case]
+fn a_thread_woken_on_its_cpu_runs_before_the_next_tick() {
+    // A waker and a sleeper pinned to one CPU: the waker keeps running after the wake-up, so
+    // the sleeper gets the CPU only if the wake-up preempts the waker (or a tick does).
+    static WORD: AtomicU32 = AtomicU32::new(0);
+    static RAN_AT_TICK: AtomicU64 = AtomicU64::new(0);
+    static RAN: AtomicU64 = AtomicU64::new(0);
+    WORD.store(0, Ordering::SeqCst);
+    RAN.store(0, Ordering::SeqCst);
+    let (cpu, _) = two_cpus();
+    let ticks = move || PERCPU[cpu].ticks.load(Ordering::SeqCst);
+    let sleeper = spawn_on(cpu, "sleeper", move || {
+        for round in 1..=WAKE_ROUNDS {
+            while WORD.load(Ordering::SeqCst) < round as u32 {
+                futex_wait(&WORD, round as u32 - 1);
+            }
+            RAN_AT_TICK.store(ticks(), Ordering::SeqCst);
+            RAN.store(round, Ordering::SeqCst);
+        }
+        0
+    })
+    .expect("spawn");
+    let waker = spawn_on(cpu, "waker", move || {
+        let mut late = 0;
+        for round in 1..=WAKE_ROUNDS {
+            // Lets the sleeper block (it is the only other thread on this CPU).
+            sleep_ns(2_000_000);
+            let at = ticks();
+            WORD.store(round as u32, Ordering::SeqCst);
+            futex_wake(&WORD, 1);
+            // Busy: only a preemption lets the sleeper run.
+            wait_for("the woken thread to run", 5, || RAN.load(Ordering::SeqCst) == round);
+            late += (RAN_AT_TICK.load(Ordering::SeqCst) != at) as i64;
+        }
+        late
+    })
+    .expect("spawn");
+    let late = waker.join();
+    assert_eq!(sleeper.join(), 0);
+    kernel::serial_println!("{late} of {WAKE_ROUNDS} woken threads saw a tick before they ran");
+    assert!(late <= WAKE_ROUNDS_WITH_A_TICK as i64, "{late} of {WAKE_ROUNDS} woken threads waited for a tick");
+}
+
+#[test_case]
+fn a_wake_up_preempts_a_busy_cpu_when_it_enables_preemption() {
+    // A thread on CPU `busy` disables preemption while a thread on another CPU wakes a sleeper
+    // pinned to `busy`: the reschedule IPI finds preemption disabled, and must not be lost.
+    static WORD: AtomicU32 = AtomicU32::new(0);
+    static IN_SECTION: AtomicU64 = AtomicU64::new(0);
+    static WOKEN: AtomicU64 = AtomicU64::new(0);
+    static RAN_AT_TICK: AtomicU64 = AtomicU64::new(0);
+    static RAN: AtomicU64 = AtomicU64::new(0);
+    let (busy, Some(other)) = two_cpus() else {
+        kernel::serial_println!("(one CPU: nothing to test)");
+        return;
+    };
+    for a in [&IN_SECTION, &WOKEN, &RAN] {
+        a.store(0, Ordering::SeqCst);
+    }
+    WORD.store(0, Ordering::SeqCst);
+    let ticks = move || PERCPU[busy].ticks.load(Ordering::SeqCst);
+    let sleeper = spawn_on(busy, "sleeper", move || {
+        for round in 1..=WAKE_ROUNDS {
+            while WORD.load(Ordering::SeqCst) < round as u32 {
+                futex_wait(&WORD, round as u32 - 1);
+            }
+            RAN_AT_TICK.store(ticks(), Ordering::SeqCst);
+            RAN.store(round, Ordering::SeqCst);
+        }
+        0
+    })
+    .expect("spawn");
+    let section = spawn_on(busy, "section", move || {
+        let mut late = 0;
+        for round in 1..=WAKE_ROUNDS {
+            // Lets the sleeper block (it is the only other thread on this CPU).
+            sleep_ns(2_000_000);
+            preempt_disable();
+            IN_SECTION.store(round, Ordering::SeqCst);
+            wait_for("the wake-up", 5, || WOKEN.load(Ordering::SeqCst) == round);
+            let at = ticks();
+            preempt_enable();
+            wait_for("the woken thread to run", 5, || RAN.load(Ordering::SeqCst) == round);
+            late += (RAN_AT_TICK.load(Ordering::SeqCst) != at) as i64;
+        }
+        late
+    })
+    .expect("spawn");
+    let waker = spawn_on(other, "waker", move || {
+        for round in 1..=WAKE_ROUNDS {
+            wait_for("the section", 5, || IN_SECTION.load(Ordering::SeqCst) == round);
+            WORD.store(round as u32, Ordering::SeqCst);
+            futex_wake(&WORD, 1);
+            WOKEN.store(round, Ordering::SeqCst);
+        }
+        0
+    })
+    .expect("spawn");
+    assert_eq!(waker.join(), 0);
+    let late = section.join();
+    assert_eq!(sleeper.join(), 0);
+    kernel::serial_println!("{late} of {WAKE_ROUNDS} woken threads saw a tick before they ran");
+    assert!(late <= WAKE_ROUNDS_WITH_A_TICK as i64, "{late} of {WAKE_ROUNDS} woken threads waited for a tick");
+}

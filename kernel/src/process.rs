@@ -4,7 +4,9 @@
 //! Threads of a process run in ring 0 for now, touching user-half addresses; the fault decoding
 //! already carries the user bit of the error code for ring-3 threads. A fault `mm` cannot
 //! resolve (no VMA, access the VMA forbids, out of memory) ends the faulting thread with one log
-//! line; the kernel carries on.
+//! line; the kernel carries on. Nothing unwinds: the thread's entry closure, and so what it
+//! captured (say an `Arc<Process>`), is dropped by `sched::exit`, but values the thread made on
+//! its own stack are not.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -50,10 +52,11 @@ impl Process {
         &self.name
     }
 
-    /// Starts a thread in this process.
+    /// Starts a thread in this process (as [`sched::spawn`]: the thread owns `f` until it ends,
+    /// also when a fault kills it).
     pub fn spawn<F>(&self, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
     where
-        F: FnOnce() -> i64 + Send + 'static,
+        F: FnMut() -> i64 + Send + 'static,
     {
         sched::start(name.into(), None, Some(self.mm.clone()), Box::new(f))
     }
@@ -61,7 +64,7 @@ impl Process {
     /// Starts a thread in this process that runs only on `cpu`.
     pub fn spawn_on<F>(&self, cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
     where
-        F: FnOnce() -> i64 + Send + 'static,
+        F: FnMut() -> i64 + Send + 'static,
     {
         sched::start(name.into(), Some(cpu), Some(self.mm.clone()), Box::new(f))
     }
@@ -78,7 +81,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
     if addr.as_u64() >= mm::pgtable::USER_END {
         return false;
     }
-    if crate::arch::percpu::this_cpu().preempt_count.load(core::sync::atomic::Ordering::Relaxed) != 0
+    if crate::arch::percpu::preempt_count() != 0
         || !frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG)
     {
         // A user-memory fault with preemption or interrupts off (inside a spinlock or RCU read

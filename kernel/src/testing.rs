@@ -43,6 +43,8 @@ pub fn test_runner(tests: &[&dyn Testable]) -> ! {
 
 static IN_TEST: AtomicBool = AtomicBool::new(false);
 static PANIC_EXPECTED: AtomicBool = AtomicBool::new(false);
+/// What the expected panic's message must contain (empty: any panic passes).
+static PANIC_NEEDLES: spin::Mutex<&'static [&'static str]> = spin::Mutex::new(&[]);
 
 /// Starts a `should_panic`-style test kernel that runs the single test `name`: from now on a
 /// panic is the test passing, and returning from it is a failure.
@@ -51,6 +53,36 @@ pub fn expect_panic(name: &'static str) {
     *CURRENT.lock() = name;
     PANIC_EXPECTED.store(true, Ordering::SeqCst);
     serial_println!("running 1 tests");
+}
+
+/// [`expect_panic`], where only a panic whose message contains each of `needles` passes.
+pub fn expect_panic_containing(name: &'static str, needles: &'static [&'static str]) {
+    *PANIC_NEEDLES.lock() = needles;
+    expect_panic(name);
+}
+
+/// The first bytes of a panic message, without allocating (the heap may be what broke).
+struct MessageBuf {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl core::fmt::Write for MessageBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Whether the panic's message holds every expected needle.
+fn message_matches(info: &core::panic::PanicInfo) -> bool {
+    let needles = PANIC_NEEDLES.try_lock().map_or(&[][..], |n| *n);
+    let mut m = MessageBuf { buf: [0; 1024], len: 0 };
+    let _ = core::fmt::Write::write_fmt(&mut m, format_args!("{}", info.message()));
+    let text = &m.buf[..m.len];
+    needles.iter().all(|n| text.windows(n.len()).any(|w| w == n.as_bytes()))
 }
 
 /// Prints the return addresses of the frames above the caller, following the frame-pointer
@@ -91,8 +123,14 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
     unsafe { crate::serial::force_unlock() };
     let name = CURRENT.try_lock().map_or("?", |n| *n);
     if PANIC_EXPECTED.load(Ordering::SeqCst) {
-        serial_println!("test {name} ... ok");
-        exit(ExitCode::Success)
+        serial_println!("expected panic on cpu{}: {info}", crate::arch::cpu_id());
+        if message_matches(info) {
+            serial_println!("test {name} ... ok");
+            exit(ExitCode::Success)
+        }
+        serial_println!("test {name} ... FAILED");
+        serial_println!("the panic message lacks {:?}", PANIC_NEEDLES.try_lock().map_or(&[][..], |n| *n));
+        exit(ExitCode::Failed)
     }
     if IN_TEST.load(Ordering::SeqCst) {
         serial_println!("test {name} ... FAILED");

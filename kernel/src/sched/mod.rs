@@ -1,10 +1,28 @@
 //! The scheduler: kernel threads on per-CPU run queues, preempted by the timer tick.
 //!
-//! Each CPU runs the head of its own queue; a CPU whose queue is empty steals from the longest
-//! one, and idles (`hlt`) when every queue is empty. `spawn` spreads new threads round-robin and
-//! kicks an idle target CPU with a reschedule IPI. The timer preempts a thread only when its
-//! CPU's `preempt_count` is zero. A context switch and the idle loop are the CPU's RCU
-//! quiescent states (`mm`'s RCU is told through [`set_quiescent_hook`]).
+//! Each CPU runs the head of its own queue (round robin: a preempted thread goes to the back);
+//! a CPU whose queue is empty steals from the longest one, and idles (`hlt`) when every queue
+//! is empty. `spawn` spreads new threads round-robin over the CPUs and kicks a remote target
+//! with a reschedule IPI. The CPU's RCU quiescent states are its context switches and its idle
+//! loop (`mm`'s RCU is told through [`set_quiescent_hook`]).
+//!
+//! # Preemption
+//! A CPU switches threads only when its `preempt_count` is zero (see `arch::percpu`); giving
+//! up the CPU otherwise is a bug that panics ("scheduling while atomic"). A reason to
+//! reschedule that arrives while the count is nonzero is not dropped but kept in the CPU's
+//! `need_resched` flag (Linux's TIF_NEED_RESCHED): set by the tick, by a reschedule IPI, and by
+//! a wake-up that queues a thread; honoured by `preempt_enable` when the count drops to zero
+//! with interrupts on, and on the tick and reschedule IPI when the count is zero.
+//!
+//! # Wake-ups
+//! [`wake`] queues the thread on its pinned CPU, else on the CPU it last ran on if that one
+//! idles, else on any idle CPU, else on the CPU it last ran on (Linux's `select_task_rq`, minus
+//! the load balancing), and asks that CPU to reschedule (Linux's `resched_curr`): its own CPU
+//! through the flag, which `wake` honours before it returns; another CPU through the flag and
+//! a reschedule IPI, which preempts whatever runs there (at once, or at its next
+//! `preempt_enable`). Either way the woken thread runs without waiting for a tick, after the
+//! threads already queued there (the preempted one goes to the back). A new thread does not
+//! preempt its spawner (as on Linux), only a remote CPU.
 //!
 //! Everything here that touches run queues or `current` runs with interrupts off.
 
@@ -18,14 +36,15 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 use x86_64::instructions::interrupts;
 
 use crate::arch::apic;
-use crate::arch::percpu::{MAX_CPUS, PERCPU, PerCpu, this_cpu};
+use crate::arch::percpu::{MAX_CPUS, NoPreempt, PERCPU, PerCpu, cpu_id, preempt_count, this_cpu};
 use crate::memory::stack::{Stack, StackError};
+pub(crate) use thread::Entry;
 pub use thread::{JoinHandle, Thread};
 use thread::{State, ThreadInit};
 use x86_64::registers::control::Cr3;
@@ -45,6 +64,8 @@ pub struct CpuSched {
     pub switches: AtomicU64,
     /// Threads in `queue` (read by other CPUs choosing where to steal or place).
     queued: AtomicUsize,
+    /// The CPU runs its idle thread (read by wakers choosing a CPU).
+    running_idle: AtomicBool,
 }
 
 /// # Invariants
@@ -65,7 +86,13 @@ impl CpuSched {
             slots: Slots(UnsafeCell::new((None, None))),
             switches: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
+            running_idle: AtomicBool::new(false),
         }
+    }
+
+    /// Idles: runs its idle thread and has nothing queued (a hint: it may change at once).
+    fn is_idle(&self) -> bool {
+        self.running_idle.load(Ordering::Relaxed) && self.queued.load(Ordering::Relaxed) == 0
     }
 
     /// # Safety
@@ -122,6 +149,7 @@ pub fn init_cpu() {
         mm: None,
     });
     IDLE[cpu.id()].call_once(|| idle.clone());
+    cpu.sched.running_idle.store(true, Ordering::Relaxed);
     interrupts::without_interrupts(|| {
         // SAFETY: interrupts are off and we are on the owning CPU.
         unsafe { cpu.sched.slots().0 = Some(idle) };
@@ -180,18 +208,22 @@ pub fn current() -> Arc<Thread> {
 
 static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
-/// Starts a thread running `f`; its return value is the exit code `join` gives.
+/// Starts a thread running `f` (once); its return value is the exit code `join` gives.
+///
+/// The thread owns `f` and what it captured until it ends: `f` is called by reference, and
+/// dropped when the thread exits, returns or is killed (a killed thread unwinds nothing, so
+/// values it made on its own stack are not dropped; what it must release belongs in `f`).
 pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
-    F: FnOnce() -> i64 + Send + 'static,
+    F: FnMut() -> i64 + Send + 'static,
 {
     start(name.into(), None, None, Box::new(f))
 }
 
-/// Starts a thread that runs only on `cpu` (which must be online).
+/// Starts a thread that runs only on `cpu` (which must be online); as [`spawn`].
 pub fn spawn_on<F>(cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
-    F: FnOnce() -> i64 + Send + 'static,
+    F: FnMut() -> i64 + Send + 'static,
 {
     start(name.into(), Some(cpu), None, Box::new(f))
 }
@@ -201,7 +233,7 @@ pub(crate) fn start(
     name: String,
     pinned: Option<usize>,
     mm: Option<Arc<Mm>>,
-    f: Box<dyn FnOnce() -> i64 + Send>,
+    f: Entry,
 ) -> Result<JoinHandle, StackError> {
     if let Some(cpu) = pinned {
         assert!(PERCPU[cpu].online.load(Ordering::Acquire), "CPU {cpu} is not online");
@@ -225,15 +257,24 @@ pub(crate) fn start(
     // SAFETY: nobody runs the thread yet.
     unsafe { *t.rsp.get() = rsp };
     let handle = JoinHandle { thread: t.clone() };
-    enqueue(cpu, t);
+    let _np = NoPreempt::new();
+    interrupts::without_interrupts(|| PERCPU[cpu].sched.push(t));
+    if cpu != cpu_id() {
+        resched_cpu(cpu);
+    }
     Ok(handle)
 }
 
-/// Puts a `Ready` thread on `cpu`'s queue and kicks that CPU if it idles.
-fn enqueue(cpu: usize, t: Arc<Thread>) {
-    interrupts::without_interrupts(|| PERCPU[cpu].sched.push(t));
-    if cpu != crate::arch::percpu::cpu_id() && PERCPU[cpu].online.load(Ordering::Acquire) {
-        apic::send_ipi(PERCPU[cpu].apic_id.load(Ordering::Relaxed), apic::vector::RESCHEDULE);
+/// Asks `cpu` to reschedule soon (Linux's `resched_curr`): this CPU at its next preemption
+/// point, another one through a reschedule IPI, sent only if its flag was clear (a set flag
+/// means a reschedule is already on its way: the CPU clears the flag in `schedule` before it
+/// looks at its queue).
+fn resched_cpu(cpu: usize) {
+    let target = &PERCPU[cpu];
+    if cpu == cpu_id() {
+        target.need_resched.store(true, Ordering::Relaxed);
+    } else if !target.need_resched.swap(true, Ordering::AcqRel) && target.online.load(Ordering::Acquire) {
+        apic::send_ipi(target.apic_id.load(Ordering::Relaxed), apic::vector::RESCHEDULE);
     }
 }
 
@@ -244,36 +285,64 @@ fn enqueue(cpu: usize, t: Arc<Thread>) {
 /// each pick up (steal) the other's, and each wait, interrupts off, for the other to finish
 /// switching: a deadlock. This way the only queued threads still `on_cpu` are ones their own
 /// CPU just preempted, and that CPU finishes its switch without waiting for anyone.
+///
+/// The woken thread's CPU reschedules promptly (see the module header): this CPU before
+/// `wake` returns, if preemption is enabled; another one through a reschedule IPI.
 pub fn wake(t: Arc<Thread>) {
+    // Keeps "this CPU" stable until the thread is queued; dropping it is the preemption point.
+    let _np = NoPreempt::new();
     if t.cas_state(State::Blocked, State::Ready) {
         while t.on_cpu.load(Ordering::Acquire) {
             core::hint::spin_loop();
         }
-        let cpu = t.pinned.unwrap_or_else(|| t.last_cpu.load(Ordering::Relaxed));
-        enqueue(cpu, t);
+        let cpu = select_cpu(&t);
+        interrupts::without_interrupts(|| PERCPU[cpu].sched.push(t));
+        resched_cpu(cpu);
     }
 }
 
-/// Reports (once per boot, as a warning with the thread and where preemption was last raised)
-/// a caller that gives up the CPU with preemption disabled: switching away then leaves this
-/// CPU's count wrong. Known open bug: the mm_fault stress sometimes reaches the `mmap_lock`
-/// fallback of a fault this way (see the session notes); a warning, not a panic, until found.
+/// The CPU a woken thread is queued on: its pinned CPU; else the CPU it last ran on if that
+/// one idles (its caches may still hold the thread's data); else any idle CPU; else the CPU it
+/// last ran on, where it preempts the running thread. Idleness is a racy hint: two wakers may
+/// pick the same idle CPU, and the second thread waits there for a turn or a stealer.
+fn select_cpu(t: &Thread) -> usize {
+    if let Some(cpu) = t.pinned {
+        return cpu;
+    }
+    let prev = t.last_cpu.load(Ordering::Relaxed);
+    if PERCPU[prev].sched.is_idle() {
+        return prev;
+    }
+    PERCPU
+        .iter()
+        .find(|c| c.online.load(Ordering::Acquire) && c.sched.is_idle())
+        .map_or(prev, |c| c.id())
+}
+
+/// Panics if the caller may not give up the CPU (preemption disabled: a spinlock or an RCU read
+/// section held): switching away would leave the section open with the CPU's count wrong for
+/// every thread that runs there next. Called by everything that blocks, to name the caller;
+/// `schedule` checks the same as its last line of defence.
 #[track_caller]
 pub(crate) fn assert_may_sleep() {
-    static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    let count = this_cpu().preempt_count.load(Ordering::Relaxed);
-    if count != 0 && !WARNED.swap(true, Ordering::Relaxed) {
-        let who = with_current(|t| (t.id(), alloc::string::String::from(t.name())));
-        let owner = this_cpu().preempt_owner.load(Ordering::Relaxed);
-        // SAFETY: only `preempt_disable` stores here, and it stores `&'static Location`s.
-        let owner = unsafe { owner.as_ref() };
-        crate::warn!(
-            "scheduling while atomic: thread {} ({}), preempt count {count}, last raised from 0 at {owner:?}, at {}",
-            who.0,
-            who.1,
-            core::panic::Location::caller()
-        );
+    let count = preempt_count();
+    if count != 0 {
+        scheduling_while_atomic(count, core::panic::Location::caller());
     }
+}
+
+#[cold]
+#[inline(never)]
+fn scheduling_while_atomic(count: u32, at: &core::panic::Location<'_>) -> ! {
+    let owner = this_cpu().preempt_owner();
+    with_current(|t| {
+        panic!(
+            "scheduling while atomic: thread {} ({}) gives up the CPU at {at} with preempt count {count}; \
+             preemption was last disabled from zero at {owner}",
+            t.id(),
+            t.name()
+        )
+    })
 }
 
 /// Threads that exist now (exited ones count until the last handle to them is gone).
@@ -295,9 +364,17 @@ pub fn yield_now() {
 
 /// Picks the next thread for this CPU and switches to it. Interrupts must be off. The current
 /// thread goes back to the queue if it is still `Running`; a `Blocked` or `Exited` one does not.
+#[track_caller]
 pub(crate) fn schedule() {
     debug_assert!(!interrupts::are_enabled());
+    let count = preempt_count();
+    if count != 0 {
+        scheduling_while_atomic(count, core::panic::Location::caller());
+    }
     let cpu = this_cpu();
+    // Before looking at the queue: a waker that queues after this sees the flag clear and
+    // kicks us again.
+    cpu.need_resched.store(false, Ordering::Relaxed);
     // SAFETY: interrupts are off, on this CPU; the borrow ends before the switch.
     let cur = unsafe { cpu.sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU");
     if !cur.idle && cur.cas_state(State::Running, State::Ready) {
@@ -320,6 +397,7 @@ pub(crate) fn schedule() {
     next.on_cpu.store(true, Ordering::Relaxed);
     next.set_state(State::Running);
     next.last_cpu.store(cpu.id(), Ordering::Relaxed);
+    cpu.sched.running_idle.store(next.idle, Ordering::Relaxed);
     switch_address_space(cpu.id(), &next);
     let save = cur.rsp.get();
     // SAFETY: `on_cpu` was clear, so the CPU that saved `next`'s rsp is done with it.
@@ -422,17 +500,30 @@ extern "C" fn thread_start() -> ! {
     finish_switch();
     interrupts::enable();
     // No `Arc` of ourselves may live in this frame: `exit` never returns, so it would leak.
-    let f = with_current(|t| t.entry.lock().take()).expect("thread started twice");
+    let entry = with_current(|t| t.entry.get());
+    // SAFETY: only the thread itself touches its entry slot once it runs (`Thread`'s
+    // invariants), and nothing else of this thread does while `f` runs, except `exit` ending
+    // the thread from inside `f`: then this borrow is never used again, as `exit` does not
+    // return here.
+    let f = unsafe { (*entry).as_mut() }.expect("thread started twice");
     let code = f();
     exit(code)
 }
 
-/// Ends the calling thread with `code`.
+/// Ends the calling thread with `code`, dropping its entry closure (and what that captured)
+/// first, also when called from inside it: a thread killed by a fault ends here.
 #[track_caller]
 pub fn exit(code: i64) -> ! {
     assert_may_sleep();
     let me = current();
     assert!(!me.idle, "the idle thread cannot exit");
+    // SAFETY: we are the thread (`Thread`'s invariants). If `exit` runs inside the closure,
+    // the frames that borrow it are abandoned for good: nothing unwinds into them.
+    let entry = unsafe { (*me.entry.get()).take() };
+    // Here, not where the last `Arc<Thread>` goes (possibly a scheduler path with interrupts
+    // off): the captures may be the last owners of an address space, whose teardown may sleep.
+    // Before `done`, so that a joiner sees them dropped.
+    drop(entry);
     me.exit_code.store(code, Ordering::Release);
     interrupts::disable();
     me.set_state(State::Exited);
@@ -456,8 +547,9 @@ pub fn idle_loop() -> ! {
         // Free the stacks of exited threads here, where waiting for a shootdown costs nothing.
         crate::memory::stack::try_reap();
         interrupts::disable();
-        if cpu.sched.queued.load(Ordering::Relaxed) == 0 {
-            // Woken by the next tick (which retries stealing) or a reschedule IPI.
+        if cpu.sched.queued.load(Ordering::Relaxed) == 0 && !cpu.need_resched.load(Ordering::Relaxed) {
+            // Woken by the next tick (which retries stealing) or a reschedule IPI (a waker
+            // sends one when it finds our flag clear, which `schedule` made it above).
             interrupts::enable_and_hlt();
         } else {
             interrupts::enable();
@@ -465,21 +557,43 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// The timer tick: wake sleepers, and preempt unless preemption is disabled.
+/// The timer tick: wake sleepers, and preempt, or if preemption is disabled have the thread
+/// rescheduled when it enables it.
 pub(crate) fn tick() {
     let cpu = this_cpu();
     cpu.ticks.fetch_add(1, Ordering::Relaxed);
     wait::wake_sleepers(apic::now_ns());
-    if cpu.preempt_count.load(Ordering::Relaxed) == 0 {
+    preempt_from_interrupt();
+}
+
+/// A reschedule IPI: another CPU queued work here (and set our `need_resched`).
+pub(crate) fn reschedule_ipi() {
+    preempt_from_interrupt();
+}
+
+/// The end of an interrupt that asks for a reschedule (interrupts off): now, or at the
+/// interrupted thread's `preempt_enable` to zero.
+fn preempt_from_interrupt() {
+    if preempt_count() == 0 {
         schedule();
+    } else {
+        this_cpu().need_resched.store(true, Ordering::Relaxed);
     }
 }
 
-/// A reschedule IPI: another CPU queued work here.
-pub(crate) fn reschedule_ipi() {
-    if this_cpu().preempt_count.load(Ordering::Relaxed) == 0 {
+/// `preempt_enable` found the count zero and a reschedule pending: reschedule, if interrupts
+/// are on (with them off, the caller may be anywhere, even inside `schedule`: the flag stays
+/// set for the next preemption point or tick).
+pub(crate) fn preempt_schedule() {
+    if !interrupts::are_enabled() {
+        return;
+    }
+    interrupts::disable();
+    // Re-checked with interrupts off: an interrupt may have rescheduled us meanwhile.
+    if preempt_count() == 0 && this_cpu().need_resched.load(Ordering::Relaxed) {
         schedule();
     }
+    interrupts::enable();
 }
 
 static QUIESCENT_HOOK: AtomicUsize = AtomicUsize::new(0);

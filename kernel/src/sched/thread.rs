@@ -32,19 +32,25 @@ pub enum State {
     Exited = 3,
 }
 
+/// What a thread runs: called once by reference, so that the thread owns the closure and its
+/// captures until it ends (see [`spawn`](super::spawn)).
+pub(crate) type Entry = Box<dyn FnMut() -> i64 + Send>;
+
 /// A kernel thread.
 ///
 /// # Invariants
-/// `rsp` is written only by the CPU switching away from the thread and read only by the CPU
-/// switching to it, after it saw `on_cpu` clear (acquire), which the first CPU released after
-/// the write.
+/// - `rsp` is written only by the CPU switching away from the thread and read only by the CPU
+///   switching to it, after it saw `on_cpu` clear (acquire), which the first CPU released after
+///   the write.
+/// - `entry` is set at creation and touched afterwards only by the thread itself (called in
+///   `thread_start`, taken and dropped in `exit`), or by `Drop` when it never ran.
 pub struct Thread {
     pub(super) id: u64,
     pub(super) name: String,
     pub(super) state: AtomicU8,
     pub(super) on_cpu: AtomicBool,
     pub(super) rsp: UnsafeCell<u64>,
-    pub(super) entry: spin::Mutex<Option<Box<dyn FnOnce() -> i64 + Send>>>,
+    pub(super) entry: UnsafeCell<Option<Entry>>,
     pub(super) exit_code: AtomicI64,
     pub(super) done: AtomicBool,
     pub(super) joiners: WaitQueue,
@@ -66,7 +72,7 @@ pub struct Thread {
 pub(super) struct ThreadInit {
     pub name: String,
     pub stack: Option<Stack>,
-    pub entry: Option<Box<dyn FnOnce() -> i64 + Send>>,
+    pub entry: Option<Entry>,
     /// An idle thread: runs only on its CPU, never queued.
     pub idle: bool,
     /// Already running (the code that becomes the thread is on a CPU now).
@@ -76,8 +82,8 @@ pub(super) struct ThreadInit {
     pub mm: Option<Arc<Mm>>,
 }
 
-// SAFETY: `rsp` is the only non-Sync field; its accesses are ordered by `on_cpu` (see the type's
-// invariants).
+// SAFETY: `rsp` and `entry` are the only non-Sync fields: `rsp`'s accesses are ordered by
+// `on_cpu`, and only the thread itself uses `entry` (see the type's invariants).
 unsafe impl Sync for Thread {}
 // SAFETY: as above; the closure is `Send`.
 unsafe impl Send for Thread {}
@@ -89,7 +95,9 @@ pub(super) static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        // The stack first: whoever sees the count drop also sees the stack on its way out.
+        // A thread that never ran still owns its closure. Then the stack: whoever sees the
+        // count drop also sees both on their way out.
+        drop(self.entry.get_mut().take());
         drop(self._stack.take());
         LIVE.fetch_sub(1, Ordering::Release);
     }
@@ -105,7 +113,7 @@ impl Thread {
             state: AtomicU8::new(if running { State::Running } else { State::Ready } as u8),
             on_cpu: AtomicBool::new(running),
             rsp: UnsafeCell::new(0),
-            entry: spin::Mutex::new(entry),
+            entry: UnsafeCell::new(entry),
             exit_code: AtomicI64::new(0),
             done: AtomicBool::new(false),
             joiners: WaitQueue::new(),
