@@ -251,7 +251,9 @@ fn measure(
                 Workload::PageFault1 => worker.page_fault1(base, per_thread),
                 Workload::Pft | Workload::Churn => worker.pft(base, per_thread),
             };
-            *out.lock() = Some(r.map(|()| worker.rec));
+            // The entry runs once; the record moves out, leaving an empty one behind.
+            let empty = Recorded { latency: Histogram::new(), phases: None };
+            *out.lock() = Some(r.map(|()| core::mem::replace(&mut worker.rec, empty)));
             0
         });
         match spawned {
