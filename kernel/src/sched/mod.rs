@@ -3,8 +3,8 @@
 //! Each CPU runs the head of its own queue; a CPU whose queue is empty steals from the longest
 //! one, and idles (`hlt`) when every queue is empty. `spawn` spreads new threads round-robin and
 //! kicks an idle target CPU with a reschedule IPI. The timer preempts a thread only when its
-//! CPU's `preempt_count` is zero. A context switch and the idle loop are the CPU's RCU
-//! quiescent states (`mm`'s RCU is told through [`set_quiescent_hook`]).
+//! CPU's `preempt_count` is zero. The tick, a context switch and the idle loop let `mm`'s RCU
+//! advance its grace periods ([`set_rcu_hook`]); callbacks run in a thread of their own.
 //!
 //! Everything here that touches run queues or `current` runs with interrupts off.
 
@@ -368,7 +368,7 @@ pub fn with_current<R>(f: impl FnOnce(&Thread) -> R) -> R {
 }
 
 /// Runs on the new thread right after a switch, on whatever CPU it now is: releases the thread
-/// this CPU switched away from, and reports the quiescent state.
+/// this CPU switched away from, and lets RCU advance.
 fn finish_switch() {
     let cpu = this_cpu();
     // SAFETY: interrupts are off, on this CPU.
@@ -378,7 +378,7 @@ fn finish_switch() {
         // Dropping `prev` may free an exited thread's stack: we are off it now.
         drop(prev);
     }
-    quiescent_state();
+    rcu_advance();
 }
 
 fn idle_thread(cpu: &PerCpu) -> Arc<Thread> {
@@ -430,7 +430,7 @@ pub fn idle_loop() -> ! {
     let cpu = this_cpu();
     loop {
         interrupts::disable();
-        quiescent_state();
+        rcu_advance();
         // Runs our queue's head or a thread stolen from another CPU, if there is one; returns
         // here when this CPU has nothing to do again.
         schedule();
@@ -447,11 +447,13 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// The timer tick: wake sleepers, and preempt unless preemption is disabled.
+/// The timer tick: wake sleepers, let RCU advance (it may wake its callback thread), and
+/// preempt unless preemption is disabled.
 pub(crate) fn tick() {
     let cpu = this_cpu();
     cpu.ticks.fetch_add(1, Ordering::Relaxed);
     wait::wake_sleepers(apic::now_ns());
+    rcu_advance();
     if cpu.preempt_count.load(Ordering::Relaxed) == 0 {
         schedule();
     }
@@ -464,17 +466,18 @@ pub(crate) fn reschedule_ipi() {
     }
 }
 
-static QUIESCENT_HOOK: AtomicUsize = AtomicUsize::new(0);
+static RCU_HOOK: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the function told about this CPU's quiescent states (context switch, idle).
-pub fn set_quiescent_hook(hook: fn()) {
-    QUIESCENT_HOOK.store(hook as *const () as usize, Ordering::Release);
+/// Installs the function that advances RCU grace periods, called with interrupts off from the
+/// timer tick, at context switch and in the idle loop (it must not block or run callbacks).
+pub fn set_rcu_hook(hook: fn()) {
+    RCU_HOOK.store(hook as *const () as usize, Ordering::Release);
 }
 
-fn quiescent_state() {
-    let h = QUIESCENT_HOOK.load(Ordering::Acquire);
+fn rcu_advance() {
+    let h = RCU_HOOK.load(Ordering::Acquire);
     if h != 0 {
-        // SAFETY: only `set_quiescent_hook` stores non-zero values, and they are `fn()`s.
+        // SAFETY: only `set_rcu_hook` stores non-zero values, and they are `fn()`s.
         let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
         hook();
     }
