@@ -13,7 +13,7 @@ use crate::testlog::{self, Counts};
 
 /// Test kernels that must pass on several CPU counts, by binary name; the rest run on
 /// `KTEST_SMP` CPUs (default 8).
-const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8])];
+const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8]), ("rcu", &[1, 2, 8])];
 
 /// `boot runner <ELF> [libtest args, ignored]`.
 pub fn runner(args: &[String]) -> Result<bool, String> {
