@@ -57,7 +57,10 @@ fn free_frames() -> u64 {
 /// writer lock, preemption disabled).
 fn churn_slot(p: &Process, pages: u64) {
     let mm = p.mm();
-    let a = mm.mmap(SLOT, pages * PAGE, RW, FIXED).expect("mmap").as_u64();
+    let a = mm
+        .mmap(SLOT, pages * PAGE, RW, FIXED)
+        .expect("mmap")
+        .as_u64();
     for i in 0..pages {
         // SAFETY: just mapped read-write in this thread's address space.
         unsafe { ((a + i * PAGE) as *mut u64).write_volatile(i) };
@@ -68,7 +71,10 @@ fn churn_slot(p: &Process, pages: u64) {
 /// Watches `progress` (one counter per thread) until every thread is done, failing if one
 /// makes no progress for `stall` nanoseconds: its CPU hangs.
 fn watch(progress: &[AtomicU64], done: &AtomicUsize, stall: u64) {
-    let mut last: Vec<(u64, u64)> = progress.iter().map(|p| (p.load(Ordering::Relaxed), now_ns())).collect();
+    let mut last: Vec<(u64, u64)> = progress
+        .iter()
+        .map(|p| (p.load(Ordering::Relaxed), now_ns()))
+        .collect();
     while done.load(Ordering::Acquire) < progress.len() {
         sleep_ns(50_000_000);
         let now = now_ns();
@@ -77,7 +83,11 @@ fn watch(progress: &[AtomicU64], done: &AtomicUsize, stall: u64) {
             if v != last[i].0 || v == u64::MAX {
                 last[i] = (v, now);
             }
-            assert!(now - last[i].1 < stall, "thread {i} made no progress for {} ms: its CPU hangs", stall / 1_000_000);
+            assert!(
+                now - last[i].1 < stall,
+                "thread {i} made no progress for {} ms: its CPU hangs",
+                stall / 1_000_000
+            );
         }
     }
 }
@@ -95,7 +105,8 @@ fn a_thread_preempted_while_queuing_a_callback_cannot_hang_its_cpu() {
     const RUN: u64 = 3 * SECOND;
     const KINDS: usize = 3;
     let cpus = online_count();
-    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..KINDS * cpus).map(|_| AtomicU64::new(0)).collect());
+    let progress: Arc<Vec<AtomicU64>> =
+        Arc::new((0..KINDS * cpus).map(|_| AtomicU64::new(0)).collect());
     let done = Arc::new(AtomicUsize::new(0));
     let end = now_ns() + RUN;
     let mut handles: Vec<JoinHandle> = Vec::new();
@@ -136,7 +147,9 @@ fn a_thread_preempted_while_queuing_a_callback_cannot_hang_its_cpu() {
     // holder's virtual CPU descheduled by the host) still gets something done in this time.
     watch(&progress, &done, 20 * SECOND);
     let ops: Vec<i64> = handles.into_iter().map(|h| h.join()).collect();
-    kernel::serial_println!("rcu preempt: {cpus} CPUs, ops per thread (queuer, zapper, writer) {ops:?}");
+    kernel::serial_println!(
+        "rcu preempt: {cpus} CPUs, ops per thread (queuer, zapper, writer) {ops:?}"
+    );
     assert!(ops.iter().all(|&n| n > 0), "every thread got to run");
 }
 
@@ -160,10 +173,18 @@ fn callbacks_run_with_interrupts_on_and_preemption_enabled() {
     // Leave them to the kernel (no barrier: that would run them here); sleeping switches.
     let deadline = now_ns() + 10 * SECOND;
     while ran.load(Ordering::Acquire) < CALLBACKS {
-        assert!(now_ns() < deadline, "callbacks never ran: {} of {CALLBACKS}", ran.load(Ordering::Relaxed));
+        assert!(
+            now_ns() < deadline,
+            "callbacks never ran: {} of {CALLBACKS}",
+            ran.load(Ordering::Relaxed)
+        );
         sleep_ns(10_000_000);
     }
-    assert_eq!(atomic.load(Ordering::Relaxed), 0, "callbacks ran with interrupts off or preemption disabled");
+    assert_eq!(
+        atomic.load(Ordering::Relaxed),
+        0,
+        "callbacks ran with interrupts off or preemption disabled"
+    );
 }
 
 /// Bug: callbacks ran only at a context switch or in idle. One thread pinned per CPU queues
@@ -204,7 +225,12 @@ fn callbacks_run_while_every_cpu_spins_without_switching() {
         .collect();
     for h in handles {
         let r = h.join();
-        assert_eq!(r, -1, "only {r} of {} callbacks ran in 10 s with every CPU busy", cpus * PER_CPU);
+        assert_eq!(
+            r,
+            -1,
+            "only {r} of {} callbacks ran in 10 s with every CPU busy",
+            cpus * PER_CPU
+        );
     }
 }
 
@@ -231,8 +257,12 @@ fn busy_cpus_that_never_switch_still_free_their_rcu_garbage() {
     let handles: Vec<JoinHandle> = (0..cpus)
         .map(|cpu| {
             let p = Process::new("busy").expect("process");
-            let (proc, total, peak_heap, peak_backlog) =
-                (p.clone(), total.clone(), peak_heap.clone(), peak_backlog.clone());
+            let (proc, total, peak_heap, peak_backlog) = (
+                p.clone(),
+                total.clone(),
+                peak_heap.clone(),
+                peak_backlog.clone(),
+            );
             p.spawn_on(cpu, "busy", move || {
                 let mut rounds = 0u64;
                 while now_ns() < end || total.load(Ordering::Relaxed) < ROUNDS {
@@ -256,11 +286,21 @@ fn busy_cpus_that_never_switch_still_free_their_rcu_garbage() {
         "rcu busy: {cpus} CPUs, rounds {rounds:?}, peak heap growth {} KiB, peak backlog {backlog}",
         growth >> 10
     );
-    assert!(backlog <= 2 * BACKLOG_LIMIT, "callback backlog reached {backlog}");
-    assert!(growth <= HEAP_BOUND, "heap grew by {} KiB while the CPUs were busy", growth >> 10);
+    assert!(
+        backlog <= 2 * BACKLOG_LIMIT,
+        "callback backlog reached {backlog}"
+    );
+    assert!(
+        growth <= HEAP_BOUND,
+        "heap grew by {} KiB while the CPUs were busy",
+        growth >> 10
+    );
     let now = free_frames();
     let (heap_after, _) = heap::usage();
-    assert_eq!(now, baseline, "frames leaked: {baseline} free before, {now} after");
+    assert_eq!(
+        now, baseline,
+        "frames leaked: {baseline} free before, {now} after"
+    );
     assert!(
         heap_after <= heap_before + (64 << 10),
         "heap not given back: {heap_before} bytes used before, {heap_after} after"
