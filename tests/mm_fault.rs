@@ -32,8 +32,7 @@ const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// Free frames once every exited thread is gone (a CPU releases the last thread it ran at its
 /// next switch) and its stack unmapped, and `mm`'s deferred frees and per-CPU caches are flushed.
 fn free_frames() -> u64 {
-    // Always there: one idle thread per CPU, and `main`.
-    let resident = online_count() + 1;
+    let resident = kernel::sched::resident_threads();
     let deadline = kernel::arch::apic::now_ns() + 10_000_000_000;
     while kernel::sched::live_threads() > resident {
         assert!(kernel::arch::apic::now_ns() < deadline, "exited threads are never released");

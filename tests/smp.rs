@@ -218,7 +218,7 @@ fn rcu_grace_periods_complete_with_every_cpu_busy() {
     for _ in 0..3 {
         rcu.synchronize();
     }
-    // Callbacks run at quiescent states: context switches and idle.
+    // The tick notices the grace period's end and the callback thread runs the callback.
     wait_for("the deferred free", 20, || {
         sched::yield_now();
         freed.load(Ordering::SeqCst)

@@ -39,7 +39,7 @@ fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
 /// Exited threads released and their stacks reaped, so no stack shootdown runs meanwhile
 /// (`running`: threads of the test still alive).
 fn settle(running: usize) {
-    let resident = online_count() + 1 + running;
+    let resident = sched::resident_threads() + running;
     wait_for("exited threads to be released", 10, || sched::live_threads() <= resident);
     kernel::memory::stack::reap();
 }

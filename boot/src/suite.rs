@@ -19,7 +19,7 @@ use crate::testlog::{self, Counts};
 
 /// Test kernels that must pass on several CPU counts, by binary name; the rest run on
 /// `KTEST_SMP` CPUs (default 8).
-const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8])];
+const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8]), ("rcu", &[1, 2, 8])];
 
 /// Seconds a host `cargo test` run may take once built, unless `HOST_TEST_TIMEOUT` says otherwise.
 const HOST_TEST_TIMEOUT: u64 = 300;

@@ -2,7 +2,8 @@
 //! real hardware (frames from the boot memory map, the physical-memory mapping, `invlpg` and
 //! shootdown IPIs, the per-CPU preemption count, futex-style wait queues, the TSC clock), and
 //! [`memory`] is the machine-wide `mm` state (frame allocator with per-CPU caches, event
-//! counters, fault policy, and the RCU domain whose quiescent states the scheduler reports).
+//! counters, fault policy, and the RCU domain, advanced by the scheduler's tick and drained by
+//! the `rcuc` callback thread).
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -93,15 +94,27 @@ pub type Mm = AddressSpace<KernelPlatform>;
 
 static MEMORY: spin::Once<Arc<Memory<KernelPlatform>>> = spin::Once::new();
 
-/// Creates the machine-wide `mm` state (once every CPU is online: it keeps state per CPU) and
-/// has the scheduler report quiescent states to its RCU domain.
+/// Creates the machine-wide `mm` state (once every CPU is online: it keeps state per CPU), has
+/// the scheduler advance its RCU domain from the timer tick and at context switch, and starts
+/// the thread that runs RCU callbacks.
+///
+/// RCU callbacks free page tables, tree nodes and VMAs through the frame caches and the heap:
+/// they run in that thread (interrupts on, preemptible), never in interrupt context or with
+/// interrupts off. The tick only notices finished grace periods and wakes the thread; a busy CPU
+/// that never switches threads still gets preempted for it.
 pub(crate) fn init_memory() {
     MEMORY.call_once(|| Memory::new(Arc::new(KernelPlatform)).expect("a frame for the zero page"));
-    crate::sched::set_quiescent_hook(|| {
+    crate::sched::set_rcu_hook(|| {
         if let Some(mem) = MEMORY.get() {
-            mem.rcu().quiescent_state();
+            mem.rcu().advance();
         }
     });
+    // Runs for the kernel's lifetime (`callback_thread` returns only when told to stop).
+    crate::sched::spawn_daemon("rcuc", || {
+        rcu().callback_thread(|| false);
+        0
+    })
+    .expect("a stack for the RCU callback thread");
 }
 
 /// The machine-wide `mm` state.

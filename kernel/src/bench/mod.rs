@@ -352,8 +352,7 @@ fn measure(
 /// Free frames once every exited thread is gone and its stack unmapped, and `mm`'s deferred
 /// frees and per-CPU caches are flushed (kernel page tables made meanwhile count as free).
 fn free_frames() -> Result<u64, BenchError> {
-    // Always there: one idle thread per CPU, and `main`.
-    let resident = online_count() + 1;
+    let resident = sched::resident_threads();
     let deadline = crate::arch::apic::now_ns() + 10_000_000_000;
     while sched::live_threads() > resident {
         if crate::arch::apic::now_ns() > deadline {

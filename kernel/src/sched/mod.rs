@@ -3,8 +3,8 @@
 //! Each CPU runs the head of its own queue (round robin: a preempted thread goes to the back);
 //! a CPU whose queue is empty steals from the longest one, and idles (`hlt`) when every queue
 //! is empty. `spawn` spreads new threads round-robin over the CPUs and kicks a remote target
-//! with a reschedule IPI. The CPU's RCU quiescent states are its context switches and its idle
-//! loop (`mm`'s RCU is told through [`set_quiescent_hook`]).
+//! with a reschedule IPI. The tick, a context switch and the idle loop let `mm`'s RCU advance
+//! its grace periods ([`set_rcu_hook`]); callbacks run in a thread of their own.
 //!
 //! # Preemption
 //! A CPU switches threads only when its `preempt_count` is zero (see `arch::percpu`); giving
@@ -350,6 +350,26 @@ pub fn live_threads() -> usize {
     thread::LIVE.load(Ordering::Acquire)
 }
 
+/// Daemons started with [`spawn_daemon`].
+static DAEMONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts a thread that runs for the kernel's lifetime (e.g. RCU's callback thread): counted in
+/// [`resident_threads`], never joined.
+pub fn spawn_daemon<F>(name: impl Into<String>, f: F) -> Result<(), StackError>
+where
+    F: FnMut() -> i64 + Send + 'static,
+{
+    let _never_joined = spawn(name, f)?;
+    DAEMONS.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Threads that live as long as the kernel: one idle thread per CPU, `main`, and the daemons.
+/// Once every other thread has exited and been released, [`live_threads`] falls to this.
+pub fn resident_threads() -> usize {
+    crate::arch::percpu::online_count() + 1 + DAEMONS.load(Ordering::Relaxed)
+}
+
 /// Gives the CPU to another ready thread, if there is one.
 #[track_caller]
 pub fn yield_now() {
@@ -464,7 +484,7 @@ pub fn with_current<R>(f: impl FnOnce(&Thread) -> R) -> R {
 }
 
 /// Runs on the new thread right after a switch, on whatever CPU it now is: releases the thread
-/// this CPU switched away from, and reports the quiescent state.
+/// this CPU switched away from, and lets RCU advance.
 fn finish_switch() {
     let cpu = this_cpu();
     // SAFETY: interrupts are off, on this CPU.
@@ -474,7 +494,7 @@ fn finish_switch() {
         // Dropping `prev` may free an exited thread's stack: we are off it now.
         drop(prev);
     }
-    quiescent_state();
+    rcu_advance();
 }
 
 fn idle_thread(cpu: &PerCpu) -> Arc<Thread> {
@@ -539,7 +559,7 @@ pub fn idle_loop() -> ! {
     let cpu = this_cpu();
     loop {
         interrupts::disable();
-        quiescent_state();
+        rcu_advance();
         // Runs our queue's head or a thread stolen from another CPU, if there is one; returns
         // here when this CPU has nothing to do again.
         schedule();
@@ -557,12 +577,13 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// The timer tick: wake sleepers, and preempt, or if preemption is disabled have the thread
-/// rescheduled when it enables it.
+/// The timer tick: wake sleepers, let RCU advance (it may wake its callback thread), and
+/// preempt, or if preemption is disabled have the thread rescheduled when it enables it.
 pub(crate) fn tick() {
     let cpu = this_cpu();
     cpu.ticks.fetch_add(1, Ordering::Relaxed);
     wait::wake_sleepers(apic::now_ns());
+    rcu_advance();
     preempt_from_interrupt();
 }
 
@@ -596,17 +617,18 @@ pub(crate) fn preempt_schedule() {
     interrupts::enable();
 }
 
-static QUIESCENT_HOOK: AtomicUsize = AtomicUsize::new(0);
+static RCU_HOOK: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the function told about this CPU's quiescent states (context switch, idle).
-pub fn set_quiescent_hook(hook: fn()) {
-    QUIESCENT_HOOK.store(hook as *const () as usize, Ordering::Release);
+/// Installs the function that advances RCU grace periods, called with interrupts off from the
+/// timer tick, at context switch and in the idle loop (it must not block or run callbacks).
+pub fn set_rcu_hook(hook: fn()) {
+    RCU_HOOK.store(hook as *const () as usize, Ordering::Release);
 }
 
-fn quiescent_state() {
-    let h = QUIESCENT_HOOK.load(Ordering::Acquire);
+fn rcu_advance() {
+    let h = RCU_HOOK.load(Ordering::Acquire);
     if h != 0 {
-        // SAFETY: only `set_quiescent_hook` stores non-zero values, and they are `fn()`s.
+        // SAFETY: only `set_rcu_hook` stores non-zero values, and they are `fn()`s.
         let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
         hook();
     }

@@ -44,9 +44,12 @@ pub enum MmapError {
 impl<P: Platform> AddressSpace<P> {
     /// `mmap(addr, len, prot, flags)` for anonymous private memory. Without a FIXED flag `addr`
     /// is a hint (used if free, `0` for none); otherwise the highest free range is taken.
-    /// Returns the start of the mapping. Frames are allocated at fault time.
+    /// Returns the start of the mapping. Frames are allocated at fault time. What it replaces is
+    /// freed after an RCU grace period ([`Rcu::throttle`] bounds the backlog).
     ///
-    /// Locks: takes `mmap_lock` for write.
+    /// Locks: takes `mmap_lock` for write; may block after releasing it.
+    ///
+    /// [`Rcu::throttle`]: crate::rcu::Rcu::throttle
     pub fn mmap(
         &self,
         addr: u64,
@@ -104,6 +107,8 @@ impl<P: Platform> AddressSpace<P> {
         );
         let zap = self.page_tables().zap(&g, range.clone());
         zap.flush(self.memory(), self.cpus());
+        drop(g);
+        self.memory().rcu().throttle();
         Ok(VirtAddr::new(range.start))
     }
 }

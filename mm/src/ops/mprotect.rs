@@ -22,9 +22,12 @@ impl<P: Platform> AddressSpace<P> {
     /// `mprotect(addr, len, prot)`: splits VMAs at the range's ends, gives the range `prot`,
     /// merges with neighbours of the same protection, and downgrades the PTEs (with a shootdown
     /// if a permission was removed). Permissions are added lazily: a write fault on a page made
-    /// writable decides in `do_wp_page`. A zero length succeeds without doing anything.
+    /// writable decides in `do_wp_page`. A zero length succeeds without doing anything. Replaced
+    /// VMAs and tree nodes are freed after an RCU grace period ([`Rcu::throttle`] bounds them).
     ///
-    /// Locks: takes `mmap_lock` for write.
+    /// Locks: takes `mmap_lock` for write; may block after releasing it.
+    ///
+    /// [`Rcu::throttle`]: crate::rcu::Rcu::throttle
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), MprotectError> {
         if !Prot::all().contains(prot) {
             return Err(MprotectError::BadProt);
@@ -50,6 +53,8 @@ impl<P: Platform> AddressSpace<P> {
             .map_err(|TreeOutOfMemory| MprotectError::OutOfMemory)?;
         let flush = self.page_tables().change_protection(&g, range, prot);
         flush.flush(&**self.memory().platform(), self.cpus());
+        drop(g);
+        self.memory().rcu().throttle();
         Ok(())
     }
 }

@@ -1,5 +1,17 @@
-//! The queue of deferred callbacks, behind a small spinlock of its own (it is a leaf lock: no
-//! other lock is taken under it, and callbacks run after it is released).
+//! The queue of deferred callbacks (Linux's segmented callback list, in three segments).
+//!
+//! `next` holds callbacks no grace period covers yet, `wait` those waiting for grace period
+//! `wait_gp`, `done` those whose grace period is over. [`CallbackQueue::advance`] moves `wait`
+//! to `done` once its grace period ends and starts one for `next`; it neither blocks, allocates
+//! nor runs anything, so the timer interrupt may call it. Callbacks run only after they are
+//! taken off the queue and its lock is released, in a context that may take its time.
+//!
+//! The lock is the crate's [`RawSpinLock`] of class `Leaf`: it disables preemption while held, so
+//! a holder cannot be preempted in favour of a thread that spins on it with preemption disabled
+//! (a maple writer's `call_rcu`), which would hang that CPU. Under it: moving vectors and
+//! pushing onto `next`, nothing else. The timer interrupt only ever try-locks it. Under loom,
+//! whose scheduler cannot get through a contended spin loop, a loom mutex stands in for it
+//! (same acquire/release ordering): the models check the protocol around the lock.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -8,7 +20,11 @@ use core::mem;
 
 use super::Rcu;
 use crate::platform::Platform;
-use crate::primitive::{AtomicBool, AtomicUsize, Ordering, spin_loop};
+use crate::primitive::{AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use crate::sync::{LockClass, RawSpinGuard as QueueGuard, RawSpinLock as QueueLock};
+#[cfg(loom)]
+use loom_lock::{LockClass, QueueGuard, QueueLock};
 
 /// Work to do after a grace period.
 pub type RcuCallback = Box<dyn FnOnce() + Send>;
@@ -19,15 +35,18 @@ struct Lists {
     /// Waiting for grace period `wait_gp` to end.
     wait: Vec<RcuCallback>,
     wait_gp: u64,
+    /// Their grace period is over: due to run.
+    done: Vec<RcuCallback>,
 }
 
 /// # Invariants
-/// `lists` is accessed only while `locked` is true and held by the accessor; `len` is the total
-/// length of both lists.
+/// `lists` is accessed only through a [`Locked`], which holds `lock`. Under the lock, `len` is
+/// the total length of the three lists and `ready` the length of `done`; `running` counts the
+/// batches taken off the lists (under the lock) and not yet finished.
 pub(super) struct CallbackQueue {
-    locked: AtomicBool,
+    lock: QueueLock,
     len: AtomicUsize,
-    /// Batches taken off the lists and not yet finished running.
+    ready: AtomicUsize,
     running: AtomicUsize,
     lists: UnsafeCell<Lists>,
 }
@@ -37,117 +56,189 @@ unsafe impl Sync for CallbackQueue {}
 // SAFETY: as above; the lists own `Send` callbacks.
 unsafe impl Send for CallbackQueue {}
 
+/// The lists, with the queue's lock held.
 struct Locked<'a> {
     queue: &'a CallbackQueue,
+    _guard: QueueGuard<'a>,
 }
+
+/// A batch taken off the queue: counted in `running` until [`CallbackQueue::finish`].
+pub(super) struct Batch(Vec<RcuCallback>);
 
 impl CallbackQueue {
     pub(super) fn new() -> Self {
         CallbackQueue {
-            locked: AtomicBool::new(false),
+            lock: QueueLock::new(LockClass::Leaf),
             len: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             lists: UnsafeCell::new(Lists {
                 next: Vec::new(),
                 wait: Vec::new(),
                 wait_gp: 0,
+                done: Vec::new(),
             }),
         }
     }
 
+    /// Callbacks queued (in any segment) and not yet taken off to run.
     pub(super) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 
-    pub(super) fn push(&self, f: RcuCallback) {
-        let mut q = self.lock();
-        q.lists().next.push(f);
-        self.len.fetch_add(1, Ordering::Relaxed);
+    /// Whether some callbacks are due to run.
+    pub(super) fn has_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) != 0
     }
 
-    /// Without blocking: moves a finished batch out of `wait`, starts a grace period for `next`
-    /// when nothing waits, and (if `run`) runs the finished batch after unlocking. A finished
-    /// batch that is not run here goes back to the front of the queue.
-    pub(super) fn advance<P: Platform>(&self, rcu: &Rcu<P>, run_due: bool) {
+    /// Queues `f` and advances. Returns the queue's length afterwards.
+    pub(super) fn push<P: Platform>(&self, rcu: &Rcu<P>, f: RcuCallback) -> usize {
+        let mut q = self.lock();
+        q.lists().next.push(f);
+        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+        q.advance(rcu);
+        len
+    }
+
+    /// Without blocking, allocating or running callbacks: moves `wait` to `done` if its grace
+    /// period is over, and starts one for `next` when nothing waits. Does nothing if someone
+    /// else holds the lock (they advance too, or the next caller will).
+    pub(super) fn advance<P: Platform>(&self, rcu: &Rcu<P>) {
         if self.len() == 0 {
             return;
         }
-        let Some(mut q) = self.try_lock() else { return };
+        if let Some(mut q) = self.try_lock() {
+            q.advance(rcu);
+        }
+    }
+
+    /// Advances, then takes the callbacks that are due, and advances again (starting a grace
+    /// period for `next` once `wait` moved on). `None` when nothing is due.
+    pub(super) fn take_ready<P: Platform>(&self, rcu: &Rcu<P>) -> Option<Batch> {
+        if self.len() == 0 {
+            return None;
+        }
+        let mut q = self.lock();
+        q.advance(rcu);
+        let done = mem::take(&mut q.lists().done);
+        q.advance(rcu);
+        q.taken(done)
+    }
+
+    /// Empties the queue, due or not (for `barrier`, `reclaim` and drop): `None` when it already
+    /// was empty. The caller must let a grace period pass before running what it got, unless no
+    /// reader can exist any more.
+    pub(super) fn take_all(&self) -> Option<Batch> {
+        let mut q = self.lock();
         let lists = q.lists();
-        let mut due = Vec::new();
-        if !lists.wait.is_empty() && rcu.gp_done(lists.wait_gp) {
-            if !run_due {
-                // Keep it until someone who may run callbacks comes by; the grace period is
-                // over, so it stays over.
-                return;
-            }
-            due = mem::take(&mut lists.wait);
-        }
-        if lists.wait.is_empty() && !lists.next.is_empty() {
-            lists.wait = mem::take(&mut lists.next);
-            lists.wait_gp = rcu.start_gp();
-        }
-        self.len.fetch_sub(due.len(), Ordering::Relaxed);
-        if due.is_empty() {
-            return;
-        }
-        // Counted under the lock: a `barrier` that finds the lists empty after this point also
-        // finds the batch here and waits for it.
-        self.running.fetch_add(1, Ordering::Relaxed);
-        drop(q);
-        run(due);
+        let mut all = mem::take(&mut lists.done);
+        all.append(&mut lists.wait);
+        all.append(&mut lists.next);
+        q.taken(all)
+    }
+
+    /// Ends a batch's `running` count once every callback of it has run.
+    pub(super) fn finish(&self, batch: Batch) {
+        debug_assert!(batch.0.is_empty(), "finish() of a batch that did not run");
         // Release: the callbacks' effects come before a `barrier` that sees the batch done.
         self.running.fetch_sub(1, Ordering::Release);
     }
 
-    /// Whether some CPU is running a batch it took off the lists.
+    /// Whether some thread is running a batch it took off the lists.
     pub(super) fn running(&self) -> bool {
         self.running.load(Ordering::Acquire) != 0
     }
 
-    /// Empties the queue (for `barrier` and drop): `None` when it already was.
-    pub(super) fn take_all(&self) -> Option<Vec<RcuCallback>> {
-        let mut q = self.lock();
-        let lists = q.lists();
-        let mut all = mem::take(&mut lists.wait);
-        all.append(&mut lists.next);
-        self.len.fetch_sub(all.len(), Ordering::Relaxed);
-        if all.is_empty() { None } else { Some(all) }
-    }
-
     fn lock(&self) -> Locked<'_> {
-        loop {
-            if let Some(l) = self.try_lock() {
-                return l;
-            }
-            spin_loop();
+        Locked {
+            queue: self,
+            _guard: self.lock.lock(),
         }
     }
 
     fn try_lock(&self) -> Option<Locked<'_>> {
-        self.locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| Locked { queue: self })
+        self.lock.try_lock().map(|g| Locked {
+            queue: self,
+            _guard: g,
+        })
     }
 }
 
 impl Locked<'_> {
     fn lists(&mut self) -> &mut Lists {
-        // SAFETY: we hold the lock (we exist), and `&mut self` makes this the only borrow.
+        // SAFETY: we hold the lock (`_guard`), and `&mut self` makes this the only borrow.
         unsafe { &mut *self.queue.lists.get() }
     }
-}
 
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        self.queue.locked.store(false, Ordering::Release);
+    fn advance<P: Platform>(&mut self, rcu: &Rcu<P>) {
+        let lists = self.lists();
+        // A finished `wait` joins `done` only when that needs no allocation; otherwise it stays
+        // until the callbacks that are due have been taken (the grace period stays over).
+        if !lists.wait.is_empty() && lists.done.is_empty() && rcu.gp_done(lists.wait_gp) {
+            mem::swap(&mut lists.wait, &mut lists.done);
+        }
+        if lists.wait.is_empty() && !lists.next.is_empty() {
+            mem::swap(&mut lists.wait, &mut lists.next);
+            lists.wait_gp = rcu.start_gp();
+        }
+        let ready = lists.done.len();
+        self.queue.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Accounts for `batch` leaving the lists.
+    fn taken(mut self, batch: Vec<RcuCallback>) -> Option<Batch> {
+        if batch.is_empty() {
+            return None;
+        }
+        let q = self.queue;
+        q.len.fetch_sub(batch.len(), Ordering::Relaxed);
+        let ready = self.lists().done.len();
+        q.ready.store(ready, Ordering::Relaxed);
+        // Counted under the lock: a `barrier` that finds the lists empty after this point also
+        // finds the batch here and waits for it.
+        q.running.fetch_add(1, Ordering::Relaxed);
+        Some(Batch(batch))
     }
 }
 
-/// Runs a batch of callbacks whose grace period is over.
-pub(super) fn run(batch: Vec<RcuCallback>) {
-    for f in batch {
-        f();
+impl Batch {
+    /// Callbacks in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Runs every callback (their grace period is over), leaving the batch empty for
+    /// [`CallbackQueue::finish`].
+    pub(super) fn run(&mut self) {
+        for f in self.0.drain(..) {
+            f();
+        }
+    }
+}
+
+#[cfg(loom)]
+mod loom_lock {
+    /// Unused under loom: there is no lock-order checking there.
+    pub(super) enum LockClass {
+        Leaf,
+    }
+
+    pub(super) struct QueueLock(loom::sync::Mutex<()>);
+
+    pub(super) type QueueGuard<'a> = loom::sync::MutexGuard<'a, ()>;
+
+    impl QueueLock {
+        pub(super) fn new(_class: LockClass) -> Self {
+            QueueLock(loom::sync::Mutex::new(()))
+        }
+
+        pub(super) fn lock(&self) -> QueueGuard<'_> {
+            // Poisoned only after a panic, which has already failed the model.
+            self.0.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        pub(super) fn try_lock(&self) -> Option<QueueGuard<'_>> {
+            self.0.try_lock().ok()
+        }
     }
 }

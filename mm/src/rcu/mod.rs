@@ -19,17 +19,33 @@
 //!   snapshot `>= G` (its section began after `G` started, so it reads only the new pointers: the
 //!   acquire load of `gp_seq` on entry pairs with the release of `++gp_seq`). The two full fences
 //!   (reader after setting nesting, writer before reading it) are the Dekker pair that rules out
-//!   "the writer saw nesting 0 and the reader saw the old pointer".
+//!   "the writer saw nesting 0 and the reader saw the old pointer". Whoever checks whether `G` is
+//!   over (maybe another CPU than the one that started it) fences first, too.
 //! * A CPU that is not in a read section thus never holds up a grace period, and one that keeps
 //!   entering short sections is seen with a fresh snapshot: only a section that began before `G`
 //!   and is still running can delay it. No IPIs and no explicit reports are needed for progress.
-//! * **Quiescent states.** The kernel calls [`Rcu::quiescent_state`] at context switch and idle
-//!   (host tests between operations): it checks the CPU is outside any read section and is where
-//!   deferred callbacks are advanced and run, like Linux's RCU softirq.
-//! * **Callbacks** ([`Rcu::call_rcu`]) wait in `next`; a batch moves to `wait` when a grace
-//!   period is started for it, and runs once that grace period is seen complete. `call_rcu` never
-//!   runs callbacks itself (it may be called under any lock); they run in `quiescent_state`,
-//!   [`Rcu::barrier`], and when the domain is dropped.
+//!
+//! # Callbacks
+//! [`Rcu::call_rcu`] queues a callback in `next`; a batch moves to `wait` when a grace period is
+//! started for it, and to `done` once that grace period is seen complete. `call_rcu` never runs
+//! callbacks and never blocks (it may be called under any lock). Two kinds of context drive them:
+//!
+//! * **Advancing** ([`Rcu::advance`]): the kernel calls it from the timer tick on every CPU (and
+//!   at context switch): it notices a finished grace period and starts the next one, without
+//!   blocking, allocating or running anything, and wakes the callback thread when callbacks are
+//!   due. Interrupt context never runs callbacks: they free frames through the per-CPU cache
+//!   locks and the heap, and may take their time.
+//! * **Running**: the callback thread ([`Rcu::callback_thread`], Linux's `rcuc`) sleeps until
+//!   callbacks are due (or the backlog is long) and runs them with interrupts on and preemption
+//!   enabled. Threads that may block also run them: [`Rcu::quiescent_state`] (host threads
+//!   between operations), [`Rcu::barrier`], [`Rcu::throttle`], and dropping the domain.
+//!
+//! **Backlog bound.** A CPU producing callbacks without pause (one busy thread per CPU, never
+//! switching) must not outrun reclamation. Above [`BACKLOG_EXPEDITE`] queued callbacks,
+//! `call_rcu` wakes the callback thread, which then waits for one grace period itself and runs
+//! the whole queue instead of waiting for the tick; above [`BACKLOG_LIMIT`], [`Rcu::throttle`]
+//! (called by `mmap`, `munmap` and `mprotect` once they hold no lock) makes the producer do that
+//! work itself. So the queue stays near `BACKLOG_LIMIT` plus what the CPUs add during one pass.
 //!
 //! Cost: a reader's outermost entry pays one full fence (`mfence`); removing it would need the
 //! writer to force a barrier on other CPUs (IPI or membarrier), which the platform cannot yet do.
@@ -46,12 +62,20 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
+use core::sync::atomic::AtomicU32;
 
 use crate::platform::Platform;
-use crate::primitive::{AtomicU64, Ordering, fence};
-use callbacks::CallbackQueue;
+use crate::primitive::{AtomicBool, AtomicU64, Ordering, fence};
 pub use callbacks::RcuCallback;
+use callbacks::{Batch, CallbackQueue};
 use percpu::{CpuWord, NEST_MASK, seq_ge};
+
+/// Queued callbacks above which `call_rcu` wakes the callback thread to expedite: wait for a
+/// grace period itself and run the whole queue.
+pub const BACKLOG_EXPEDITE: usize = 256;
+
+/// Queued callbacks above which [`Rcu::throttle`] makes its caller reclaim them.
+pub const BACKLOG_LIMIT: usize = 1024;
 
 /// One RCU domain: the per-CPU reader state of every CPU of `P` and the deferred callbacks.
 ///
@@ -64,6 +88,12 @@ pub struct Rcu<P: Platform> {
     cpus: Box<[CpuWord]>,
     gp_seq: AtomicU64,
     callbacks: CallbackQueue,
+    /// Bumped to wake the callback thread (the word it waits on through the platform).
+    kick: AtomicU32,
+    /// The callback thread is (about to be) waiting on `kick`.
+    sleeping: AtomicBool,
+    expedite_at: usize,
+    limit: usize,
 }
 
 /// Proof that the current CPU is inside an RCU read section; references obtained under it may be
@@ -79,6 +109,11 @@ pub struct RcuReadGuard<'a, P: Platform> {
 impl<P: Platform> Rcu<P> {
     /// A domain for every CPU of `platform`.
     pub fn new(platform: Arc<P>) -> Self {
+        Self::with_backlog_limits(platform, BACKLOG_EXPEDITE, BACKLOG_LIMIT)
+    }
+
+    /// A domain that expedites above `expedite_at` queued callbacks and throttles above `limit`.
+    pub(crate) fn with_backlog_limits(platform: Arc<P>, expedite_at: usize, limit: usize) -> Self {
         let cpus = (0..platform.nr_cpu_ids())
             .map(|_| CpuWord::new())
             .collect::<Vec<_>>();
@@ -88,6 +123,10 @@ impl<P: Platform> Rcu<P> {
             cpus: cpus.into_boxed_slice(),
             gp_seq: AtomicU64::new(0),
             callbacks: CallbackQueue::new(),
+            kick: AtomicU32::new(0),
+            sleeping: AtomicBool::new(false),
+            expedite_at,
+            limit,
         }
     }
 
@@ -125,13 +164,16 @@ impl<P: Platform> Rcu<P> {
     }
 
     /// Queues `f` to run after a grace period: once every read section that may have seen what
-    /// the caller unpublished before this call has ended. Never blocks and never runs callbacks.
+    /// the caller unpublished before this call has ended. Never blocks and never runs callbacks,
+    /// so it may be called under any lock; may wake the callback thread.
     pub fn call_rcu(&self, f: RcuCallback) {
         // Orders the caller's unpublishing stores before whatever grace period will cover `f`,
         // even when another CPU starts it (the queue lock carries the happens-before).
         fence(Ordering::SeqCst);
-        self.callbacks.push(f);
-        self.callbacks.advance(self, false);
+        self.callbacks.push(self, f);
+        if self.has_callback_work() {
+            self.wake_callback_thread();
+        }
     }
 
     /// Waits until a full grace period has passed. Must not be called inside a read section.
@@ -144,14 +186,80 @@ impl<P: Platform> Rcu<P> {
         self.wait_gp(gp);
     }
 
-    /// Reports that this CPU is outside any read section (context switch, idle, or between
-    /// operations of a host thread), and advances and runs deferred callbacks that are due.
+    /// Advances grace-period processing (Linux's `rcu_sched_clock_irq`): notices that the grace
+    /// period of waiting callbacks is over and starts one for newly queued callbacks, and wakes
+    /// the callback thread if callbacks are due. Never blocks, allocates or runs callbacks: the
+    /// kernel calls it from the timer interrupt on every CPU and at context switch. Callable
+    /// from any context, inside a read section or under any lock.
+    pub fn advance(&self) {
+        self.callbacks.advance(self);
+        if self.has_callback_work() {
+            self.wake_callback_thread();
+        }
+    }
+
+    /// Reports that this thread is outside any read section at a point where it may take its
+    /// time (no spinlock held, interrupts on): advances and runs the callbacks that are due.
+    /// Never blocks. Host test threads call it between operations; the kernel leaves the
+    /// running to the callback thread.
     pub fn quiescent_state(&self) {
         debug_assert!(
             !self.in_read_section(),
             "quiescent_state() inside an RCU read section"
         );
-        self.callbacks.advance(self, true);
+        if let Some(batch) = self.callbacks.take_ready(self) {
+            self.run_batch(batch);
+        }
+    }
+
+    /// The body of the callback thread (Linux's `rcuc`): runs due callbacks, then sleeps (through
+    /// [`Platform::wait`]) until more are due or the backlog passes `BACKLOG_EXPEDITE`, until
+    /// `stop()` says so. Runs callbacks with whatever the thread's context is: it should be a
+    /// thread of its own, preemptible, holding no lock. One per domain is enough.
+    pub fn callback_thread(&self, stop: impl Fn() -> bool) {
+        while !stop() {
+            self.run_callbacks();
+            self.wait_for_callback_work(&stop);
+        }
+    }
+
+    /// Wakes the callback thread if it sleeps (and sees work, or `stop()`, when it wakes).
+    pub fn wake_callback_thread(&self) {
+        // The other half of the Dekker pair in `wait_for_callback_work`: the work this caller
+        // queued is visible before we look at `sleeping`, or the thread sees it itself. Only
+        // the thread writes `sleeping`, so several wakers may all wake it: harmless.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.kick.fetch_add(1, Ordering::SeqCst);
+            self.platform.wake(&self.kick, usize::MAX);
+        }
+    }
+
+    /// Runs the callbacks that are due, or, with more than `BACKLOG_EXPEDITE` queued, waits for
+    /// a grace period and runs them all. Returns how many ran. May block; not inside a read
+    /// section or under a spinlock.
+    pub fn run_callbacks(&self) -> usize {
+        debug_assert!(
+            !self.in_read_section(),
+            "run_callbacks() inside an RCU read section"
+        );
+        if self.callbacks.len() > self.expedite_at {
+            return self.reclaim();
+        }
+        match self.callbacks.take_ready(self) {
+            Some(batch) => self.run_batch(batch),
+            None => 0,
+        }
+    }
+
+    /// Bounds the backlog from the producers' side: with more than `BACKLOG_LIMIT` callbacks
+    /// queued, waits for a grace period and runs them all here. Call at the end of an operation
+    /// that queued callbacks, where it may block: outside read sections and spinlocks. This is
+    /// what keeps CPUs that produce garbage without pause from outrunning the callback thread.
+    pub fn throttle(&self) {
+        if self.callbacks.len() > self.limit {
+            self.reclaim();
+        }
     }
 
     /// Waits until every callback queued before the call has run (`rcu_barrier`).
@@ -160,19 +268,59 @@ impl<P: Platform> Rcu<P> {
             !self.in_read_section(),
             "barrier() inside an RCU read section"
         );
-        while let Some(batch) = self.callbacks.take_all() {
-            self.synchronize();
-            callbacks::run(batch);
-        }
-        // A batch another CPU took off the queue in `quiescent_state` was queued before us too.
+        while self.reclaim() != 0 {}
+        // A batch another thread took off the queue was queued before us too.
         while self.callbacks.running() {
             self.platform.relax();
         }
     }
 
-    /// Callbacks queued and not yet run.
+    /// Callbacks queued and not yet taken off to run.
     pub fn pending_callbacks(&self) -> usize {
         self.callbacks.len()
+    }
+
+    /// Takes every queued callback, waits for a grace period that covers them all, runs them.
+    /// Returns how many ran.
+    fn reclaim(&self) -> usize {
+        let Some(batch) = self.callbacks.take_all() else {
+            return 0;
+        };
+        // Every callback of the batch was queued (after its caller's fence) before we took it
+        // under the lock, so a grace period started now covers them all.
+        self.synchronize();
+        self.run_batch(batch)
+    }
+
+    fn run_batch(&self, mut batch: Batch) -> usize {
+        let n = batch.len();
+        batch.run();
+        self.callbacks.finish(batch);
+        n
+    }
+
+    fn has_callback_work(&self) -> bool {
+        self.callbacks.has_ready() || self.callbacks.len() > self.expedite_at
+    }
+
+    /// Sleeps until there is callback work or `stop()`.
+    fn wait_for_callback_work(&self, stop: &impl Fn() -> bool) {
+        loop {
+            // Read before we announce the sleep: a waker that sees `sleeping` bumps it after.
+            let seen = self.kick.load(Ordering::SeqCst);
+            self.sleeping.store(true, Ordering::Relaxed);
+            // Our half of the Dekker pair with `wake_callback_thread`: either we see the work
+            // (or the stop) queued before its fence, or it sees `sleeping` and bumps `kick`,
+            // and then `wait` returns at once or is woken.
+            fence(Ordering::SeqCst);
+            // No tick on the host: keep grace periods moving from here too.
+            self.callbacks.advance(self);
+            if self.has_callback_work() || stop() {
+                self.sleeping.store(false, Ordering::Relaxed);
+                return;
+            }
+            self.platform.wait(&self.kick, seen);
+        }
     }
 
     /// Starts a new grace period and returns its number.
@@ -191,6 +339,9 @@ impl<P: Platform> Rcu<P> {
 
     /// Whether grace period `gp` is over, looking once at each CPU.
     fn gp_done(&self, gp: u64) -> bool {
+        // This thread may not be the one that started `gp`: the writer's half of the Dekker
+        // pair must precede our loads of the words too (see the module header).
+        fence(Ordering::SeqCst);
         (0..self.cpus.len()).all(|cpu| self.cpu_passed(cpu, gp))
     }
 
@@ -219,7 +370,7 @@ impl<P: Platform> Drop for Rcu<P> {
     fn drop(&mut self) {
         // No guard can exist (each borrows `self`), so every queued callback is due.
         while let Some(batch) = self.callbacks.take_all() {
-            callbacks::run(batch);
+            self.run_batch(batch);
         }
     }
 }

@@ -309,3 +309,127 @@ fn barrier_waits_for_callbacks_another_cpu_is_running() {
         );
     });
 }
+
+/// One busy thread per CPU maps, touches and unmaps in its own address space and never passes
+/// a quiescent state (no context switch, no callback thread, no tick): `throttle` at the end of
+/// each operation must still keep the backlog, and the frames it holds, bounded.
+#[test]
+fn the_backlog_stays_bounded_with_busy_cpus_that_never_switch() {
+    use crate::mmu;
+    use crate::testutil::{Env, PAGE, fixed};
+    use crate::vma::Prot;
+
+    const CPUS: usize = 4;
+    const ROUNDS: usize = 2_000;
+    const SLOT: u64 = 0x4000_0000;
+    let env = Env::new(16, CPUS);
+    let peak = AtomicUsize::new(0);
+    let least_free = AtomicUsize::new(usize::MAX);
+    thread::scope(|s| {
+        for cpu in 0..CPUS {
+            let (env, peak, least_free) = (&env, &peak, &least_free);
+            env.p.spawn_cpu(s, cpu, move || {
+                let mm = env.mm();
+                let rcu = env.mem.rcu();
+                for round in 0..ROUNDS {
+                    mm.mmap(SLOT, 2 * PAGE, Prot::READ | Prot::WRITE, fixed())
+                        .unwrap();
+                    // A page table for the slot, emptied and queued by the munmap.
+                    mmu::store(&mm, SLOT, round as u64, true).unwrap();
+                    mm.munmap(SLOT, 2 * PAGE).unwrap();
+                    peak.fetch_max(rcu.pending_callbacks(), Ordering::Relaxed);
+                    least_free.fetch_min(env.p.free_frames(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let peak = peak.load(Ordering::Relaxed);
+    // Each operation queues at most a few callbacks before its own `throttle` runs.
+    assert!(
+        peak <= super::BACKLOG_LIMIT + 8 * CPUS,
+        "backlog reached {peak} callbacks"
+    );
+    // Every round queues a page table: without reclamation they alone would be ROUNDS * CPUS.
+    let held = env.p.total_frames() - least_free.load(Ordering::Relaxed);
+    assert!(
+        held < 2 * super::BACKLOG_LIMIT,
+        "{held} frames in use at the worst"
+    );
+    env.assert_baseline();
+}
+
+/// Grace periods advanced only by a "tick" thread and callbacks run only by the callback
+/// thread: no one else calls `quiescent_state`, `throttle` or `barrier` until the end. Every
+/// retired object is freed, and never while a reader still holds it.
+#[test]
+fn the_callback_thread_runs_callbacks_the_tick_finds_due() {
+    const READERS: usize = 2;
+    const REPLACES: u64 = 2_000;
+    // CPU 0 writes, then readers, the tick, the callback thread.
+    let (tick_cpu, thread_cpu) = (READERS + 1, READERS + 2);
+    let (p, rcu) = domain(READERS + 3);
+    let quarantine = Arc::new(Quarantine::default());
+    let first = Box::into_raw(Box::new(Obj {
+        magic: AtomicU64::new(LIVE),
+        serial: 0,
+    }));
+    let slot = AtomicPtr::new(first);
+    let stop_readers = AtomicBool::new(false);
+    let stop_tick = AtomicBool::new(false);
+    let stop_thread = AtomicBool::new(false);
+    thread::scope(|s| {
+        for cpu in 1..=READERS {
+            let (rcu, slot, stop) = (&rcu, &slot, &stop_readers);
+            p.spawn_cpu(s, cpu, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let g = rcu.read_lock();
+                    // SAFETY: under the guard, the published object is not freed.
+                    let obj = unsafe { &*slot.load(Ordering::Acquire) };
+                    thread::yield_now();
+                    assert_eq!(
+                        obj.magic.load(Ordering::Relaxed),
+                        LIVE,
+                        "reader saw freed memory"
+                    );
+                    drop(g);
+                }
+            });
+        }
+        let (r, stop) = (&rcu, &stop_tick);
+        p.spawn_cpu(s, tick_cpu, move || {
+            while !stop.load(Ordering::Relaxed) {
+                r.advance();
+                thread::sleep(Duration::from_micros(200));
+            }
+        });
+        let (r, stop) = (&rcu, &stop_thread);
+        p.spawn_cpu(s, thread_cpu, move || {
+            r.callback_thread(|| stop.load(Ordering::Acquire))
+        });
+        for serial in 1..=REPLACES {
+            let new = Box::into_raw(Box::new(Obj {
+                magic: AtomicU64::new(LIVE),
+                serial,
+            }));
+            let old = ObjPtr(slot.swap(new, Ordering::AcqRel));
+            let q = quarantine.clone();
+            rcu.call_rcu(Box::new(move || q.retire(old)));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (quarantine.len() as u64) < REPLACES {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {REPLACES} callbacks ran",
+                quarantine.len()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        stop_readers.store(true, Ordering::Relaxed);
+        stop_tick.store(true, Ordering::Relaxed);
+        stop_thread.store(true, Ordering::Release);
+        rcu.wake_callback_thread();
+    });
+    assert_eq!(rcu.pending_callbacks(), 0);
+    // SAFETY: the last object is still published and all readers are gone.
+    drop(unsafe { Box::from_raw(slot.load(Ordering::Relaxed)) });
+}
