@@ -23,7 +23,7 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test test-long host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+.PHONY: all run gdb test test-long test-loop host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
         bench bench-kernel bench-linux bench-report user-toolchain
 
 all: kernel
@@ -45,6 +45,18 @@ test: setup boot-tool
 ## test-long: the host property tests with many more cases (MM_TEST_LONG=1), release build
 test-long: setup
 	MM_TEST_LONG=1 cargo test -p mm --release --lib prop
+
+## test-loop: the in-QEMU test kernels N times in a row (N=20); stops at the first failure or
+## at a warning no test expects (the deliberate segfault/OOM lines of the tests are expected)
+N ?= 20
+test-loop: setup boot-tool
+	@mkdir -p target/test-loop; for i in $$(seq $(N)); do \
+	  log=target/test-loop/run-$$i.log; \
+	  if ! cargo ktest > $$log 2>&1; then echo "test-loop: run $$i of $(N) FAILED (see $$log)"; exit 1; fi; \
+	  bad=$$(grep -E 'WARN|ERROR' $$log | grep -vcE 'segmentation fault at|out of memory at|expected panic'); \
+	  if [ "$$bad" != 0 ]; then echo "test-loop: run $$i of $(N) printed $$bad unexpected warnings (see $$log)"; exit 1; fi; \
+	  echo "test-loop: run $$i of $(N) ok ($$(grep -c ' ok, 0 failed' $$log) kernels)"; \
+	done; echo "test-loop: $(N) of $(N) runs clean"
 
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup
