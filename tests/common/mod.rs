@@ -1,0 +1,41 @@
+//! Helpers shared by the soak and fault-injection test kernels.
+
+use kernel::arch::apic::now_ns;
+use kernel::arch::percpu::online_count;
+use kernel::memory::FRAMES;
+use kernel::platform::memory;
+
+/// Free frames once every exited thread is gone (a CPU releases the last thread it ran at its
+/// next switch) and its stack unmapped, and `mm`'s deferred frees and per-CPU caches are flushed.
+/// Kernel page tables made meanwhile (for new stack slots) stay for good: they count as free.
+pub fn free_frames() -> u64 {
+    // Always there: one idle thread per CPU, and `main`.
+    let resident = online_count() + 1;
+    let deadline = now_ns() + 10_000_000_000;
+    while kernel::sched::live_threads() > resident {
+        assert!(now_ns() < deadline, "exited threads are never released");
+        kernel::sched::sleep_ns(5_000_000);
+    }
+    kernel::memory::stack::reap();
+    memory().quiesce();
+    FRAMES.stats().1 + kernel::memory::kernel_table_frames()
+}
+
+/// Heap bytes in use.
+pub fn heap_used() -> usize {
+    kernel::memory::heap::usage().0
+}
+
+/// `ns` as `1m30s` (or `42s`, or `850ms`).
+pub struct Duration(pub u64);
+
+impl core::fmt::Display for Duration {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = self.0 / 1_000_000_000;
+        match s {
+            0 => write!(f, "{}ms", self.0 / 1_000_000),
+            1..60 => write!(f, "{s}s"),
+            _ => write!(f, "{}m{}s", s / 60, s % 60),
+        }
+    }
+}
