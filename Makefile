@@ -8,6 +8,8 @@ KVM     ?= 0
 TIMEOUT ?= 300
 PROFILE ?= release
 LOG     ?= info
+# make soak: minutes
+DURATION  ?= 10
 # make bench-linux: thread counts (default: 1,2,4,8 up to the CPU count), workloads, repetitions
 THREADS   ?=
 WORKLOADS ?= page_fault1,pft,churn
@@ -23,7 +25,7 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test test-long host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+.PHONY: all run gdb test test-long soak host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
         bench-linux bench-report user-toolchain
 
 all: kernel
@@ -45,6 +47,12 @@ test: setup boot-tool
 ## test-long: the host property tests with many more cases (MM_TEST_LONG=1), release build
 test-long: setup
 	MM_TEST_LONG=1 cargo test -p mm --release --lib prop
+
+## soak: the soak test kernel (tests/soak.rs) for DURATION minutes (default 10) on SMP CPUs,
+## release build; progress every minute, then one line of totals (not part of `make test`)
+soak: setup boot-tool
+	SOAK_SECONDS=$$(( $(DURATION) * 60 )) KTEST_SMP=$(SMP) KTEST_TIMEOUT=$$(( $(DURATION) * 60 + 600 )) \
+	  cargo test --release -p ktests --target $(TARGET) --test soak
 
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup

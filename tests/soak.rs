@@ -24,7 +24,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{Duration, free_frames, heap_used};
+use common::{free_frames, heap_used};
 use kernel::arch::apic::now_ns;
 use kernel::arch::percpu::online_count;
 use kernel::memory::FRAMES;
@@ -434,4 +434,18 @@ fn run(cpus: u64, seconds: Option<u64>, baselines: Option<(u64, usize)>) -> Repo
     report.faults = memory().stats().snapshot().since(&faults_before).get(Event::Fault);
     drop(processes);
     report
+}
+
+/// `ns` as `1m30s` (or `42s`, or `850ms`).
+pub struct Duration(pub u64);
+
+impl core::fmt::Display for Duration {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = self.0 / 1_000_000_000;
+        match s {
+            0 => write!(f, "{}ms", self.0 / 1_000_000),
+            1..60 => write!(f, "{s}s"),
+            _ => write!(f, "{}m{}s", s / 60, s % 60),
+        }
+    }
 }

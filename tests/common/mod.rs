@@ -25,17 +25,3 @@ pub fn free_frames() -> u64 {
 pub fn heap_used() -> usize {
     kernel::memory::heap::usage().0
 }
-
-/// `ns` as `1m30s` (or `42s`, or `850ms`).
-pub struct Duration(pub u64);
-
-impl core::fmt::Display for Duration {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let s = self.0 / 1_000_000_000;
-        match s {
-            0 => write!(f, "{}ms", self.0 / 1_000_000),
-            1..60 => write!(f, "{s}s"),
-            _ => write!(f, "{}m{}s", s / 60, s % 60),
-        }
-    }
-}
