@@ -8,6 +8,8 @@ KVM     ?= 0
 TIMEOUT ?= 300
 PROFILE ?= release
 LOG     ?= info
+# make soak: minutes
+DURATION  ?= 10
 # make bench-linux: thread counts (default: 1,2,4,8 up to the CPU count), workloads, repetitions
 THREADS   ?=
 WORKLOADS ?= page_fault1,pft,churn
@@ -23,7 +25,7 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test test-long test-loop host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+.PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
         bench bench-kernel bench-linux bench-report user-toolchain
 
 all: kernel
@@ -57,6 +59,12 @@ test-loop: setup boot-tool
 	  if [ "$$bad" != 0 ]; then echo "test-loop: run $$i of $(N) printed $$bad unexpected warnings (see $$log)"; exit 1; fi; \
 	  echo "test-loop: run $$i of $(N) ok ($$(grep -c ' ok, 0 failed' $$log) kernels)"; \
 	done; echo "test-loop: $(N) of $(N) runs clean"
+
+## soak: the soak test kernel (tests/soak.rs) for DURATION minutes (default 10) on SMP CPUs,
+## release build; progress every minute, then one line of totals (not part of `make test`)
+soak: setup boot-tool
+	SOAK_SECONDS=$$(( $(DURATION) * 60 )) KTEST_SMP=$(SMP) KTEST_TIMEOUT=$$(( $(DURATION) * 60 + 600 )) \
+	  cargo test --release -p ktests --target $(TARGET) --test soak
 
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup

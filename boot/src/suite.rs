@@ -21,6 +21,11 @@ use crate::testlog::{self, Counts};
 /// `KTEST_SMP` CPUs (default 8).
 const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8]), ("rcu", &[1, 2, 8])];
 
+/// Test kernels that need more than the default timeout, by binary name, with the least they
+/// get (`KTEST_TIMEOUT` may give more): the bounded soak runs to a number of faults, whose time
+/// depends on the host.
+const MIN_TIMEOUT: &[(&str, u64)] = &[("soak", 900)];
+
 /// Seconds a host `cargo test` run may take once built, unless `HOST_TEST_TIMEOUT` says otherwise.
 const HOST_TEST_TIMEOUT: u64 = 300;
 
@@ -28,7 +33,8 @@ const HOST_TEST_TIMEOUT: u64 = 300;
 pub fn runner(args: &[String]) -> Result<bool, String> {
     let elf = PathBuf::from(args.first().ok_or("runner needs the test kernel's path")?);
     let name = binary_name(&elf);
-    let timeout = env_u64("KTEST_TIMEOUT", 300)?;
+    let least = MIN_TIMEOUT.iter().find(|(n, _)| *n == name).map_or(0, |&(_, s)| s);
+    let timeout = env_u64("KTEST_TIMEOUT", 300)?.max(least);
     let smps: Vec<u32> = match SMP_MATRIX.iter().find(|(n, _)| *n == name) {
         Some((_, smps)) => smps.to_vec(),
         None => vec![env_u64("KTEST_SMP", 8)? as u32],

@@ -1,5 +1,6 @@
 //! The kernel heap: a `linked_list_allocator` over one physically contiguous block taken from
-//! the memory map and reached through the physical-memory mapping.
+//! the memory map and reached through the physical-memory mapping. [`inject`](super::inject) can
+//! make the allocations of `mm`'s maple nodes fail.
 
 use core::ops::Range;
 
@@ -25,6 +26,9 @@ struct IrqSafeHeap(Mutex<Heap>);
 // blocks of the requested layout that do not overlap live ones.
 unsafe impl GlobalAlloc for IrqSafeHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if super::inject::fail_heap(layout) {
+            return core::ptr::null_mut();
+        }
         interrupts::without_interrupts(|| {
             self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
         })

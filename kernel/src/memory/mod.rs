@@ -1,10 +1,12 @@
-//! Physical memory: the boot memory map, the frame allocator over it, the kernel heap.
+//! Physical memory: the boot memory map, the frame allocator over it, the kernel heap, and
+//! fault injection into both.
 //!
 //! The bootloader maps all physical memory at a fixed offset, so every frame is reachable at
 //! `phys + offset` and neither the heap nor the frame allocator has to create mappings.
 
 pub mod frame;
 pub mod heap;
+pub mod inject;
 pub mod stack;
 
 use core::sync::atomic::{AtomicBool, Ordering};
