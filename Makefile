@@ -121,11 +121,13 @@ bench-kernel:
 	BENCH_REPS="$(REPS)" BENCH_ACCEL="$(if $(filter 1,$(KVM)),KVM,TCG)" BENCH_HOST_CORES="$$(nproc)" \
 	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --release --features bench --bin bench
 
-## check: clippy over the host crates and the kernel
+## check: rustfmt (every crate) and clippy with warnings as errors (host crates, the kernel, the
+## bench kernel); CI runs it before the tests
 check: setup
-	cargo clippy -p mm -p boot -p benchreport --all-targets
-	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets
-	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets
+	cargo fmt --all --check
+	cargo clippy -p mm -p boot -p benchreport --all-targets -- -D warnings
+	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
+	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings
 
 kernel:
 	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --profile $(PROFILE)

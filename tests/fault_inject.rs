@@ -114,7 +114,11 @@ fn check_page_tables(mm: &Mm) {
             let addr = base + ((i as u64) << (12 + 9 * (level - 1)));
             if level > 1 {
                 if pte_flags(e).contains(PageTableFlags::PRESENT) {
-                    assert_eq!(frames.meta(pte_frame(e)).kind(), FrameKind::PageTable, "table at {addr:#x}");
+                    assert_eq!(
+                        frames.meta(pte_frame(e)).kind(),
+                        FrameKind::PageTable,
+                        "table at {addr:#x}"
+                    );
                     stack.push((pte_frame(e), level - 1, addr));
                 }
                 continue;
@@ -122,14 +126,22 @@ fn check_page_tables(mm: &Mm) {
             if !pte_holds_frame(e) {
                 continue;
             }
-            let prot = prot_at(&l, addr).unwrap_or_else(|| panic!("PTE {e:#x} at {addr:#x} outside every VMA"));
+            let prot = prot_at(&l, addr)
+                .unwrap_or_else(|| panic!("PTE {e:#x} at {addr:#x} outside every VMA"));
             if pte_flags(e).contains(PageTableFlags::WRITABLE) {
-                assert!(prot.contains(Prot::WRITE), "writable PTE at {addr:#x} in a {prot:?} VMA");
+                assert!(
+                    prot.contains(Prot::WRITE),
+                    "writable PTE at {addr:#x} in a {prot:?} VMA"
+                );
             }
             let f = pte_frame(e);
             if f != frames.zero_frame() {
                 let m = frames.meta(f);
-                assert!(m.kind() == FrameKind::Anon && m.mapcount() >= 1, "PTE at {addr:#x}: frame {:?}", m.kind());
+                assert!(
+                    m.kind() == FrameKind::Anon && m.mapcount() >= 1,
+                    "PTE at {addr:#x}: frame {:?}",
+                    m.kind()
+                );
             }
         }
     }
@@ -147,7 +159,8 @@ struct Tally {
 
 #[test_case]
 fn every_operation_fails_cleanly_or_succeeds_under_injected_allocation_failures() {
-    let seed: u64 = option_env!("FAULT_INJECT_SEED").map_or(DEFAULT_SEED, |s| s.parse().expect("FAULT_INJECT_SEED"));
+    let seed: u64 = option_env!("FAULT_INJECT_SEED")
+        .map_or(DEFAULT_SEED, |s| s.parse().expect("FAULT_INJECT_SEED"));
     serial_println!("fault_inject: seed {seed} (replay: FAULT_INJECT_SEED={seed})");
     // A first run grows what stays grown (the scheduler's and stack allocator's vectors, RCU
     // callback queues) before the baselines are taken.
@@ -164,14 +177,26 @@ fn every_operation_fails_cleanly_or_succeeds_under_injected_allocation_failures(
         injected_total.frames,
         injected_total.heap
     );
-    assert!(injected_total.frames > 0 && injected_total.heap > 0, "injection never hit");
+    assert!(
+        injected_total.frames > 0 && injected_total.heap > 0,
+        "injection never hit"
+    );
     assert!(t.oom > 0, "no operation saw an out-of-memory error");
     assert!(t.threads_oom > 0, "no fault ran out of memory");
     let frames_after = free_frames();
-    assert_eq!(frames_after, frames_before, "frames leaked (or freed twice)");
+    assert_eq!(
+        frames_after, frames_before,
+        "frames leaked (or freed twice)"
+    );
     let heap_after = heap_used();
-    serial_println!("fault_inject: heap {} bytes above its baseline", heap_after as i64 - heap_before as i64);
-    assert!(heap_after <= heap_before + HEAP_KEPT, "heap leaked: {heap_before} bytes before, {heap_after} after");
+    serial_println!(
+        "fault_inject: heap {} bytes above its baseline",
+        heap_after as i64 - heap_before as i64
+    );
+    assert!(
+        heap_after <= heap_before + HEAP_KEPT,
+        "heap leaked: {heap_before} bytes before, {heap_after} after"
+    );
 }
 
 /// Runs [`STEPS`] random steps with injection in a new process, checking each, then reads every
@@ -203,8 +228,15 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
                     Ok(a) => {
                         t.ok += 1;
                         let a = a.as_u64();
-                        assert!((a..a + len).step_by(PAGE as usize).all(|x| prot_at(&layout(&mm), x) == Some(prot)));
-                        assert!(model.range(a..a + len).next().is_none(), "fresh mapping over live data");
+                        assert!(
+                            (a..a + len)
+                                .step_by(PAGE as usize)
+                                .all(|x| prot_at(&layout(&mm), x) == Some(prot))
+                        );
+                        assert!(
+                            model.range(a..a + len).next().is_none(),
+                            "fresh mapping over live data"
+                        );
                     }
                     Err(MmapError::OutOfMemory) => {
                         t.oom += 1;
@@ -215,10 +247,16 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
             }
             2 => {
                 let Some(r) = pick(&mut rng) else { continue };
-                match injected(s, &mut injected_total, || mm.munmap(r.start, r.end - r.start)) {
+                match injected(s, &mut injected_total, || {
+                    mm.munmap(r.start, r.end - r.start)
+                }) {
                     Ok(()) => {
                         t.ok += 1;
-                        assert!(r.clone().step_by(PAGE as usize).all(|x| prot_at(&layout(&mm), x).is_none()));
+                        assert!(
+                            r.clone()
+                                .step_by(PAGE as usize)
+                                .all(|x| prot_at(&layout(&mm), x).is_none())
+                        );
                         let gone: Vec<u64> = model.range(r).map(|(&k, _)| k).collect();
                         for k in gone {
                             model.remove(&k);
@@ -234,22 +272,33 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
             3..=4 => {
                 let Some(r) = pick(&mut rng) else { continue };
                 let prot = [Prot::READ, RW, Prot::empty()][rng.below(3) as usize];
-                match injected(s, &mut injected_total, || mm.mprotect(r.start, r.end - r.start, prot)) {
+                match injected(s, &mut injected_total, || {
+                    mm.mprotect(r.start, r.end - r.start, prot)
+                }) {
                     Ok(()) => {
                         t.ok += 1;
-                        assert!(r.step_by(PAGE as usize).all(|x| prot_at(&layout(&mm), x) == Some(prot)));
+                        assert!(
+                            r.step_by(PAGE as usize)
+                                .all(|x| prot_at(&layout(&mm), x) == Some(prot))
+                        );
                     }
                     Err(MprotectError::OutOfMemory) => {
                         t.oom += 1;
-                        assert_eq!(layout(&mm), before, "a failed mprotect changed the mappings");
+                        assert_eq!(
+                            layout(&mm),
+                            before,
+                            "a failed mprotect changed the mappings"
+                        );
                     }
                     Err(e) => panic!("step {step}: mprotect: {e:?}"),
                 }
             }
             5 => {
                 let Some(r) = pick(&mut rng) else { continue };
-                injected(s, &mut injected_total, || mm.madvise(r.start, r.end - r.start, MADV_DONTNEED))
-                    .unwrap_or_else(|e| panic!("step {step}: madvise: {e:?}"));
+                injected(s, &mut injected_total, || {
+                    mm.madvise(r.start, r.end - r.start, MADV_DONTNEED)
+                })
+                .unwrap_or_else(|e| panic!("step {step}: madvise: {e:?}"));
                 t.ok += 1;
                 assert_eq!(layout(&mm), before);
                 let gone: Vec<u64> = model.range(r).map(|(&k, _)| k).collect();
@@ -272,9 +321,16 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
                             now.insert(r.start, (s << 16) | k | 1 << 63);
                             (s << 16) | k | 1 << 63
                         } else {
-                            now.get(&r.start).or(model.get(&r.start)).copied().unwrap_or(0)
+                            now.get(&r.start)
+                                .or(model.get(&r.start))
+                                .copied()
+                                .unwrap_or(0)
                         };
-                        Some(Access { addr: r.start, write, value })
+                        Some(Access {
+                            addr: r.start,
+                            write,
+                            value,
+                        })
                     })
                     .collect();
                 memory().frames().drain_caches();
@@ -294,7 +350,8 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
                 }
             }
         }
-        mm.validate().unwrap_or_else(|e| panic!("step {step}: {e:?}"));
+        mm.validate()
+            .unwrap_or_else(|e| panic!("step {step}: {e:?}"));
         check_page_tables(&mm);
     }
     // Every page holds what the model says, read with injection off.
@@ -302,7 +359,11 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
         .iter()
         .filter(|(_, prot)| prot.contains(Prot::READ))
         .flat_map(|(r, _)| r.clone().step_by(PAGE as usize))
-        .map(|addr| Access { addr, write: false, value: model.get(&addr).copied().unwrap_or(0) })
+        .map(|addr| Access {
+            addr,
+            write: false,
+            value: model.get(&addr).copied().unwrap_or(0),
+        })
         .collect();
     assert_eq!(run_accesses(&p, &all, None).0, 0, "final read-back");
     drop(mm);
@@ -341,7 +402,11 @@ fn run_accesses(p: &Process, accesses: &[Access], seed: Option<u64>) -> (i64, us
                     // SAFETY: as above, readable.
                     let v = unsafe { ptr.read_volatile() };
                     if v != a.value {
-                        serial_println!("fault_inject: page {:#x} holds {v:#x}, expected {:#x}", a.addr, a.value);
+                        serial_println!(
+                            "fault_inject: page {:#x} holds {v:#x}, expected {:#x}",
+                            a.addr,
+                            a.value
+                        );
                         return 1;
                     }
                 }

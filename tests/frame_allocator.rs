@@ -15,7 +15,9 @@ kernel::test_kernel!();
 #[test_case]
 fn alloc_free_round_trip() {
     let (_, free_before) = FRAMES.stats();
-    let frames: Vec<_> = (0..1000).map(|_| FRAMES.alloc().expect("out of frames")).collect();
+    let frames: Vec<_> = (0..1000)
+        .map(|_| FRAMES.alloc().expect("out of frames"))
+        .collect();
     assert_eq!(FRAMES.stats().1, free_before - 1000);
     // Tag each frame with its own address, then check no frame was handed out twice.
     for f in &frames {

@@ -36,5 +36,8 @@ fn freed_memory_is_reused() {
     let long_lived = Box::new(1);
     assert_eq!(*long_lived, 1);
     let (used_after, _) = kernel::memory::heap::usage();
-    assert!(used_after <= used_before + 64, "heap leaked: {used_before} -> {used_after}");
+    assert!(
+        used_after <= used_before + 64,
+        "heap leaked: {used_before} -> {used_after}"
+    );
 }

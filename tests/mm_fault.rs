@@ -35,7 +35,10 @@ fn free_frames() -> u64 {
     let resident = kernel::sched::resident_threads();
     let deadline = kernel::arch::apic::now_ns() + 10_000_000_000;
     while kernel::sched::live_threads() > resident {
-        assert!(kernel::arch::apic::now_ns() < deadline, "exited threads are never released");
+        assert!(
+            kernel::arch::apic::now_ns() < deadline,
+            "exited threads are never released"
+        );
         kernel::sched::sleep_ns(5_000_000);
     }
     kernel::memory::stack::reap();
@@ -46,7 +49,10 @@ fn free_frames() -> u64 {
 
 fn assert_frames_back_to(baseline: u64) {
     let now = free_frames();
-    assert_eq!(now, baseline, "frames leaked (or freed twice): {baseline} free before, {now} after");
+    assert_eq!(
+        now, baseline,
+        "frames leaked (or freed twice): {baseline} free before, {now} after"
+    );
 }
 
 #[test_case]
@@ -54,7 +60,11 @@ fn first_touch_is_resolved_under_the_vma_lock() {
     let baseline = free_frames();
     let p = Process::new("touch").expect("process");
     let pages = 64;
-    let base = p.mm().mmap(0, pages * PAGE, RW, ANON).expect("mmap").as_u64();
+    let base = p
+        .mm()
+        .mmap(0, pages * PAGE, RW, ANON)
+        .expect("mmap")
+        .as_u64();
     let before = memory().stats().snapshot();
     let t = p
         .spawn("toucher", move || {
@@ -72,7 +82,11 @@ fn first_touch_is_resolved_under_the_vma_lock() {
     let d = memory().stats().snapshot().since(&before);
     kernel::serial_println!("first touch: {d}");
     assert_eq!(d.get(Event::Fault), pages, "one fault per page");
-    assert_eq!(d.get(Event::VmaLockSuccess), pages, "first touch never takes mmap_lock");
+    assert_eq!(
+        d.get(Event::VmaLockSuccess),
+        pages,
+        "first touch never takes mmap_lock"
+    );
     assert_eq!(d.get(Event::AnonFrameMapped), pages);
     drop(p);
     assert_frames_back_to(baseline);
@@ -94,7 +108,11 @@ fn a_read_maps_the_zero_page_and_a_write_copies() {
             first as i64 * 100 + unsafe { ptr.read_volatile() } as i64
         })
         .expect("spawn");
-    assert_eq!(t.join(), 7, "a fresh page reads as zero, then holds what was written");
+    assert_eq!(
+        t.join(),
+        7,
+        "a fresh page reads as zero, then holds what was written"
+    );
     let d = memory().stats().snapshot().since(&before);
     assert_eq!(d.get(Event::ZeroFrameMapped), 1);
     assert_eq!(d.get(Event::WpCopy), 1);
@@ -103,7 +121,11 @@ fn a_read_maps_the_zero_page_and_a_write_copies() {
 #[test_case]
 fn a_bad_access_ends_only_the_faulting_thread() {
     let p = Process::new("segv").expect("process");
-    let ro = p.mm().mmap(0, PAGE, Prot::READ, ANON).expect("mmap").as_u64();
+    let ro = p
+        .mm()
+        .mmap(0, PAGE, Prot::READ, ANON)
+        .expect("mmap")
+        .as_u64();
     let unmapped = p.spawn("wild", || {
         // SAFETY: deliberately touches an address no VMA covers; the fault ends this thread.
         unsafe { (0x1234_5000 as *mut u64).write_volatile(1) };
@@ -159,8 +181,16 @@ fn a_thread_killed_by_a_fault_drops_what_it_captured() {
         .expect("spawn")
     };
     assert_eq!(t.join(), EXIT_SEGV);
-    assert_eq!(drops.load(Ordering::SeqCst), 1, "the killed thread's captures were not dropped");
-    assert_eq!(Arc::strong_count(&p), 1, "the killed thread still holds its process");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the killed thread's captures were not dropped"
+    );
+    assert_eq!(
+        Arc::strong_count(&p),
+        1,
+        "the killed thread still holds its process"
+    );
     drop(p);
     assert_frames_back_to(baseline);
 }
@@ -175,7 +205,11 @@ fn a_thread_that_calls_exit_drops_what_it_captured() {
     })
     .expect("spawn");
     assert_eq!(t.join(), 5);
-    assert_eq!(drops.load(Ordering::SeqCst), 1, "captures of a thread that called exit were not dropped");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "captures of a thread that called exit were not dropped"
+    );
 }
 
 /// One worker: maps its own region, faults it in with tagged writes, checks every page, also
@@ -200,12 +234,20 @@ fn worker(p: &Process, id: u64, workers: u64, shared: u64, shared_pages: u64, ro
         for i in 0..PAGES {
             // SAFETY: as above.
             let v = unsafe { ((base + i * PAGE + 8 * (id % 64)) as *const u64).read_volatile() };
-            assert_eq!(v, tag(i), "worker {id} round {round}: lost write on page {i}");
+            assert_eq!(
+                v,
+                tag(i),
+                "worker {id} round {round}: lost write on page {i}"
+            );
         }
         for i in (id..shared_pages).step_by(workers as usize) {
             // SAFETY: as above.
             let v = unsafe { ((shared + i * PAGE) as *const u64).read_volatile() };
-            assert_eq!(v, tag(i), "worker {id} round {round}: lost write on shared page {i}");
+            assert_eq!(
+                v,
+                tag(i),
+                "worker {id} round {round}: lost write on shared page {i}"
+            );
         }
         mm.munmap(base, PAGES * PAGE).expect("munmap");
     }
@@ -218,7 +260,11 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
     let p = Process::new("stress").expect("process");
     let workers = 2 * online_count() as u64;
     let shared_pages = 8 * workers;
-    let shared = p.mm().mmap(0, shared_pages * PAGE, RW, ANON).expect("mmap").as_u64();
+    let shared = p
+        .mm()
+        .mmap(0, shared_pages * PAGE, RW, ANON)
+        .expect("mmap")
+        .as_u64();
     let before = memory().stats().snapshot();
     let stop = Arc::new(AtomicBool::new(false));
     // A churner changes the address space under the workers' feet: new VMAs, splits by
@@ -229,10 +275,14 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
         p.spawn("churner", move || {
             let mut ops = 0i64;
             while !stop.load(Ordering::Relaxed) {
-                let a = mm.mmap(0, 16 * PAGE, RW, ANON).expect("churn mmap").as_u64();
+                let a = mm
+                    .mmap(0, 16 * PAGE, RW, ANON)
+                    .expect("churn mmap")
+                    .as_u64();
                 // SAFETY: just mapped read-write.
                 unsafe { (a as *mut u64).write_volatile(1) };
-                mm.mprotect(a + 4 * PAGE, 4 * PAGE, Prot::READ).expect("churn mprotect");
+                mm.mprotect(a + 4 * PAGE, 4 * PAGE, Prot::READ)
+                    .expect("churn mprotect");
                 mm.munmap(a, 16 * PAGE).expect("churn munmap");
                 ops += 3;
             }
@@ -243,7 +293,10 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
     let handles: Vec<_> = (0..workers)
         .map(|id| {
             let proc = p.clone();
-            p.spawn("worker", move || worker(&proc, id, workers, shared, shared_pages, 12)).expect("spawn")
+            p.spawn("worker", move || {
+                worker(&proc, id, workers, shared, shared_pages, 12)
+            })
+            .expect("spawn")
         })
         .collect();
     for h in handles {
@@ -252,7 +305,10 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
     stop.store(true, Ordering::Relaxed);
     let churn_ops = churner.join();
     let d = memory().stats().snapshot().since(&before);
-    kernel::serial_println!("stress: {workers} workers on {} CPUs, {churn_ops} churn ops", online_count());
+    kernel::serial_println!(
+        "stress: {workers} workers on {} CPUs, {churn_ops} churn ops",
+        online_count()
+    );
     kernel::serial_println!("stress: {d}");
     assert!(churn_ops > 0);
     // How many faults fall back depends on timing (a worker's new mapping merges with a
@@ -271,7 +327,11 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
 fn the_mmap_lock_policy_sends_every_fault_to_mmap_lock() {
     let p = Process::new("policy").expect("process");
     let pages = 16;
-    let base = p.mm().mmap(0, pages * PAGE, RW, ANON).expect("mmap").as_u64();
+    let base = p
+        .mm()
+        .mmap(0, pages * PAGE, RW, ANON)
+        .expect("mmap")
+        .as_u64();
     memory().set_fault_policy(FaultPolicy::MmapLockOnly);
     let before = memory().stats().snapshot();
     let t = p

@@ -46,6 +46,9 @@ fn write_fault_is_resolved_by_the_hook() {
     assert_eq!(FAULTS.load(Ordering::SeqCst), 1, "exactly one fault");
     let error = PageFaultErrorCode::from_bits_truncate(LAST_ERROR.load(Ordering::SeqCst));
     assert!(error.contains(PageFaultErrorCode::CAUSED_BY_WRITE));
-    assert!(!error.contains(PageFaultErrorCode::PROTECTION_VIOLATION), "page was not present");
+    assert!(
+        !error.contains(PageFaultErrorCode::PROTECTION_VIOLATION),
+        "page was not present"
+    );
     set_page_fault_hook(None);
 }

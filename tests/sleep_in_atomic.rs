@@ -19,7 +19,10 @@ fn main(boot_info: &'static mut kernel::bootloader_api::BootInfo) -> ! {
     // The report must name this file and line as where preemption was disabled.
     let disabled_at: &'static str = format!("{}:{line}:", file!()).leak();
     let needles = vec!["scheduling while atomic", "preempt count 1", disabled_at].leak();
-    kernel::testing::expect_panic_containing("sleep_in_atomic::sleeping_with_preemption_disabled_panics", needles);
+    kernel::testing::expect_panic_containing(
+        "sleep_in_atomic::sleeping_with_preemption_disabled_panics",
+        needles,
+    );
     kernel::sched::sleep_ns(1_000_000);
     kernel::serial_println!("slept with preemption disabled and nothing noticed");
     kernel::qemu::exit(kernel::qemu::ExitCode::Failed)

@@ -39,7 +39,12 @@ fn every_cpu_in_the_madt_is_online() {
     let listed = boot.cpus.as_ref().expect("MADT").apic_ids.len();
     // The runner checks this line against the -smp it passed.
     kernel::serial_println!("smp: {} CPUs online", online_count());
-    assert_eq!(online_count(), listed, "failed to start: {:?}", boot.smp.failed);
+    assert_eq!(
+        online_count(),
+        listed,
+        "failed to start: {:?}",
+        boot.smp.failed
+    );
     for cpu in PERCPU.iter().take(listed) {
         assert!(cpu.online.load(Ordering::Acquire));
     }
@@ -73,7 +78,11 @@ fn sixty_four_threads_count_exactly() {
     // Spreading: with several CPUs the threads did not all run on one (how many CPUs took part
     // depends on timing: idle CPUs steal, and halt when they find nothing).
     let used = cpus_used.load(Ordering::Relaxed).count_ones() as usize;
-    assert!(used >= online_count().min(2), "threads ran on {used} of {} CPUs", online_count());
+    assert!(
+        used >= online_count().min(2),
+        "threads ran on {used} of {} CPUs",
+        online_count()
+    );
 }
 
 #[test_case]
@@ -95,7 +104,9 @@ fn a_spinning_thread_does_not_starve_others() {
             .expect("spawn")
         })
         .collect();
-    wait_for("every hog to start", 20, || STARTED.load(Ordering::SeqCst) == hogs as u64);
+    wait_for("every hog to start", 20, || {
+        STARTED.load(Ordering::SeqCst) == hogs as u64
+    });
     STOP.store(true, Ordering::SeqCst);
     handles.into_iter().for_each(|h| assert_eq!(h.join(), 0));
 }
@@ -137,10 +148,17 @@ fn ipis_reach_every_cpu() {
 fn a_shootdown_invalidates_every_cpus_translation() {
     const VA: u64 = 0xffff_d000_0000_0000;
     let page = Page::containing_address(VirtAddr::new(VA));
-    let frames = [FRAMES.alloc().expect("frame"), FRAMES.alloc().expect("frame")];
+    let frames = [
+        FRAMES.alloc().expect("frame"),
+        FRAMES.alloc().expect("frame"),
+    ];
     for (i, f) in frames.iter().enumerate() {
         // SAFETY: fresh frames, reached through the physical map.
-        unsafe { phys_to_virt(f.start_address()).as_mut_ptr::<u64>().write(i as u64 + 1) };
+        unsafe {
+            phys_to_virt(f.start_address())
+                .as_mut_ptr::<u64>()
+                .write(i as u64 + 1)
+        };
     }
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
     // SAFETY: VA is in an otherwise unused slot of the upper half.
@@ -167,7 +185,9 @@ fn a_shootdown_invalidates_every_cpus_translation() {
             .expect("spawn")
         })
         .collect();
-    wait_for("readers to cache the old translation", 20, || READY.load(Ordering::SeqCst) == n as u64);
+    wait_for("readers to cache the old translation", 20, || {
+        READY.load(Ordering::SeqCst) == n as u64
+    });
     // SAFETY: the readers only read VA, and it is remapped to a frame of the same kind.
     let old = unsafe { unmap_kernel_page(page) }.expect("mapped");
     // SAFETY: as above.
@@ -206,12 +226,17 @@ fn rcu_grace_periods_complete_with_every_cpu_busy() {
             .expect("spawn")
         })
         .collect();
-    wait_for("readers to start", 20, || SECTIONS.load(Ordering::Relaxed) > 100);
+    wait_for("readers to start", 20, || {
+        SECTIONS.load(Ordering::Relaxed) > 100
+    });
     let freed = Arc::new(AtomicBool::new(false));
     let object = Box::new([0xa5u8; 64]);
     let flag = freed.clone();
     rcu.call_rcu(Box::new(move || {
-        assert!(object.iter().all(|&b| b == 0xa5), "object changed before its grace period ended");
+        assert!(
+            object.iter().all(|&b| b == 0xa5),
+            "object changed before its grace period ended"
+        );
         drop(object);
         flag.store(true, Ordering::SeqCst);
     }));
@@ -254,7 +279,10 @@ fn a_spinlock_under_contention_loses_no_update() {
         .collect();
     handles.into_iter().for_each(|h| assert_eq!(h.join(), 0));
     let p = lock.lock();
-    assert_eq!((p.a, p.b), (THREADS as u64 * ROUNDS, THREADS as u64 * ROUNDS));
+    assert_eq!(
+        (p.a, p.b),
+        (THREADS as u64 * ROUNDS, THREADS as u64 * ROUNDS)
+    );
 }
 
 #[test_case]
@@ -312,7 +340,10 @@ fn the_mmap_rwsem_excludes_writers_and_loses_no_update() {
     const WRITERS: usize = 4;
     const READERS: usize = 12;
     const ROUNDS: u64 = 500;
-    let g = Arc::new(Guarded { sem: RwSemaphore::new(Arc::new(KernelPlatform)), pair: UnsafeCell::new((0, 0)) });
+    let g = Arc::new(Guarded {
+        sem: RwSemaphore::new(Arc::new(KernelPlatform)),
+        pair: UnsafeCell::new((0, 0)),
+    });
     let writers = (0..WRITERS).map(|_| {
         let g = g.clone();
         spawn("rwsem-writer", move || {
@@ -395,7 +426,10 @@ fn preemption_is_recorded_as_disabled_by_the_real_caller() {
     let guard = lock.lock();
     match owner() {
         PreemptOwner::Code(code) => {
-            assert!(code[0] >= kernel::KERNEL_BASE, "not a kernel code address: {code:x?}");
+            assert!(
+                code[0] >= kernel::KERNEL_BASE,
+                "not a kernel code address: {code:x?}"
+            );
         }
         other => panic!("an mm spinlock recorded {other:?}"),
     }
@@ -445,7 +479,9 @@ fn a_thread_woken_on_its_cpu_runs_before_the_next_tick() {
             WORD.store(round as u32, Ordering::SeqCst);
             futex_wake(&WORD, 1);
             // Busy: only a preemption lets the sleeper run.
-            wait_for("the woken thread to run", 5, || RAN.load(Ordering::SeqCst) == round);
+            wait_for("the woken thread to run", 5, || {
+                RAN.load(Ordering::SeqCst) == round
+            });
             late += (RAN_AT_TICK.load(Ordering::SeqCst) != at) as i64;
         }
         late
@@ -454,7 +490,10 @@ fn a_thread_woken_on_its_cpu_runs_before_the_next_tick() {
     let late = waker.join();
     assert_eq!(sleeper.join(), 0);
     kernel::serial_println!("{late} of {WAKE_ROUNDS} woken threads saw a tick before they ran");
-    assert!(late <= WAKE_ROUNDS_WITH_A_TICK as i64, "{late} of {WAKE_ROUNDS} woken threads waited for a tick");
+    assert!(
+        late <= WAKE_ROUNDS_WITH_A_TICK as i64,
+        "{late} of {WAKE_ROUNDS} woken threads waited for a tick"
+    );
 }
 
 #[test_case]
@@ -496,7 +535,9 @@ fn a_wake_up_preempts_a_busy_cpu_when_it_enables_preemption() {
             wait_for("the wake-up", 5, || WOKEN.load(Ordering::SeqCst) == round);
             let at = ticks();
             preempt_enable();
-            wait_for("the woken thread to run", 5, || RAN.load(Ordering::SeqCst) == round);
+            wait_for("the woken thread to run", 5, || {
+                RAN.load(Ordering::SeqCst) == round
+            });
             late += (RAN_AT_TICK.load(Ordering::SeqCst) != at) as i64;
         }
         late
@@ -504,7 +545,9 @@ fn a_wake_up_preempts_a_busy_cpu_when_it_enables_preemption() {
     .expect("spawn");
     let waker = spawn_on(other, "waker", move || {
         for round in 1..=WAKE_ROUNDS {
-            wait_for("the section", 5, || IN_SECTION.load(Ordering::SeqCst) == round);
+            wait_for("the section", 5, || {
+                IN_SECTION.load(Ordering::SeqCst) == round
+            });
             WORD.store(round as u32, Ordering::SeqCst);
             futex_wake(&WORD, 1);
             WOKEN.store(round, Ordering::SeqCst);
@@ -516,5 +559,8 @@ fn a_wake_up_preempts_a_busy_cpu_when_it_enables_preemption() {
     let late = section.join();
     assert_eq!(sleeper.join(), 0);
     kernel::serial_println!("{late} of {WAKE_ROUNDS} woken threads saw a tick before they ran");
-    assert!(late <= WAKE_ROUNDS_WITH_A_TICK as i64, "{late} of {WAKE_ROUNDS} woken threads waited for a tick");
+    assert!(
+        late <= WAKE_ROUNDS_WITH_A_TICK as i64,
+        "{late} of {WAKE_ROUNDS} woken threads waited for a tick"
+    );
 }

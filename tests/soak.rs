@@ -91,7 +91,11 @@ impl Counts {
 
     /// Mean microseconds per call of each operation.
     fn mean_us(&self) -> [u64; OPS] {
-        core::array::from_fn(|i| self.op_ns[i].load(Ordering::Relaxed) / 1000 / self.ops[i].load(Ordering::Relaxed).max(1))
+        core::array::from_fn(|i| {
+            self.op_ns[i].load(Ordering::Relaxed)
+                / 1000
+                / self.ops[i].load(Ordering::Relaxed).max(1)
+        })
     }
 
     fn reset(&self) {
@@ -132,7 +136,12 @@ fn words_for(tag: u64) -> (u64, u64) {
 /// loss if it does not hold `expected`.
 fn check(page: u64, expected: u64, o: Owner, what: &str) {
     // SAFETY: the caller's region is mapped readable and only it changes it.
-    let found = unsafe { ((page as *const u64).read_volatile(), ((page + LAST_WORD) as *const u64).read_volatile()) };
+    let found = unsafe {
+        (
+            (page as *const u64).read_volatile(),
+            ((page + LAST_WORD) as *const u64).read_volatile(),
+        )
+    };
     if found != words_for(expected) {
         let n = COUNTS.lost.fetch_add(1, Ordering::Relaxed);
         if n < REPORT_LOST {
@@ -173,7 +182,13 @@ fn map(mm: &Mm, pages: u64, who: &str) -> u64 {
 fn map_region(mm: &Mm, who: &str) -> u64 {
     let a = map(mm, REGION_PAGES as u64 + 2, who);
     protect(mm, a, 1, Prot::empty(), who);
-    protect(mm, a + (REGION_PAGES as u64 + 1) * PAGE, 1, Prot::empty(), who);
+    protect(
+        mm,
+        a + (REGION_PAGES as u64 + 1) * PAGE,
+        1,
+        Prot::empty(),
+        who,
+    );
     a + PAGE
 }
 
@@ -214,7 +229,11 @@ fn faulter(mm: Arc<Mm>, process: u64, thread: u64) -> i64 {
     let mut held = [0u64; REGION_PAGES];
     let mut round = 0;
     while !STOP.load(Ordering::Relaxed) {
-        let o = Owner { process, thread, round };
+        let o = Owner {
+            process,
+            thread,
+            round,
+        };
         let page = |base: u64, i: usize| base + i as u64 * PAGE;
         match round % 8 {
             1 | 5 => {
@@ -263,7 +282,11 @@ fn churner(mm: Arc<Mm>, process: u64, thread: u64) -> i64 {
     let who = "churner";
     let mut round = 0;
     while !STOP.load(Ordering::Relaxed) {
-        let o = Owner { process, thread, round };
+        let o = Owner {
+            process,
+            thread,
+            round,
+        };
         let a = map(&mm, CHURN_PAGES, who);
         let page = |i: u64| a + i * PAGE;
         let mut held = [0u64; CHURN_PAGES as usize];
@@ -300,7 +323,8 @@ fn frame_bound(cpus: u64) -> u64 {
 
 #[test_case]
 fn soak() {
-    let seconds: Option<u64> = option_env!("SOAK_SECONDS").map(|s| s.parse().expect("SOAK_SECONDS: seconds"));
+    let seconds: Option<u64> =
+        option_env!("SOAK_SECONDS").map(|s| s.parse().expect("SOAK_SECONDS: seconds"));
     let cpus = online_count() as u64;
     // A first short round grows what stays grown (scheduler and stack-slot vectors, RCU queues)
     // before the baselines are taken.
@@ -350,12 +374,26 @@ fn soak() {
         OP_NAMES[3],
         ops[3],
         FRAMES.poison_checked() - poison_before,
-        if frames_back { "frames back" } else { "FRAMES NOT BACK" },
-        if heap_back { "heap back" } else { "HEAP NOT BACK" },
+        if frames_back {
+            "frames back"
+        } else {
+            "FRAMES NOT BACK"
+        },
+        if heap_back {
+            "heap back"
+        } else {
+            "HEAP NOT BACK"
+        },
     );
     assert_eq!(lost, 0, "writes lost");
-    assert!(frames_back, "frames leaked (or freed twice): {frames_before} free before, {frames_after} after");
-    assert!(heap_back, "heap leaked: {heap_before} bytes used before, {heap_after} after");
+    assert!(
+        frames_back,
+        "frames leaked (or freed twice): {frames_before} free before, {frames_after} after"
+    );
+    assert!(
+        heap_back,
+        "heap leaked: {heap_before} bytes used before, {heap_after} after"
+    );
     if seconds.is_none() {
         assert!(report.faults >= BOUNDED_FAULTS);
     }
@@ -381,21 +419,37 @@ fn run(cpus: u64, seconds: Option<u64>, baselines: Option<(u64, usize)>) -> Repo
         let proc = Process::new("soak").expect("process");
         for t in 0..cpus {
             let mm = proc.mm().clone();
-            handles.push(proc.spawn("faulter", move || faulter(mm.clone(), p, t)).expect("spawn"));
+            handles.push(
+                proc.spawn("faulter", move || faulter(mm.clone(), p, t))
+                    .expect("spawn"),
+            );
         }
         let mm = proc.mm().clone();
-        handles.push(proc.spawn("churner", move || churner(mm.clone(), p, cpus)).expect("spawn"));
+        handles.push(
+            proc.spawn("churner", move || churner(mm.clone(), p, cpus))
+                .expect("spawn"),
+        );
         processes.push(proc);
     }
-    let mut report = Report { elapsed_ns: 0, faults: 0, peak_frames: 0, peak_heap: 0 };
+    let mut report = Report {
+        elapsed_ns: 0,
+        faults: 0,
+        peak_frames: 0,
+        peak_heap: 0,
+    };
     let mut next_progress = 60;
     loop {
         kernel::sched::sleep_ns(1_000_000_000);
         report.elapsed_ns = now_ns() - start;
-        report.faults = memory().stats().snapshot().since(&faults_before).get(Event::Fault);
+        report.faults = memory()
+            .stats()
+            .snapshot()
+            .since(&faults_before)
+            .get(Event::Fault);
         let elapsed_s = report.elapsed_ns / 1_000_000_000;
         if let Some((frames_before, heap_before)) = baselines {
-            let in_use = frames_before.saturating_sub(FRAMES.stats().1 + kernel::memory::kernel_table_frames());
+            let in_use = frames_before
+                .saturating_sub(FRAMES.stats().1 + kernel::memory::kernel_table_frames());
             let heap = heap_used().saturating_sub(heap_before);
             report.peak_frames = report.peak_frames.max(in_use);
             report.peak_heap = report.peak_heap.max(heap);
@@ -404,7 +458,10 @@ fn run(cpus: u64, seconds: Option<u64>, baselines: Option<(u64, usize)>) -> Repo
                 "{in_use} frames in use after {elapsed_s}s, more than the bound {}",
                 frame_bound(cpus)
             );
-            assert!(heap <= HEAP_SLACK, "heap {heap} bytes above its baseline after {elapsed_s}s");
+            assert!(
+                heap <= HEAP_SLACK,
+                "heap {heap} bytes above its baseline after {elapsed_s}s"
+            );
             if elapsed_s >= next_progress {
                 next_progress += 60;
                 let ops = COUNTS.ops();
@@ -431,7 +488,11 @@ fn run(cpus: u64, seconds: Option<u64>, baselines: Option<(u64, usize)>) -> Repo
         assert_eq!(h.join(), 0, "a soak thread died");
     }
     report.elapsed_ns = now_ns() - start;
-    report.faults = memory().stats().snapshot().since(&faults_before).get(Event::Fault);
+    report.faults = memory()
+        .stats()
+        .snapshot()
+        .since(&faults_before)
+        .get(Event::Fault);
     drop(processes);
     report
 }

@@ -40,7 +40,9 @@ fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
 /// (`running`: threads of the test still alive).
 fn settle(running: usize) {
     let resident = sched::resident_threads() + running;
-    wait_for("exited threads to be released", 10, || sched::live_threads() <= resident);
+    wait_for("exited threads to be released", 10, || {
+        sched::live_threads() <= resident
+    });
     kernel::memory::stack::reap();
 }
 
@@ -65,7 +67,11 @@ fn a_cpu_that_left_an_address_space_is_not_shot_down() {
     let before = tlb::stats();
     p.mm().munmap(a, 4 * PAGE).expect("munmap");
     let d = tlb::stats().since(&before);
-    assert_eq!((d.shootdowns, d.ipis), (0, 0), "no CPU runs the address space: no IPI");
+    assert_eq!(
+        (d.shootdowns, d.ipis),
+        (0, 0),
+        "no CPU runs the address space: no IPI"
+    );
 }
 
 #[test_case]
@@ -92,9 +98,15 @@ fn a_munmap_interrupts_only_the_cpu_running_the_address_space() {
         })
         .expect("spawn")
     };
-    wait_for("the resident thread", 10, || running.load(Ordering::Acquire));
+    wait_for("the resident thread", 10, || {
+        running.load(Ordering::Acquire)
+    });
     settle(1);
-    assert_eq!(p.mm().cpus().0, 1 << cpu, "only the resident's CPU runs the address space");
+    assert_eq!(
+        p.mm().cpus().0,
+        1 << cpu,
+        "only the resident's CPU runs the address space"
+    );
     // Unmap from CPU 0, a kernel thread (kernel root): the shootdown must reach CPU `cpu` only.
     let mm = p.mm().clone();
     let unmapper = sched::spawn_on(0, "unmapper", move || {
@@ -107,7 +119,10 @@ fn a_munmap_interrupts_only_the_cpu_running_the_address_space() {
     let d = unmapper.join();
     stop.store(true, Ordering::Release);
     assert_eq!(t.join(), 0);
-    assert_eq!(d, 111, "one shootdown, one IPI, served once (shootdowns*100 + ipis*10 + served)");
+    assert_eq!(
+        d, 111,
+        "one shootdown, one IPI, served once (shootdowns*100 + ipis*10 + served)"
+    );
 }
 
 #[test_case]
@@ -137,7 +152,9 @@ fn shootdowns_from_every_cpu_at_once_all_complete() {
             .expect("spawn")
         })
         .collect();
-    wait_for("every shooter", 20, || READY.load(Ordering::SeqCst) == n as u64);
+    wait_for("every shooter", 20, || {
+        READY.load(Ordering::SeqCst) == n as u64
+    });
     GO.store(true, Ordering::Release);
     for h in handles {
         assert_eq!(h.join(), 0);

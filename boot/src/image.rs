@@ -28,12 +28,12 @@ pub fn build(elf: &Path, firmware: Firmware) -> Result<PathBuf, String> {
     let mut config = bootloader::BootConfig::default();
     config.log_level = LevelFilter::Warn;
     let result = match firmware {
-        Firmware::Bios => {
-            bootloader::BiosBoot::new(&stripped).set_boot_config(&config).create_disk_image(&image)
-        }
-        Firmware::Uefi => {
-            bootloader::UefiBoot::new(&stripped).set_boot_config(&config).create_disk_image(&image)
-        }
+        Firmware::Bios => bootloader::BiosBoot::new(&stripped)
+            .set_boot_config(&config)
+            .create_disk_image(&image),
+        Firmware::Uefi => bootloader::UefiBoot::new(&stripped)
+            .set_boot_config(&config)
+            .create_disk_image(&image),
     };
     result.map_err(|e| format!("cannot build disk image {}: {e:#}", image.display()))?;
     Ok(image)
@@ -43,7 +43,12 @@ pub fn build(elf: &Path, firmware: Firmware) -> Result<PathBuf, String> {
 fn strip(elf: &Path, out: &Path) -> Result<(), String> {
     let mut tried = Vec::new();
     for tool in objcopy_candidates() {
-        match Command::new(&tool).arg("--strip-debug").arg(elf).arg(out).status() {
+        match Command::new(&tool)
+            .arg("--strip-debug")
+            .arg(elf)
+            .arg(out)
+            .status()
+        {
             Ok(s) if s.success() => return Ok(()),
             Ok(s) => return Err(format!("{} --strip-debug failed: {s}", tool.display())),
             Err(e) => tried.push(format!("{}: {e}", tool.display())),
@@ -60,9 +65,17 @@ fn objcopy_candidates() -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Ok(out) = Command::new("rustc").args(["--print", "sysroot"]).output() {
         let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if let Ok(host) = Command::new("rustc").args(["--print", "host-tuple"]).output() {
+        if let Ok(host) = Command::new("rustc")
+            .args(["--print", "host-tuple"])
+            .output()
+        {
             let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
-            v.push(Path::new(&sysroot).join("lib/rustlib").join(host).join("bin/llvm-objcopy"));
+            v.push(
+                Path::new(&sysroot)
+                    .join("lib/rustlib")
+                    .join(host)
+                    .join("bin/llvm-objcopy"),
+            );
         }
     }
     v.push(PathBuf::from("objcopy"));

@@ -70,7 +70,10 @@ fn usage() -> String {
 
 /// Parses `<ELF> [options]` for `run` and `image`.
 fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options), String> {
-    let mut opts = qemu::Options { timeout: None, ..Default::default() };
+    let mut opts = qemu::Options {
+        timeout: None,
+        ..Default::default()
+    };
     let mut elf = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -78,14 +81,18 @@ fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options), String> {
         match a.as_str() {
             "--smp" => {
                 let v = value("--smp")?;
-                opts.smp = v.parse().ok().filter(|n| (1..=255).contains(n)).ok_or(format!(
-                    "--smp takes a CPU count from 1 to 255, not {v:?}"
-                ))?;
+                opts.smp = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=255).contains(n))
+                    .ok_or(format!("--smp takes a CPU count from 1 to 255, not {v:?}"))?;
             }
             "--mem" => opts.memory = value("--mem")?,
             "--timeout" => {
                 let v = value("--timeout")?;
-                let secs: u64 = v.parse().map_err(|_| format!("--timeout takes seconds, not {v:?}"))?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout takes seconds, not {v:?}"))?;
                 opts.timeout = (secs > 0).then(|| Duration::from_secs(secs));
             }
             "--uefi" => opts.firmware = Firmware::Uefi,

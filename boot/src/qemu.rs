@@ -66,8 +66,17 @@ pub fn command(image: &Path, opts: &Options) -> Result<Command, String> {
          or use `make run`, which does",
     )?;
     let mut cmd = Command::new(qemu);
-    cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
-    cmd.args(["-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot"]);
+    cmd.arg("-drive")
+        .arg(format!("format=raw,file={}", image.display()));
+    cmd.args([
+        "-serial",
+        "stdio",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     cmd.args(["-smp", &opts.smp.to_string(), "-m", &opts.memory]);
     if opts.kvm {
@@ -93,7 +102,9 @@ pub fn command(image: &Path, opts: &Options) -> Result<Command, String> {
 /// Runs QEMU on `image` until the kernel exits or the timeout hits.
 pub fn run(image: &Path, opts: &Options) -> Result<Outcome, String> {
     let mut cmd = command(image, opts)?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
     let stdout = child.stdout.take().expect("stdout was piped");
@@ -103,7 +114,9 @@ pub fn run(image: &Path, opts: &Options) -> Result<Outcome, String> {
         let mut out = std::io::stdout();
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
             if echo {
                 let _ = writeln!(out, "{line}");
             }
@@ -114,7 +127,10 @@ pub fn run(image: &Path, opts: &Options) -> Result<Outcome, String> {
     });
     let mut timed_out = false;
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for QEMU: {e}"))?
+        {
             break status;
         }
         if opts.timeout.is_some_and(|t| start.elapsed() > t) {
@@ -140,7 +156,12 @@ pub fn run(image: &Path, opts: &Options) -> Result<Outcome, String> {
             None => "QEMU was killed by a signal".into(),
         }
     };
-    Ok(Outcome { success, reason, log, elapsed })
+    Ok(Outcome {
+        success,
+        reason,
+        log,
+        elapsed,
+    })
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {

@@ -33,7 +33,10 @@ const HOST_TEST_TIMEOUT: u64 = 300;
 pub fn runner(args: &[String]) -> Result<bool, String> {
     let elf = PathBuf::from(args.first().ok_or("runner needs the test kernel's path")?);
     let name = binary_name(&elf);
-    let least = MIN_TIMEOUT.iter().find(|(n, _)| *n == name).map_or(0, |&(_, s)| s);
+    let least = MIN_TIMEOUT
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |&(_, s)| s);
     let timeout = env_u64("KTEST_TIMEOUT", 300)?.max(least);
     let smps: Vec<u32> = match SMP_MATRIX.iter().find(|(n, _)| *n == name) {
         Some((_, smps)) => smps.to_vec(),
@@ -87,7 +90,12 @@ pub fn all() -> Result<bool, String> {
     ];
     for args in host_runs {
         let c = host_suite(&root, args)?;
-        println!("== host `cargo {}`: {} passed, {} failed", args.join(" "), c.passed, c.failed);
+        println!(
+            "== host `cargo {}`: {} passed, {} failed",
+            args.join(" "),
+            c.passed,
+            c.failed
+        );
         total += c;
     }
 
@@ -95,7 +103,15 @@ pub fn all() -> Result<bool, String> {
     let _ = std::fs::remove_file(&results);
     let status = Command::new("cargo")
         .current_dir(&root)
-        .args(["test", "-p", "kernel", "-p", "ktests", "--target", "x86_64-unknown-none"])
+        .args([
+            "test",
+            "-p",
+            "kernel",
+            "-p",
+            "ktests",
+            "--target",
+            "x86_64-unknown-none",
+        ])
         .arg("--no-fail-fast")
         .env("KTEST_RESULTS", &results)
         .status()
@@ -116,7 +132,10 @@ pub fn all() -> Result<bool, String> {
         // cargo failed without a test kernel failing: the build broke.
         kernel.failed += 1;
     }
-    println!("== in-QEMU tests: {} passed, {} failed", kernel.passed, kernel.failed);
+    println!(
+        "== in-QEMU tests: {} passed, {} failed",
+        kernel.passed, kernel.failed
+    );
     total += kernel;
 
     println!("{} passed, {} failed", total.passed, total.failed);
@@ -136,7 +155,10 @@ fn host_suite(root: &Path, args: &[&str]) -> Result<Counts, String> {
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !built.success() {
         println!("== host `{what}`: the build failed");
-        return Ok(Counts { passed: 0, failed: 1 });
+        return Ok(Counts {
+            passed: 0,
+            failed: 1,
+        });
     }
     let limit = Duration::from_secs(env_u64("HOST_TEST_TIMEOUT", HOST_TEST_TIMEOUT)?);
     let mut cmd = Command::new("cargo");
@@ -157,13 +179,26 @@ struct Finished {
 /// killed with every process below it.
 fn run_with_deadline(mut cmd: Command, limit: Duration, echo: bool) -> Result<Finished, String> {
     let deadline = Instant::now() + limit;
-    let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("the child's stdout was not piped")?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the child's stdout was not piped")?;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            if tx.send(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string()).is_err() {
+            if tx
+                .send(
+                    String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string(),
+                )
+                .is_err()
+            {
                 break;
             }
         }
@@ -180,19 +215,31 @@ fn run_with_deadline(mut cmd: Command, limit: Duration, echo: bool) -> Result<Fi
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
                 kill_tree(&mut child);
-                return Ok(Finished { lines, status: None });
+                return Ok(Finished {
+                    lines,
+                    status: None,
+                });
             }
         }
     }
     // Its stdout is closed: it is exiting (or closed stdout and went on, which the deadline
     // still covers).
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for {cmd:?}: {e}"))? {
-            return Ok(Finished { lines, status: Some(status) });
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for {cmd:?}: {e}"))?
+        {
+            return Ok(Finished {
+                lines,
+                status: Some(status),
+            });
         }
         if Instant::now() >= deadline {
             kill_tree(&mut child);
-            return Ok(Finished { lines, status: None });
+            return Ok(Finished {
+                lines,
+                status: None,
+            });
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -203,10 +250,15 @@ fn run_with_deadline(mut cmd: Command, limit: Duration, echo: bool) -> Result<Fi
 /// starts nothing new while they are collected.
 fn kill_tree(child: &mut Child) {
     let pid = child.id();
-    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status();
     let mut pids = descendants(pid);
     pids.push(pid);
-    let _ = Command::new("kill").arg("-KILL").args(pids.iter().map(u32::to_string)).status();
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .args(pids.iter().map(u32::to_string))
+        .status();
     // Where there is no `kill` command, at least the child goes.
     let _ = child.kill();
     let _ = child.wait();
@@ -214,13 +266,25 @@ fn kill_tree(child: &mut Child) {
 
 /// Every process below `root`, read from `/proc` (none where there is no `/proc`).
 fn descendants(root: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut parent_of = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // `pid (comm) state ppid ...`, where comm may itself hold spaces and parentheses.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         if let Some(ppid) = ppid {
             parent_of.push((pid, ppid));
         }
@@ -250,8 +314,15 @@ fn suite_counts(run: &Finished, what: &str, limit: Duration) -> Counts {
         }
         None => {
             let stuck = still_running(&run.lines);
-            let names = if stuck.is_empty() { "none named".to_string() } else { stuck.join(", ") };
-            println!("== host `{what}` killed after {} s; tests still running: {names}", limit.as_secs());
+            let names = if stuck.is_empty() {
+                "none named".to_string()
+            } else {
+                stuck.join(", ")
+            };
+            println!(
+                "== host `{what}` killed after {} s; tests still running: {names}",
+                limit.as_secs()
+            );
             c.failed += (stuck.len() as u64).max(1);
         }
     }
@@ -262,7 +333,9 @@ fn suite_counts(run: &Finished, what: &str, limit: Duration) -> Counts {
 fn still_running(lines: &[String]) -> Vec<String> {
     let mut running: Vec<String> = Vec::new();
     for line in lines {
-        let Some(rest) = line.strip_prefix("test ") else { continue };
+        let Some(rest) = line.strip_prefix("test ") else {
+            continue;
+        };
         if let Some((name, _)) = rest.split_once(" has been running for over ") {
             if !running.iter().any(|r| r == name) {
                 running.push(name.to_string());
@@ -285,13 +358,19 @@ fn binary_name(elf: &Path) -> String {
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a number")),
         Err(_) => Ok(default),
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("boot/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("boot/ has a parent")
+        .to_path_buf()
 }
 
 #[cfg(test)]
@@ -314,7 +393,13 @@ mod tests {
         while t.elapsed() < Duration::from_secs(5) {
             match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 Err(_) => return true,
-                Ok(stat) if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) => return true,
+                Ok(stat)
+                    if stat
+                        .rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) =>
+                {
+                    return true;
+                }
                 Ok(_) => thread::sleep(Duration::from_millis(20)),
             }
         }
@@ -323,7 +408,12 @@ mod tests {
 
     #[test]
     fn a_command_within_its_deadline_returns_its_output_and_status() {
-        let run = run_with_deadline(sh("echo one; echo two; exit 3"), Duration::from_secs(60), false).unwrap();
+        let run = run_with_deadline(
+            sh("echo one; echo two; exit 3"),
+            Duration::from_secs(60),
+            false,
+        )
+        .unwrap();
         assert_eq!(run.lines, lines(&["one", "two"]));
         assert_eq!(run.status.and_then(|s| s.code()), Some(3));
     }
@@ -332,9 +422,17 @@ mod tests {
     fn a_command_past_its_deadline_is_killed_with_the_processes_below_it() {
         // The shell (cargo's stand-in) waits for a child (a test binary's stand-in) that hangs.
         let start = Instant::now();
-        let run = run_with_deadline(sh("sleep 120 & echo $!; wait"), Duration::from_millis(500), false).unwrap();
+        let run = run_with_deadline(
+            sh("sleep 120 & echo $!; wait"),
+            Duration::from_millis(500),
+            false,
+        )
+        .unwrap();
         assert!(run.status.is_none(), "not reported as killed: {run:?}");
-        assert!(start.elapsed() < Duration::from_secs(30), "the deadline was not kept");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the deadline was not kept"
+        );
         let pid: u32 = run.lines[0].parse().unwrap();
         assert!(dies(pid), "the hung grandchild {pid} was left running");
     }
@@ -342,7 +440,12 @@ mod tests {
     #[test]
     fn a_command_that_closes_its_output_and_hangs_is_still_killed() {
         let start = Instant::now();
-        let run = run_with_deadline(sh("exec >/dev/null; sleep 120"), Duration::from_millis(500), false).unwrap();
+        let run = run_with_deadline(
+            sh("exec >/dev/null; sleep 120"),
+            Duration::from_millis(500),
+            false,
+        )
+        .unwrap();
         assert!(run.status.is_none());
         assert!(start.elapsed() < Duration::from_secs(30));
     }
@@ -358,29 +461,74 @@ mod tests {
             "test d has been running for over 60 seconds",
         ]);
         assert_eq!(still_running(&out), ["b", "d"]);
-        let killed = Finished { lines: out, status: None };
-        assert_eq!(suite_counts(&killed, "cargo test", Duration::from_secs(1)), Counts { passed: 0, failed: 2 });
+        let killed = Finished {
+            lines: out,
+            status: None,
+        };
+        assert_eq!(
+            suite_counts(&killed, "cargo test", Duration::from_secs(1)),
+            Counts {
+                passed: 0,
+                failed: 2
+            }
+        );
         // Killed before libtest named anyone: one failure for the run.
-        let killed = Finished { lines: lines(&["running 1 test"]), status: None };
-        assert_eq!(suite_counts(&killed, "cargo test", Duration::from_secs(1)), Counts { passed: 0, failed: 1 });
+        let killed = Finished {
+            lines: lines(&["running 1 test"]),
+            status: None,
+        };
+        assert_eq!(
+            suite_counts(&killed, "cargo test", Duration::from_secs(1)),
+            Counts {
+                passed: 0,
+                failed: 1
+            }
+        );
     }
 
     #[test]
     fn a_finished_run_is_counted_from_its_summary_lines() {
         let status = |code| sh(&format!("exit {code}")).status().unwrap();
-        let out = lines(&["test result: ok. 3 passed; 0 failed; 0 ignored", "test result: FAILED. 1 passed; 2 failed;"]);
-        let run = Finished { lines: out, status: Some(status(101)) };
-        assert_eq!(suite_counts(&run, "cargo test", Duration::from_secs(1)), Counts { passed: 4, failed: 2 });
+        let out = lines(&[
+            "test result: ok. 3 passed; 0 failed; 0 ignored",
+            "test result: FAILED. 1 passed; 2 failed;",
+        ]);
+        let run = Finished {
+            lines: out,
+            status: Some(status(101)),
+        };
+        assert_eq!(
+            suite_counts(&run, "cargo test", Duration::from_secs(1)),
+            Counts {
+                passed: 4,
+                failed: 2
+            }
+        );
         // A failed run that printed no failure (a crash) still fails.
-        let run = Finished { lines: lines(&["test result: ok. 3 passed; 0 failed;"]), status: Some(status(1)) };
-        assert_eq!(suite_counts(&run, "cargo test", Duration::from_secs(1)), Counts { passed: 3, failed: 1 });
+        let run = Finished {
+            lines: lines(&["test result: ok. 3 passed; 0 failed;"]),
+            status: Some(status(1)),
+        };
+        assert_eq!(
+            suite_counts(&run, "cargo test", Duration::from_secs(1)),
+            Counts {
+                passed: 3,
+                failed: 1
+            }
+        );
     }
 
     #[test]
     fn binary_names_lose_cargo_hashes() {
-        assert_eq!(binary_name(Path::new("t/deps/basic_boot-0a1b2c3d4e5f6789")), "basic_boot");
+        assert_eq!(
+            binary_name(Path::new("t/deps/basic_boot-0a1b2c3d4e5f6789")),
+            "basic_boot"
+        );
         assert_eq!(binary_name(Path::new("t/deps/kernel-0a1b")), "kernel");
-        assert_eq!(binary_name(Path::new("t/x86_64-unknown-none/debug/kernel")), "kernel");
+        assert_eq!(
+            binary_name(Path::new("t/x86_64-unknown-none/debug/kernel")),
+            "kernel"
+        );
         assert_eq!(binary_name(Path::new("t/deps/page-fault-ab")), "page-fault");
     }
 }

@@ -13,7 +13,11 @@ use x86_64::PhysAddr;
 struct PhysMapHandler;
 
 impl AcpiHandler for PhysMapHandler {
-    unsafe fn map_physical_region<T>(&self, physical: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         let virt = crate::memory::phys_to_virt(PhysAddr::new(physical as u64));
         let ptr = NonNull::new(virt.as_mut_ptr::<T>()).expect("physical mapping at null");
         // SAFETY: all physical memory is mapped at the offset for the kernel's lifetime, so the
@@ -47,7 +51,8 @@ pub fn cpus(rsdp: Option<u64>) -> Result<Cpus, AcpiError> {
     let rsdp = rsdp.ok_or(AcpiError::NoRsdp)?;
     // SAFETY: `rsdp` is the RSDP address the bootloader found, and the handler maps physical
     // memory correctly.
-    let tables = unsafe { AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }.map_err(AcpiError::Tables)?;
+    let tables = unsafe { AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }
+        .map_err(AcpiError::Tables)?;
     let info = tables.platform_info().map_err(AcpiError::Tables)?;
     let InterruptModel::Apic(apic) = info.interrupt_model else {
         return Err(AcpiError::NotApic);
@@ -62,5 +67,8 @@ pub fn cpus(rsdp: Option<u64>) -> Result<Cpus, AcpiError> {
             .filter(|p| p.state != ProcessorState::Disabled)
             .map(|p| p.local_apic_id),
     );
-    Ok(Cpus { apic_ids, local_apic_address: apic.local_apic_address })
+    Ok(Cpus {
+        apic_ids,
+        local_apic_address: apic.local_apic_address,
+    })
 }

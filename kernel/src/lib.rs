@@ -77,15 +77,22 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     let memory = memory::init(&boot_info.memory_regions, offset);
     memory::clear_lower_half();
     let cpus = acpi::cpus(boot_info.rsdp_addr.into_option());
-    let xapic = cpus.as_ref().map_or(DEFAULT_XAPIC, |c| c.local_apic_address);
+    let xapic = cpus
+        .as_ref()
+        .map_or(DEFAULT_XAPIC, |c| c.local_apic_address);
     arch::apic::init_cpu(xapic);
     arch::apic::calibrate();
-    arch::percpu::PERCPU[0].online.store(true, core::sync::atomic::Ordering::Release);
+    arch::percpu::PERCPU[0]
+        .online
+        .store(true, core::sync::atomic::Ordering::Release);
     sched::init_bsp();
     let bsp = [arch::apic::id()];
     let apic_ids = cpus.as_ref().map_or(&bsp[..], |c| &c.apic_ids[..]);
     let smp = arch::smp::start_all(apic_ids);
-    mm::sync::set_preempt_hooks(arch::percpu::preempt_disable_hook, arch::percpu::preempt_enable_hook);
+    mm::sync::set_preempt_hooks(
+        arch::percpu::preempt_disable_hook,
+        arch::percpu::preempt_enable_hook,
+    );
     platform::init_memory();
     process::init();
     arch::apic::start_timer(arch::smp::TIMER_HZ);
@@ -93,7 +100,12 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     // The trampoline's identity mapping may linger in the APs' TLBs.
     arch::tlb::shootdown(u64::MAX, x86_64::VirtAddr::zero(), u64::MAX);
     let boot_us = (arch::apic::rdtsc() - t0) / arch::apic::tsc_mhz().max(1);
-    BOOT.call_once(|| Boot { memory, cpus, smp, boot_us })
+    BOOT.call_once(|| Boot {
+        memory,
+        cpus,
+        smp,
+        boot_us,
+    })
 }
 
 static BOOT: spin::Once<Boot> = spin::Once::new();
@@ -109,7 +121,10 @@ pub fn boot() -> &'static Boot {
 #[macro_export]
 macro_rules! test_kernel {
     () => {
-        $crate::bootloader_api::entry_point!(__test_kernel_main, config = &$crate::BOOTLOADER_CONFIG);
+        $crate::bootloader_api::entry_point!(
+            __test_kernel_main,
+            config = &$crate::BOOTLOADER_CONFIG
+        );
         fn __test_kernel_main(boot_info: &'static mut $crate::bootloader_api::BootInfo) -> ! {
             $crate::init(boot_info);
             test_main();

@@ -13,9 +13,9 @@ use bootloader_api::BootInfo;
 use kernel::arch::percpu::{PERCPU, cpu_id, online_count};
 use kernel::arch::{apic, tlb};
 use kernel::memory::{FRAMES, heap};
-use kernel::qemu::{ExitCode, exit};
 use kernel::platform::memory;
 use kernel::process::Process;
+use kernel::qemu::{ExitCode, exit};
 use kernel::{error, info, sched};
 use mm::memory::FaultPolicy;
 use mm::ops::MapFlags;
@@ -59,14 +59,21 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     info!("smp: all CPUs up {} us after kernel entry", boot.boot_us);
     if !boot.smp.failed.is_empty() {
-        error!("smp: CPUs that did not start (APIC ids): {:?}", boot.smp.failed);
+        error!(
+            "smp: CPUs that did not start (APIC ids): {:?}",
+            boot.smp.failed
+        );
     }
     threads_demo();
     for policy in [FaultPolicy::PerVmaLock, FaultPolicy::MmapLockOnly] {
         faults_demo(policy);
     }
     let (used, free_heap) = heap::usage();
-    info!("heap: {} KiB used, {} KiB free", used >> 10, free_heap >> 10);
+    info!(
+        "heap: {} KiB used, {} KiB free",
+        used >> 10,
+        free_heap >> 10
+    );
     info!("done; leaving QEMU");
     exit(ExitCode::Success)
 }
@@ -110,10 +117,16 @@ fn threads_demo() {
     );
     let n = online_count();
     info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
-    let switches: Vec<u64> = PERCPU[..n].iter().map(|c| c.sched.switches.load(Ordering::Relaxed)).collect();
+    let switches: Vec<u64> = PERCPU[..n]
+        .iter()
+        .map(|c| c.sched.switches.load(Ordering::Relaxed))
+        .collect();
     info!("threads: context switches per CPU: {switches:?}");
     let tlb = tlb::stats();
-    info!("tlb: {} shootdowns, {} IPIs so far", tlb.shootdowns, tlb.ipis);
+    info!(
+        "tlb: {} shootdowns, {} IPIs so far",
+        tlb.shootdowns, tlb.ipis
+    );
 }
 
 /// One process, two threads per CPU: each maps its own 1 MiB and touches every page (real #PF
@@ -134,7 +147,9 @@ fn faults_demo(policy: FaultPolicy) {
             let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
             let mut ops = 0;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(a) = mm.mmap(0, 16 * 4096, Prot::READ | Prot::WRITE, flags) else { return -1 };
+                let Ok(a) = mm.mmap(0, 16 * 4096, Prot::READ | Prot::WRITE, flags) else {
+                    return -1;
+                };
                 let split = mm.mprotect(a.as_u64() + 4 * 4096, 4 * 4096, Prot::READ);
                 let unmapped = mm.munmap(a.as_u64(), 16 * 4096);
                 if split.is_err() || unmapped.is_err() {
@@ -153,15 +168,20 @@ fn faults_demo(policy: FaultPolicy) {
             p.spawn(alloc::format!("faulter/{w}"), move || {
                 let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
                 for round in 0..ROUNDS {
-                    let Ok(a) = mm.mmap(0, PAGES * 4096, Prot::READ | Prot::WRITE, flags) else { return -1 };
+                    let Ok(a) = mm.mmap(0, PAGES * 4096, Prot::READ | Prot::WRITE, flags) else {
+                        return -1;
+                    };
                     let base = a.as_u64();
                     let tag = |i: u64| ((w as u64) << 32) | (round << 16) | i;
                     for i in 0..PAGES {
                         // SAFETY: this thread's own fresh read-write mapping.
                         unsafe { ((base + i * 4096) as *mut u64).write_volatile(tag(i)) };
                     }
-                    // SAFETY: as above.
-                    if (0..PAGES).any(|i| unsafe { ((base + i * 4096) as *const u64).read_volatile() } != tag(i)) {
+                    let read = |i: u64| {
+                        // SAFETY: as above.
+                        unsafe { ((base + i * 4096) as *const u64).read_volatile() }
+                    };
+                    if (0..PAGES).any(|i| read(i) != tag(i)) {
                         return -2;
                     }
                     if mm.munmap(base, PAGES * 4096).is_err() {
@@ -173,7 +193,11 @@ fn faults_demo(policy: FaultPolicy) {
             .expect("spawn a faulting thread")
         })
         .collect();
-    let failed = handles.into_iter().map(|h| h.join()).filter(|&c| c != 0).count();
+    let failed = handles
+        .into_iter()
+        .map(|h| h.join())
+        .filter(|&c| c != 0)
+        .count();
     let cycles = apic::rdtsc() - t0;
     stop.store(true, Ordering::Relaxed);
     let churn_ops = churn.join();

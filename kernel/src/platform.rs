@@ -34,7 +34,10 @@ unsafe impl Platform for KernelPlatform {
     /// its number, so the bound is the highest online number + 1, not the online count. No CPU
     /// comes online after `smp::start_all`, which runs before `init_memory`.
     fn nr_cpu_ids(&self) -> usize {
-        percpu::PERCPU.iter().rposition(|c| c.online.load(Ordering::Acquire)).map_or(1, |id| id + 1)
+        percpu::PERCPU
+            .iter()
+            .rposition(|c| c.online.load(Ordering::Acquire))
+            .map_or(1, |id| id + 1)
     }
 
     fn phys_to_ptr(&self, frame: PhysAddr) -> *mut u8 {

@@ -39,7 +39,10 @@ impl Process {
     /// A process with an empty user half.
     pub fn new(name: impl Into<String>) -> Result<Arc<Process>, FrameAllocError> {
         let mm = AddressSpace::with_kernel_half(memory(), &crate::memory::kernel_half())?;
-        Ok(Arc::new(Process { name: name.into(), mm: Arc::new(mm) }))
+        Ok(Arc::new(Process {
+            name: name.into(),
+            mm: Arc::new(mm),
+        }))
     }
 
     /// Its address space (for `mmap`, `munmap`, `mprotect`).
@@ -62,7 +65,12 @@ impl Process {
     }
 
     /// Starts a thread in this process that runs only on `cpu`.
-    pub fn spawn_on<F>(&self, cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
+    pub fn spawn_on<F>(
+        &self,
+        cpu: usize,
+        name: impl Into<String>,
+        f: F,
+    ) -> Result<JoinHandle, StackError>
     where
         F: FnMut() -> i64 + Send + 'static,
     {
@@ -114,7 +122,10 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
             sched::exit(EXIT_SEGV)
         }
         FaultResult::Oom => {
-            crate::warn!("thread {tid}: out of memory at {:#x}; thread ended", addr.as_u64());
+            crate::warn!(
+                "thread {tid}: out of memory at {:#x}; thread ended",
+                addr.as_u64()
+            );
             interrupts::enable();
             sched::exit(EXIT_OOM)
         }

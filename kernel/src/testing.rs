@@ -79,10 +79,15 @@ impl core::fmt::Write for MessageBuf {
 /// Whether the panic's message holds every expected needle.
 fn message_matches(info: &core::panic::PanicInfo) -> bool {
     let needles = PANIC_NEEDLES.try_lock().map_or(&[][..], |n| *n);
-    let mut m = MessageBuf { buf: [0; 1024], len: 0 };
+    let mut m = MessageBuf {
+        buf: [0; 1024],
+        len: 0,
+    };
     let _ = core::fmt::Write::write_fmt(&mut m, format_args!("{}", info.message()));
     let text = &m.buf[..m.len];
-    needles.iter().all(|n| text.windows(n.len()).any(|w| w == n.as_bytes()))
+    needles
+        .iter()
+        .all(|n| text.windows(n.len()).any(|w| w == n.as_bytes()))
 }
 
 /// Prints the return addresses of the frames above the caller, following the frame-pointer
@@ -90,13 +95,16 @@ fn message_matches(info: &core::panic::PanicInfo) -> bool {
 fn backtrace() {
     let mut rbp: u64;
     // SAFETY: reads the frame-pointer register.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
     let low = rbp;
     crate::serial_print!("backtrace (addr2line -e ELF):");
     for _ in 0..24 {
         // Follow the chain only upwards, within 1 MiB, in the kernel half: a broken chain ends
         // the walk instead of faulting inside the panic handler.
-        if rbp < low || rbp - low > 1 << 20 || !rbp.is_multiple_of(8) || rbp < 0xffff_8000_0000_0000 {
+        if rbp < low || rbp - low > 1 << 20 || !rbp.is_multiple_of(8) || rbp < 0xffff_8000_0000_0000
+        {
             break;
         }
         // SAFETY: `rbp` points at a saved frame of this stack (checked bounds above): the
@@ -129,7 +137,10 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
             exit(ExitCode::Success)
         }
         serial_println!("test {name} ... FAILED");
-        serial_println!("the panic message lacks {:?}", PANIC_NEEDLES.try_lock().map_or(&[][..], |n| *n));
+        serial_println!(
+            "the panic message lacks {:?}",
+            PANIC_NEEDLES.try_lock().map_or(&[][..], |n| *n)
+        );
         exit(ExitCode::Failed)
     }
     if IN_TEST.load(Ordering::SeqCst) {

@@ -70,7 +70,9 @@ pub fn init_cpu(xapic_phys: u64) {
             Mode::X2Apic
         } else {
             let va = crate::memory::phys_to_virt(PhysAddr::new(xapic_phys));
-            Mode::XApic { base: NonNull::new(va.as_mut_ptr()).expect("APIC base at null") }
+            Mode::XApic {
+                base: NonNull::new(va.as_mut_ptr()).expect("APIC base at null"),
+            }
         }
     });
     let mut base = Msr::new(IA32_APIC_BASE);
@@ -226,7 +228,10 @@ fn calibrate_window() -> (u64, u64) {
     let tsc1 = rdtsc();
     let elapsed = u32::MAX - read(REG_TIMER_CURRENT);
     write(REG_TIMER_INIT, 0);
-    ((elapsed as u64 / MS).max(1), ((tsc1 - tsc0) / (MS * 1000)).max(1))
+    (
+        (elapsed as u64 / MS).max(1),
+        ((tsc1 - tsc0) / (MS * 1000)).max(1),
+    )
 }
 
 /// Starts this CPU's periodic timer at `hz` interrupts per second on [`vector::TIMER`].
@@ -253,7 +258,9 @@ pub fn rdtsc() -> u64 {
 /// Nanoseconds since boot, from the TSC (0 before calibration).
 pub fn now_ns() -> u64 {
     let per_us = TSC_PER_US.load(Ordering::Relaxed);
-    (rdtsc() as u128 * 1000).checked_div(per_us as u128).unwrap_or(0) as u64
+    (rdtsc() as u128 * 1000)
+        .checked_div(per_us as u128)
+        .unwrap_or(0) as u64
 }
 
 /// TSC frequency in MHz.

@@ -15,20 +15,25 @@ use super::gdt::DOUBLE_FAULT_IST_INDEX;
 use super::percpu::this_cpu;
 
 /// Resolves a page fault at `addr`. Returns `true` when the faulting instruction can be retried.
-pub type PageFaultHook = fn(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool;
+pub type PageFaultHook =
+    fn(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool;
 
 /// The installed hook as a `PageFaultHook` cast to usize, or 0.
 static PAGE_FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs (or with `None` removes) the page-fault hook.
 pub fn set_page_fault_hook(hook: Option<PageFaultHook>) {
-    PAGE_FAULT_HOOK.store(hook.map_or(0, |h| h as *const () as usize), Ordering::Release);
+    PAGE_FAULT_HOOK.store(
+        hook.map_or(0, |h| h as *const () as usize),
+        Ordering::Release,
+    );
 }
 
 static IDT: spin::Lazy<InterruptDescriptorTable> = spin::Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
     idt.breakpoint.set_handler_fn(breakpoint);
-    idt.general_protection_fault.set_handler_fn(general_protection);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection);
     idt.page_fault.set_handler_fn(page_fault);
     idt[vector::TIMER].set_handler_fn(timer);
     idt[vector::RESCHEDULE].set_handler_fn(reschedule);
@@ -37,7 +42,9 @@ static IDT: spin::Lazy<InterruptDescriptorTable> = spin::Lazy::new(|| {
     idt[vector::SPURIOUS].set_handler_fn(spurious);
     // SAFETY: DOUBLE_FAULT_IST_INDEX names a stack that every CPU's TSS sets up (gdt.rs).
     unsafe {
-        idt.double_fault.set_handler_fn(double_fault).set_stack_index(DOUBLE_FAULT_IST_INDEX);
+        idt.double_fault
+            .set_handler_fn(double_fault)
+            .set_stack_index(DOUBLE_FAULT_IST_INDEX);
     }
     idt
 });
@@ -81,15 +88,24 @@ fn count_interrupt() {
 }
 
 extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
-    crate::info!("#BP breakpoint at rip={:#x}", frame.instruction_pointer.as_u64());
+    crate::info!(
+        "#BP breakpoint at rip={:#x}",
+        frame.instruction_pointer.as_u64()
+    );
 }
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, error: u64) -> ! {
-    panic!("#DF double fault (vector 8), error={error:#x}\n{}", Dump(&frame));
+    panic!(
+        "#DF double fault (vector 8), error={error:#x}\n{}",
+        Dump(&frame)
+    );
 }
 
 extern "x86-interrupt" fn general_protection(frame: InterruptStackFrame, error: u64) {
-    panic!("#GP general protection fault (vector 13), error={error:#x}\n{}", Dump(&frame));
+    panic!(
+        "#GP general protection fault (vector 13), error={error:#x}\n{}",
+        Dump(&frame)
+    );
 }
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, error: PageFaultErrorCode) {

@@ -90,12 +90,19 @@ impl PerCpu {
         if let Some(at) = unsafe { at.as_ref() } {
             return PreemptOwner::At(at);
         }
-        let code: [u64; OWNER_FRAMES] = core::array::from_fn(|i| self.owner_code[i].load(Ordering::Relaxed));
-        if code[0] == 0 { PreemptOwner::Unknown } else { PreemptOwner::Code(code) }
+        let code: [u64; OWNER_FRAMES] =
+            core::array::from_fn(|i| self.owner_code[i].load(Ordering::Relaxed));
+        if code[0] == 0 {
+            PreemptOwner::Unknown
+        } else {
+            PreemptOwner::Code(code)
+        }
     }
 
     fn set_owner(&self, at: Option<&'static Location<'static>>, code: [u64; OWNER_FRAMES]) {
-        let at = at.map_or(core::ptr::null_mut(), |l| l as *const Location<'static> as *mut _);
+        let at = at.map_or(core::ptr::null_mut(), |l| {
+            l as *const Location<'static> as *mut _
+        });
         self.owner_at.store(at, Ordering::Relaxed);
         for (slot, ip) in self.owner_code.iter().zip(code) {
             slot.store(ip, Ordering::Relaxed);
@@ -142,7 +149,8 @@ static READY: AtomicBool = AtomicBool::new(false);
 /// Makes `PERCPU[id]` the calling CPU's area.
 pub fn init_cpu(id: usize, apic_id: u32) {
     let area = &PERCPU[id];
-    area.self_addr.store(area as *const PerCpu as usize, Ordering::Relaxed);
+    area.self_addr
+        .store(area as *const PerCpu as usize, Ordering::Relaxed);
     area.id.store(id, Ordering::Relaxed);
     area.apic_id.store(apic_id, Ordering::Relaxed);
     GsBase::write(VirtAddr::from_ptr(area));
@@ -158,7 +166,9 @@ pub fn cpu_id() -> usize {
     let id: usize;
     // SAFETY: once READY is set, every CPU that runs kernel code has loaded its GS base with
     // `init_cpu` (APs do so before anything else), and `id` sits at offset 8 (`repr(C)`).
-    unsafe { core::arch::asm!("mov {}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags))
+    };
     id
 }
 
@@ -170,7 +180,10 @@ pub fn this_cpu() -> &'static PerCpu {
 
 /// The number of CPUs online.
 pub fn online_count() -> usize {
-    PERCPU.iter().filter(|c| c.online.load(Ordering::Acquire)).count()
+    PERCPU
+        .iter()
+        .filter(|c| c.online.load(Ordering::Acquire))
+        .count()
 }
 
 /// The calling thread's preemption nesting depth (0 before per-CPU areas exist). Exact: one
@@ -202,7 +215,9 @@ fn preempt_count_add(delta: i32) -> u32 {
     // SAFETY: GS points at this CPU's `PerCpu` (callers check READY), and the offset is that of
     // the u32 `preempt_count`, which only this CPU writes. `xadd` without `lock` is atomic with
     // respect to interrupts on this CPU, which is all that touches the count.
-    unsafe { core::arch::asm!("xadd dword ptr gs:[{o}], {v:e}", v = inout(reg) v, o = const PREEMPT_OFFSET, options(nostack)) };
+    unsafe {
+        core::arch::asm!("xadd dword ptr gs:[{o}], {v:e}", v = inout(reg) v, o = const PREEMPT_OFFSET, options(nostack))
+    };
     v
 }
 
@@ -253,11 +268,14 @@ fn return_addresses() -> [u64; OWNER_FRAMES] {
     let mut out = [0; OWNER_FRAMES];
     let mut rbp: u64;
     // SAFETY: reads the frame-pointer register.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
     let low = rbp;
     for slot in &mut out {
         // Only upwards within this stack, in the kernel half: a broken chain ends the walk.
-        if rbp < low || rbp - low > 1 << 20 || !rbp.is_multiple_of(8) || rbp < 0xffff_8000_0000_0000 {
+        if rbp < low || rbp - low > 1 << 20 || !rbp.is_multiple_of(8) || rbp < 0xffff_8000_0000_0000
+        {
             break;
         }
         // SAFETY: `rbp` is a saved frame of this stack (checked above): the caller's rbp, then

@@ -63,14 +63,24 @@ pub fn start_all(apic_ids: &[u32]) -> SmpReport {
     let mut failed = alloc::vec::Vec::new();
     if !memory::trampoline_page_free() {
         crate::error!("smp: trampoline page {TRAMPOLINE_PAGE:#x} is not free; staying on one CPU");
-        return SmpReport { online: 1, failed: apic_ids[1..].to_vec(), boot_us: 0 };
+        return SmpReport {
+            online: 1,
+            failed: apic_ids[1..].to_vec(),
+            boot_us: 0,
+        };
     }
     let page = Page::containing_address(VirtAddr::new(TRAMPOLINE_PAGE));
     let frame = PhysFrame::containing_address(PhysAddr::new(TRAMPOLINE_PAGE));
     // SAFETY: the memory map says the page is free, and the lower half is unused by the kernel;
     // the identity mapping lives only while CPUs start.
-    unsafe { map_kernel_page(page, frame, PageTableFlags::PRESENT | PageTableFlags::WRITABLE) }
-        .expect("identity-map the trampoline page");
+    unsafe {
+        map_kernel_page(
+            page,
+            frame,
+            PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+        )
+    }
+    .expect("identity-map the trampoline page");
     copy_trampoline();
     for (cpu, &apic_id) in apic_ids.iter().enumerate().skip(1) {
         if cpu >= MAX_CPUS {
@@ -80,7 +90,10 @@ pub fn start_all(apic_ids: &[u32]) -> SmpReport {
         }
         let t = apic::now_ns();
         if start_one(cpu, apic_id) {
-            crate::debug!("smp: cpu{cpu} (APIC id {apic_id}) online in {} us", (apic::now_ns() - t) / 1000);
+            crate::debug!(
+                "smp: cpu{cpu} (APIC id {apic_id}) online in {} us",
+                (apic::now_ns() - t) / 1000
+            );
         } else {
             crate::error!("smp: CPU {cpu} (APIC id {apic_id}) did not come online");
             failed.push(apic_id);
@@ -90,7 +103,11 @@ pub fn start_all(apic_ids: &[u32]) -> SmpReport {
     // no further SIPIs; nothing runs there any more.
     unsafe { unmap_kernel_page(page) };
     let boot_us = (apic::now_ns() - t0) / 1000;
-    SmpReport { online: percpu::online_count(), failed, boot_us }
+    SmpReport {
+        online: percpu::online_count(),
+        failed,
+        boot_us,
+    }
 }
 
 fn copy_trampoline() {
@@ -122,13 +139,19 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
     };
     let root = crate::memory::kernel_root().start_address().as_u64();
     // The trampoline loads CR3 in 32-bit mode.
-    assert!(root < 1 << 32, "kernel page table at {root:#x}, above what the AP trampoline can load");
+    assert!(
+        root < 1 << 32,
+        "kernel page table at {root:#x}, above what the AP trampoline can load"
+    );
     set_word(&raw const ap_trampoline_cr3, root);
     // Only what entering long mode needs: bits such as PCIDE are illegal before it, so the
     // rest of CR4 is set by `ap_entry`, in 64-bit code.
     let cr4 = Cr4::read() & (Cr4Flags::PHYSICAL_ADDRESS_EXTENSION | Cr4Flags::PAGE_GLOBAL);
     set_word(&raw const ap_trampoline_cr4, cr4.bits());
-    let efer = Efer::read() & (EferFlags::LONG_MODE_ENABLE | EferFlags::NO_EXECUTE_ENABLE | EferFlags::SYSTEM_CALL_EXTENSIONS);
+    let efer = Efer::read()
+        & (EferFlags::LONG_MODE_ENABLE
+            | EferFlags::NO_EXECUTE_ENABLE
+            | EferFlags::SYSTEM_CALL_EXTENSIONS);
     set_word(&raw const ap_trampoline_efer, efer.bits());
     BSP_CR4.store(Cr4::read_raw(), Ordering::Relaxed);
     set_word(&raw const ap_trampoline_stack, stack.top().as_u64());

@@ -56,7 +56,10 @@ pub fn shootdown(mask: u64, start: VirtAddr, pages: u64) {
         }
     }
     if targets != 0 {
-        assert!(interrupts::are_enabled(), "TLB shootdown with interrupts disabled");
+        assert!(
+            interrupts::are_enabled(),
+            "TLB shootdown with interrupts disabled"
+        );
         SHOOTDOWN.flush_others(
             me,
             targets,
@@ -65,7 +68,10 @@ pub fn shootdown(mask: u64, start: VirtAddr, pages: u64) {
             |cpu| {
                 // x2APIC ICR writes are not serializing: the request must be visible first.
                 core::sync::atomic::fence(Ordering::SeqCst);
-                apic::send_ipi(PERCPU[cpu].apic_id.load(Ordering::Relaxed), apic::vector::TLB_SHOOTDOWN);
+                apic::send_ipi(
+                    PERCPU[cpu].apic_id.load(Ordering::Relaxed),
+                    apic::vector::TLB_SHOOTDOWN,
+                );
             },
             || {},
         );
@@ -75,7 +81,9 @@ pub fn shootdown(mask: u64, start: VirtAddr, pages: u64) {
 
 /// The shootdown IPI's handler: flushes what every pending request asks, acknowledging each.
 pub(crate) fn handle_shootdown_ipi() {
-    SHOOTDOWN.handle(cpu_id(), |start, pages| flush_local(VirtAddr::new_truncate(start), pages));
+    SHOOTDOWN.handle(cpu_id(), |start, pages| {
+        flush_local(VirtAddr::new_truncate(start), pages)
+    });
 }
 
 /// Shootdowns that reached other CPUs, IPIs sent and requests served, summed over every CPU

@@ -59,7 +59,9 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::BadNumber { option, value } => write!(f, "{option}: {value:?} is not a valid number here"),
+            ConfigError::BadNumber { option, value } => {
+                write!(f, "{option}: {value:?} is not a valid number here")
+            }
             ConfigError::Unknown { option, value } => write!(f, "{option}: unknown name {value:?}"),
             ConfigError::Empty { option } => write!(f, "{option}: empty list"),
         }
@@ -70,21 +72,43 @@ fn given(v: Option<&str>) -> Option<&str> {
     v.map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn number(option: &'static str, v: Option<&str>, default: u64, range: core::ops::RangeInclusive<u64>) -> Result<u64, ConfigError> {
-    let Some(s) = given(v) else { return Ok(default) };
+fn number(
+    option: &'static str,
+    v: Option<&str>,
+    default: u64,
+    range: core::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(s) = given(v) else {
+        return Ok(default);
+    };
     s.parse::<u64>()
         .ok()
         .filter(|n| range.contains(n))
-        .ok_or_else(|| ConfigError::BadNumber { option, value: s.into() })
+        .ok_or_else(|| ConfigError::BadNumber {
+            option,
+            value: s.into(),
+        })
 }
 
-fn list<T: Copy>(option: &'static str, v: Option<&str>, all: &[T], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, ConfigError> {
-    let Some(s) = given(v) else { return Ok(all.to_vec()) };
+fn list<T: Copy>(
+    option: &'static str,
+    v: Option<&str>,
+    all: &[T],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, ConfigError> {
+    let Some(s) = given(v) else {
+        return Ok(all.to_vec());
+    };
     let items: Vec<T> = s
         .split(',')
         .map(str::trim)
         .filter(|w| !w.is_empty())
-        .map(|w| parse(w).ok_or_else(|| ConfigError::Unknown { option, value: w.into() }))
+        .map(|w| {
+            parse(w).ok_or_else(|| ConfigError::Unknown {
+                option,
+                value: w.into(),
+            })
+        })
         .collect::<Result<_, _>>()?;
     if items.is_empty() {
         return Err(ConfigError::Empty { option });
@@ -100,20 +124,33 @@ impl Config {
         let workloads = list("BENCH_WORKLOADS", raw.workloads, &Workload::ALL, |w| {
             Workload::ALL.into_iter().find(|x| x.name() == w)
         })?;
-        let policies =
-            list("BENCH_POLICIES", raw.policies, &Policy::ALL, |w| Policy::ALL.into_iter().find(|x| x.name() == w))?;
+        let policies = list("BENCH_POLICIES", raw.policies, &Policy::ALL, |w| {
+            Policy::ALL.into_iter().find(|x| x.name() == w)
+        })?;
         let threads = list("BENCH_THREADS", raw.threads, &[1, 2], |w| {
-            w.parse::<usize>().ok().filter(|n| (1..=crate::arch::percpu::MAX_CPUS).contains(n))
+            w.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=crate::arch::percpu::MAX_CPUS).contains(n))
         })?;
         let profile = match given(raw.profile) {
             None | Some("1") => true,
             Some("0") => false,
-            Some(v) => return Err(ConfigError::BadNumber { option: "BENCH_PROFILE", value: v.into() }),
+            Some(v) => {
+                return Err(ConfigError::BadNumber {
+                    option: "BENCH_PROFILE",
+                    value: v.into(),
+                });
+            }
         };
         let accel = match given(raw.accel) {
             None => None,
             Some(a @ ("TCG" | "KVM")) => Some(a.into()),
-            Some(v) => return Err(ConfigError::Unknown { option: "BENCH_ACCEL", value: v.into() }),
+            Some(v) => {
+                return Err(ConfigError::Unknown {
+                    option: "BENCH_ACCEL",
+                    value: v.into(),
+                });
+            }
         };
         Ok(Config {
             workloads,
@@ -127,7 +164,10 @@ impl Config {
             piece_mib: {
                 let p = number("BENCH_PIECE_MIB", raw.piece_mib, 16, 2..=SLOT >> 20)?;
                 if p % 2 != 0 {
-                    return Err(ConfigError::BadNumber { option: "BENCH_PIECE_MIB", value: alloc::format!("{p}") });
+                    return Err(ConfigError::BadNumber {
+                        option: "BENCH_PIECE_MIB",
+                        value: alloc::format!("{p}"),
+                    });
                 }
                 p
             },
@@ -172,11 +212,47 @@ mod tests {
     #[test_case]
     fn bad_options_are_errors() {
         let bad = |raw: RawConfig| Config::parse(&raw).expect_err("must be rejected");
-        assert!(matches!(bad(RawConfig { threads: Some("0"), ..Default::default() }), ConfigError::Unknown { .. }));
-        assert!(matches!(bad(RawConfig { policies: Some("fast"), ..Default::default() }), ConfigError::Unknown { .. }));
-        assert!(matches!(bad(RawConfig { reps: Some("x"), ..Default::default() }), ConfigError::BadNumber { .. }));
-        assert!(matches!(bad(RawConfig { region_mib: Some("2048"), ..Default::default() }), ConfigError::BadNumber { .. }));
-        assert!(matches!(bad(RawConfig { piece_mib: Some("3"), ..Default::default() }), ConfigError::BadNumber { .. }));
-        assert!(matches!(bad(RawConfig { workloads: Some(","), ..Default::default() }), ConfigError::Empty { .. }));
+        assert!(matches!(
+            bad(RawConfig {
+                threads: Some("0"),
+                ..Default::default()
+            }),
+            ConfigError::Unknown { .. }
+        ));
+        assert!(matches!(
+            bad(RawConfig {
+                policies: Some("fast"),
+                ..Default::default()
+            }),
+            ConfigError::Unknown { .. }
+        ));
+        assert!(matches!(
+            bad(RawConfig {
+                reps: Some("x"),
+                ..Default::default()
+            }),
+            ConfigError::BadNumber { .. }
+        ));
+        assert!(matches!(
+            bad(RawConfig {
+                region_mib: Some("2048"),
+                ..Default::default()
+            }),
+            ConfigError::BadNumber { .. }
+        ));
+        assert!(matches!(
+            bad(RawConfig {
+                piece_mib: Some("3"),
+                ..Default::default()
+            }),
+            ConfigError::BadNumber { .. }
+        ));
+        assert!(matches!(
+            bad(RawConfig {
+                workloads: Some(","),
+                ..Default::default()
+            }),
+            ConfigError::Empty { .. }
+        ));
     }
 }

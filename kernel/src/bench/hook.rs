@@ -66,7 +66,10 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
     if a >= USER_END {
         return false;
     }
-    if crate::arch::percpu::this_cpu().preempt_count.load(Ordering::Relaxed) != 0
+    if crate::arch::percpu::this_cpu()
+        .preempt_count
+        .load(Ordering::Relaxed)
+        != 0
         || !frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG)
     {
         // As in `process`: a user-memory fault that cannot sleep is a kernel bug.
@@ -91,7 +94,10 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
     match result {
         FaultResult::Resolved => true,
         FaultResult::Segv { addr, reason } => {
-            crate::warn!("bench: thread {tid}: segmentation fault at {:#x} ({reason:?}); thread ended", addr.as_u64());
+            crate::warn!(
+                "bench: thread {tid}: segmentation fault at {:#x} ({reason:?}); thread ended",
+                addr.as_u64()
+            );
             interrupts::enable();
             sched::exit(EXIT_SEGV)
         }
@@ -105,7 +111,9 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
 
 /// The floor probe: a zeroed frame at `addr`, nothing else.
 fn floor(mm: &Mm, addr: u64) -> FaultResult {
-    let flags = pte_flags_for(Prot::READ | Prot::WRITE, true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+    let flags = pte_flags_for(Prot::READ | Prot::WRITE, true)
+        | PageTableFlags::ACCESSED
+        | PageTableFlags::DIRTY;
     // SAFETY: `addr` is in the floor range, whose caller promised (`set_floor_range`) that no
     // unmap can race this install in its page-table block.
     match unsafe { mm.page_tables().floor_map_anon(addr & !0xfff, flags) } {

@@ -42,7 +42,9 @@ use crate::process::Process;
 use crate::{error, info, sched, serial_println};
 use config::Config;
 use record::{Histogram, PhaseSamples, PhaseSummary};
-use workload::{Control, Counters, PAGE, Policy, Recorded, SLOT, Worker, WorkerError, Workload, slot};
+use workload::{
+    Control, Counters, PAGE, Policy, Recorded, SLOT, Worker, WorkerError, Workload, slot,
+};
 
 /// Runs every measurement `cfg` asks for, printing the header, a progress line before and a
 /// `BENCH` line after each; then the profile windows. Returns whether all went well.
@@ -56,9 +58,17 @@ pub fn run(cfg: &Config) -> bool {
     let widest = cfg.threads.iter().copied().max().unwrap_or(1);
     for &w in &cfg.workloads {
         for &policy in &cfg.policies {
-            info!("bench: warming up {} policy={} threads={widest} (not reported)", w.name(), policy.name());
+            info!(
+                "bench: warming up {} policy={} threads={widest} (not reported)",
+                w.name(),
+                policy.name()
+            );
             if let Err(e) = measure(cfg, w, policy, widest, false, cfg.warmup_ms) {
-                error!("bench: warm-up of {} policy={} failed: {e:?}", w.name(), policy.name());
+                error!(
+                    "bench: warm-up of {} policy={} failed: {e:?}",
+                    w.name(),
+                    policy.name()
+                );
                 failed += 1;
             }
         }
@@ -80,7 +90,11 @@ pub fn run(cfg: &Config) -> bool {
                             failed += m.check() as usize;
                         }
                         Err(e) => {
-                            error!("bench: {} policy={} threads={threads} rep={rep} failed: {e:?}", w.name(), policy.name());
+                            error!(
+                                "bench: {} policy={} threads={threads} rep={rep} failed: {e:?}",
+                                w.name(),
+                                policy.name()
+                            );
                             failed += 1;
                         }
                     }
@@ -91,14 +105,22 @@ pub fn run(cfg: &Config) -> bool {
     if cfg.profile {
         for &w in &cfg.workloads {
             for &policy in &cfg.policies {
-                info!("bench: profiling {} policy={} threads=1", w.name(), policy.name());
+                info!(
+                    "bench: profiling {} policy={} threads=1",
+                    w.name(),
+                    policy.name()
+                );
                 match measure(cfg, w, policy, 1, true, cfg.window_ms) {
                     Ok(m) => {
                         print_phases(&m);
                         failed += m.check() as usize;
                     }
                     Err(e) => {
-                        error!("bench: profiling {} policy={} failed: {e:?}", w.name(), policy.name());
+                        error!(
+                            "bench: profiling {} policy={} failed: {e:?}",
+                            w.name(),
+                            policy.name()
+                        );
                         failed += 1;
                     }
                 }
@@ -114,7 +136,10 @@ pub fn run(cfg: &Config) -> bool {
 #[derive(Debug)]
 pub enum BenchError {
     /// The workers' memory would not fit (frames needed, frames free).
-    NotEnoughMemory { needed: u64, free: u64 },
+    NotEnoughMemory {
+        needed: u64,
+        free: u64,
+    },
     /// Exited threads were not released in time.
     ThreadsLinger,
     Process(mm::frame::FrameAllocError),
@@ -172,7 +197,10 @@ struct Snapshot {
 fn snapshot(workers: &[Arc<Counters>], churn: Option<&Arc<Counters>>) -> Snapshot {
     Snapshot {
         tsc: rdtsc(),
-        faults: workers.iter().map(|c| c.faults.load(Ordering::Relaxed)).sum(),
+        faults: workers
+            .iter()
+            .map(|c| c.faults.load(Ordering::Relaxed))
+            .sum(),
         zaps: workers.iter().map(|c| c.ops.load(Ordering::Relaxed)).sum(),
         churn_ops: churn.map_or(0, |c| c.ops.load(Ordering::Relaxed)),
         stats: memory().stats().snapshot(),
@@ -193,10 +221,17 @@ fn measure(
 ) -> Result<Measurement, BenchError> {
     let cpus = online_count();
     let baseline = free_frames()?;
-    let per_thread = if w == Workload::PageFault1 { cfg.region_mib << 20 } else { cfg.piece_mib << 20 };
+    let per_thread = if w == Workload::PageFault1 {
+        cfg.region_mib << 20
+    } else {
+        cfg.piece_mib << 20
+    };
     let needed = threads as u64 * (per_thread / PAGE) * 513 / 512;
     if needed * 5 / 4 > baseline {
-        return Err(BenchError::NotEnoughMemory { needed, free: baseline });
+        return Err(BenchError::NotEnoughMemory {
+            needed,
+            free: baseline,
+        });
     }
     let process = Process::new("bench").map_err(BenchError::Process)?;
     let mm = process.mm().clone();
@@ -210,18 +245,31 @@ fn measure(
             None,
         ),
         Workload::Pft | Workload::Churn => {
-            let flags = mm::ops::MapFlags::PRIVATE | mm::ops::MapFlags::ANONYMOUS | mm::ops::MapFlags::FIXED_NOREPLACE;
-            mm.mmap(slot(0), shared_len, mm::vma::Prot::READ | mm::vma::Prot::WRITE, flags)
-                .map_err(|e| BenchError::Setup(WorkerError::Mmap(e)))?;
+            let flags = mm::ops::MapFlags::PRIVATE
+                | mm::ops::MapFlags::ANONYMOUS
+                | mm::ops::MapFlags::FIXED_NOREPLACE;
+            mm.mmap(
+                slot(0),
+                shared_len,
+                mm::vma::Prot::READ | mm::vma::Prot::WRITE,
+                flags,
+            )
+            .map_err(|e| BenchError::Setup(WorkerError::Mmap(e)))?;
             (
-                (0..threads as u64).map(|i| slot(0) + i * per_thread).collect(),
+                (0..threads as u64)
+                    .map(|i| slot(0) + i * per_thread)
+                    .collect(),
                 slot(0)..slot(0) + shared_len,
                 (w == Workload::Churn).then(|| slot(shared_len.div_ceil(SLOT))),
             )
         }
     };
 
-    memory().set_fault_policy(if policy == Policy::Mmap { FaultPolicy::MmapLockOnly } else { FaultPolicy::PerVmaLock });
+    memory().set_fault_policy(if policy == Policy::Mmap {
+        FaultPolicy::MmapLockOnly
+    } else {
+        FaultPolicy::PerVmaLock
+    });
     if policy == Policy::Floor {
         // SAFETY: the workers' memory is `worker_span`, whole page-table blocks per worker
         // (1 GiB slots; pieces of 2 MiB multiples), unmapped only by its worker between its own
@@ -243,7 +291,10 @@ fn measure(
             ctl: ctl.clone(),
             counters: c.clone(),
             cpu,
-            rec: Recorded { latency: Histogram::new(), phases: profiling.then(PhaseSamples::new) },
+            rec: Recorded {
+                latency: Histogram::new(),
+                phases: profiling.then(PhaseSamples::new),
+            },
         };
         let out = result.clone();
         let spawned = process.spawn_on(cpu, format!("bench/{i}"), move || {
@@ -252,7 +303,10 @@ fn measure(
                 Workload::Pft | Workload::Churn => worker.pft(base, per_thread),
             };
             // The entry runs once; the record moves out, leaving an empty one behind.
-            let empty = Recorded { latency: Histogram::new(), phases: None };
+            let empty = Recorded {
+                latency: Histogram::new(),
+                phases: None,
+            };
             *out.lock() = Some(r.map(|()| core::mem::replace(&mut worker.rec, empty)));
             0
         });
@@ -273,7 +327,10 @@ fn measure(
         let (m, ctl, cc, out) = (mm.clone(), ctl.clone(), c.clone(), result.clone());
         let spawned = process.spawn_on(cpus - 1, "bench/churn", move || {
             let r = workload::churn(&m, &ctl, &cc, base);
-            *out.lock() = Some(r.map(|()| Recorded { latency: Histogram::new(), phases: None }));
+            *out.lock() = Some(r.map(|()| Recorded {
+                latency: Histogram::new(),
+                phases: None,
+            }));
             0
         });
         match spawned {
@@ -306,7 +363,8 @@ fn measure(
     memory().set_fault_policy(FaultPolicy::PerVmaLock);
     if w != Workload::PageFault1 {
         // Every worker has stopped: nothing faults in the region any more.
-        mm.munmap(slot(0), shared_len).map_err(|e| BenchError::Setup(WorkerError::Munmap(e)))?;
+        mm.munmap(slot(0), shared_len)
+            .map_err(|e| BenchError::Setup(WorkerError::Munmap(e)))?;
     }
     drop(mm);
     drop(process);
@@ -414,11 +472,17 @@ fn print_phases(m: &Measurement) {
 
 /// The `BENCH-HEADER` line: what the numbers were measured on.
 fn header(cfg: &Config) {
-    let accel = detect_accel().map(String::from).or_else(|| cfg.accel.clone()).unwrap_or_else(|| {
-        error!("bench: cannot tell TCG from KVM (build with BENCH_ACCEL); assuming TCG");
-        String::from("TCG")
-    });
-    let host = cfg.host_cores.map(|n| format!(" host_cores={n}")).unwrap_or_default();
+    let accel = detect_accel()
+        .map(String::from)
+        .or_else(|| cfg.accel.clone())
+        .unwrap_or_else(|| {
+            error!("bench: cannot tell TCG from KVM (build with BENCH_ACCEL); assuming TCG");
+            String::from("TCG")
+        });
+    let host = cfg
+        .host_cores
+        .map(|n| format!(" host_cores={n}"))
+        .unwrap_or_default();
     serial_println!(
         "BENCH-HEADER cpu_model=\"{}\" tsc_mhz={} accel={accel} cpus={} mem_mib={}{host} warmup_ms={} window_ms={} reps={} region_mib={} piece_mib={}",
         cpu_model(),
@@ -448,7 +512,10 @@ fn cpu_model() -> String {
     }
     let text = String::from_utf8_lossy(&bytes);
     let mut out = String::new();
-    for ch in text.trim_matches(|c: char| c == '\0' || c.is_whitespace()).chars() {
+    for ch in text
+        .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+        .chars()
+    {
         if ch == '"' || ch == '\\' {
             out.push('\\');
         }

@@ -45,7 +45,11 @@ fn bucket_range(b: usize) -> (u64, u64) {
 
 impl Histogram {
     pub fn new() -> Self {
-        Histogram { counts: vec![0; BUCKETS], total: 0, max: 0 }
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            max: 0,
+        }
     }
 
     pub fn record(&mut self, v: u64) {
@@ -134,9 +138,15 @@ impl PhaseSamples {
             let mut col: Vec<u64> = self.0.iter().map(|s| s[i]).collect();
             col.sort_unstable();
             let at = |per_mille: usize| {
-                col.get((col.len() * per_mille).div_ceil(1000).max(1) - 1).copied().unwrap_or(0)
+                col.get((col.len() * per_mille).div_ceil(1000).max(1) - 1)
+                    .copied()
+                    .unwrap_or(0)
             };
-            PhaseSummary { samples: col.len(), median: at(500), p99: at(990) }
+            PhaseSummary {
+                samples: col.len(),
+                median: at(500),
+                p99: at(990),
+            }
         })
     }
 }
@@ -191,6 +201,13 @@ mod tests {
             s.push([v; PHASES.len()]);
         }
         let sum = s.summary();
-        assert_eq!(sum[0], PhaseSummary { samples: 5, median: 3, p99: 5 });
+        assert_eq!(
+            sum[0],
+            PhaseSummary {
+                samples: 5,
+                median: 3,
+                p99: 5
+            }
+        );
     }
 }

@@ -25,7 +25,9 @@ pub const SLOT_BASE: u64 = 0x100_0000_0000;
 pub const CHURN_PAGES: u64 = 16;
 
 const RW: Prot = Prot::READ.union(Prot::WRITE);
-const FIXED: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS).union(MapFlags::FIXED_NOREPLACE);
+const FIXED: MapFlags = MapFlags::PRIVATE
+    .union(MapFlags::ANONYMOUS)
+    .union(MapFlags::FIXED_NOREPLACE);
 
 /// A workload, named after what it mirrors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +191,11 @@ impl Worker {
     /// stopped.
     pub fn page_fault1(&mut self, base: u64, len: u64) -> Result<(), WorkerError> {
         while !self.ctl.stopped() {
-            let a = self.mm.mmap(base, len, RW, FIXED).map_err(WorkerError::Mmap)?.as_u64();
+            let a = self
+                .mm
+                .mmap(base, len, RW, FIXED)
+                .map_err(WorkerError::Mmap)?
+                .as_u64();
             self.touch_all(a, len);
             self.mm.munmap(a, len).map_err(WorkerError::Munmap)?;
             bump(&self.counters.ops);
@@ -205,7 +211,9 @@ impl Worker {
     pub fn pft(&mut self, base: u64, len: u64) -> Result<(), WorkerError> {
         while !self.ctl.stopped() {
             self.touch_all(base, len);
-            self.mm.madvise(base, len, MADV_DONTNEED).map_err(WorkerError::Madvise)?;
+            self.mm
+                .madvise(base, len, MADV_DONTNEED)
+                .map_err(WorkerError::Madvise)?;
             bump(&self.counters.ops);
         }
         Ok(())
@@ -217,8 +225,12 @@ impl Worker {
 pub fn churn(mm: &Mm, ctl: &Control, counters: &Counters, base: u64) -> Result<(), WorkerError> {
     let len = CHURN_PAGES * PAGE;
     while !ctl.stopped() {
-        let a = mm.mmap(base, len, RW, FIXED).map_err(WorkerError::Mmap)?.as_u64();
-        mm.mprotect(a + 4 * PAGE, 4 * PAGE, Prot::READ).map_err(WorkerError::Mprotect)?;
+        let a = mm
+            .mmap(base, len, RW, FIXED)
+            .map_err(WorkerError::Mmap)?
+            .as_u64();
+        mm.mprotect(a + 4 * PAGE, 4 * PAGE, Prot::READ)
+            .map_err(WorkerError::Mprotect)?;
         mm.munmap(a, len).map_err(WorkerError::Munmap)?;
         bump(&counters.ops);
     }

@@ -33,5 +33,9 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
             false
         }
     };
-    exit(if ok { ExitCode::Success } else { ExitCode::Failed })
+    exit(if ok {
+        ExitCode::Success
+    } else {
+        ExitCode::Failed
+    })
 }

@@ -43,8 +43,10 @@ const LINK_WORD: usize = 0;
 const CHECK_WORD: usize = 1;
 
 /// The global frame allocator.
-pub static FRAMES: FrameAllocator =
-    FrameAllocator { inner: Mutex::new(Inner::EMPTY), checked: AtomicU64::new(0) };
+pub static FRAMES: FrameAllocator = FrameAllocator {
+    inner: Mutex::new(Inner::EMPTY),
+    checked: AtomicU64::new(0),
+};
 
 /// Allocator of 4 KiB physical frames.
 pub struct FrameAllocator {
@@ -191,14 +193,21 @@ impl FrameAllocator {
             }
             Ok(None)
         })?;
-        let Some((pa, from_free_list)) = recycled else { return Ok(None) };
+        let Some((pa, from_free_list)) = recycled else {
+            return Ok(None);
+        };
         if POISONING && from_free_list {
             // Checked outside the lock: 4 KiB of reads need not serialize every CPU.
             self.checked.fetch_add(1, Ordering::Relaxed);
             // SAFETY: the frame was just taken off the free list; nobody else knows it.
             let w = unsafe { words(pa) };
             if let Some(i) = (CHECK_WORD + 1..WORDS).find(|&i| w[i] != POISON) {
-                return Err(PoisonError { frame: frame_at(pa), offset: i * 8, found: w[i], expected: POISON });
+                return Err(PoisonError {
+                    frame: frame_at(pa),
+                    offset: i * 8,
+                    found: w[i],
+                    expected: POISON,
+                });
             }
         }
         Ok(Some(frame_at(pa)))
@@ -211,7 +220,10 @@ impl FrameAllocator {
     pub unsafe fn free(&self, frame: PhysFrame) {
         let pa = frame.start_address().as_u64();
         let (lowest, highest) = self.bounds();
-        assert!((lowest..highest).contains(&pa), "freeing frame {pa:#x} the allocator never owned");
+        assert!(
+            (lowest..highest).contains(&pa),
+            "freeing frame {pa:#x} the allocator never owned"
+        );
         if POISONING {
             // SAFETY: by the caller's contract the frame is ours now.
             let w = unsafe { words(pa) };
@@ -266,7 +278,11 @@ unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::pagin
         let frame = self.alloc()?;
         // Page tables must start zeroed; frames from here may hold old data.
         // SAFETY: the frame was just handed out to us and is reachable through the offset mapping.
-        unsafe { super::phys_to_virt(frame.start_address()).as_mut_ptr::<u8>().write_bytes(0, 4096) };
+        unsafe {
+            super::phys_to_virt(frame.start_address())
+                .as_mut_ptr::<u8>()
+                .write_bytes(0, 4096)
+        };
         Some(frame)
     }
 }
@@ -330,7 +346,15 @@ mod tests {
         // SAFETY: deliberately writes the freed frame, as a CPU with a stale TLB entry would.
         unsafe { words(pa)[100] = 0x1234 };
         let err = alloc_until_poison_error();
-        assert_eq!(err, PoisonError { frame: f, offset: 800, found: 0x1234, expected: POISON });
+        assert_eq!(
+            err,
+            PoisonError {
+                frame: f,
+                offset: 800,
+                found: 0x1234,
+                expected: POISON
+            }
+        );
         // The frame was taken off the list with the error: it goes back poisoned afresh.
         // SAFETY: the allocator handed it over with the error; nothing uses it.
         unsafe { FRAMES.free(err.frame) };

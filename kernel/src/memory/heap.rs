@@ -30,7 +30,10 @@ unsafe impl GlobalAlloc for IrqSafeHeap {
             return core::ptr::null_mut();
         }
         interrupts::without_interrupts(|| {
-            self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+            self.0
+                .lock()
+                .allocate_first_fit(layout)
+                .map_or(core::ptr::null_mut(), |p| p.as_ptr())
         })
     }
 
@@ -46,7 +49,10 @@ unsafe impl GlobalAlloc for IrqSafeHeap {
 pub(super) fn carve(regions: &mut [Range<u64>]) -> Option<HeapBlock> {
     let r = regions.iter_mut().find(|r| r.end - r.start >= HEAP_SIZE)?;
     r.end -= HEAP_SIZE;
-    Some(HeapBlock { start: PhysAddr::new(r.end), end: r.end + HEAP_SIZE })
+    Some(HeapBlock {
+        start: PhysAddr::new(r.end),
+        end: r.end + HEAP_SIZE,
+    })
 }
 
 /// A physical block set aside for the heap.

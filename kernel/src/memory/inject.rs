@@ -88,7 +88,10 @@ pub fn enabled() -> bool {
 
 /// Failures injected since the last [`enable`].
 pub fn stats() -> InjectStats {
-    InjectStats { frames: FRAME_FAILS.load(Ordering::Relaxed), heap: HEAP_FAILS.load(Ordering::Relaxed) }
+    InjectStats {
+        frames: FRAME_FAILS.load(Ordering::Relaxed),
+        heap: HEAP_FAILS.load(Ordering::Relaxed),
+    }
 }
 
 /// The next number of the xorshift64 sequence (one step per decision, shared by all CPUs).
@@ -146,7 +149,10 @@ mod tests {
         assert_eq!(a, decide(42));
         assert_ne!(a, decide(43));
         let fails = a.iter().filter(|&&f| f).count();
-        assert!((32..=96).contains(&fails), "{fails} of 256 failed at a rate of 1/4");
+        assert!(
+            (32..=96).contains(&fails),
+            "{fails} of 256 failed at a rate of 1/4"
+        );
         let again = decide(42);
         assert_eq!(stats().frames, again.iter().filter(|&&f| f).count() as u64);
         assert!(!fail_frame(), "disabled");

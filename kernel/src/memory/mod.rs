@@ -47,8 +47,15 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
     kernel_root();
     let mut usable = [const { 0u64..0 }; frame::MAX_REGIONS];
     let mut n = 0;
-    let mut summary = MemorySummary { usable_bytes: 0, regions: regions.len(), highest: 0 };
-    for r in regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable) {
+    let mut summary = MemorySummary {
+        usable_bytes: 0,
+        regions: regions.len(),
+        highest: 0,
+    };
+    for r in regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+    {
         if r.start <= TRAMPOLINE_PAGE && TRAMPOLINE_PAGE + 4096 <= r.end {
             TRAMPOLINE_FREE.store(true, Ordering::Relaxed);
         }
@@ -58,13 +65,20 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemorySummary {
         let start = align_up(r.start.max(frame::LOW_MEMORY_END), 4096);
         let end = r.end & !4095;
         if start < end {
-            assert!(n < usable.len(), "more than {} usable regions", usable.len());
+            assert!(
+                n < usable.len(),
+                "more than {} usable regions",
+                usable.len()
+            );
             usable[n] = start..end;
             n += 1;
         }
     }
     let heap = heap::carve(&mut usable[..n]).expect("no usable region large enough for the heap");
-    heap::init(phys_to_virt(heap.start), (heap.end - heap.start.as_u64()) as usize);
+    heap::init(
+        phys_to_virt(heap.start),
+        (heap.end - heap.start.as_u64()) as usize,
+    );
     FRAMES.init(&usable[..n]);
     summary
 }
@@ -121,7 +135,11 @@ static KERNEL_PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 /// # Safety
 /// The mapping must not alias memory in a way that breaks Rust's rules (e.g. map a frame that
 /// backs another live object as writable elsewhere), and `page` must not be in use.
-pub unsafe fn map_kernel_page(page: Page, frame: PhysFrame, flags: PageTableFlags) -> Result<(), MapError> {
+pub unsafe fn map_kernel_page(
+    page: Page,
+    frame: PhysFrame,
+    flags: PageTableFlags,
+) -> Result<(), MapError> {
     let _np = crate::arch::percpu::NoPreempt::new();
     let _guard = KERNEL_PT_LOCK.lock();
     let offset = VirtAddr::new(*PHYS_OFFSET.get().expect("memory::init not called"));
@@ -175,4 +193,6 @@ pub unsafe fn unmap_kernel_page(page: Page) -> Option<PhysFrame> {
 }
 
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB};
+use x86_64::structures::paging::{
+    Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+};

@@ -126,8 +126,6 @@ pub fn try_reap() {
 /// nothing else can) would leave every other reaper spinning on it for good.
 static REAPING: Mutex<()> = Mutex::new(());
 
-
-
 fn reap_locked() {
     if interrupts::without_interrupts(|| ZOMBIES.lock().is_empty()) {
         return;

@@ -114,7 +114,9 @@ impl CpuSched {
     /// runs under the queue lock, so the check holds).
     fn steal(&self) -> Option<Arc<Thread>> {
         let mut q = self.queue.lock();
-        let i = q.iter().position(|t| t.pinned.is_none() && !t.on_cpu.load(Ordering::Acquire))?;
+        let i = q
+            .iter()
+            .position(|t| t.pinned.is_none() && !t.on_cpu.load(Ordering::Acquire))?;
         let t = q.remove(i)?;
         self.queued.store(q.len(), Ordering::Relaxed);
         Some(t)
@@ -236,7 +238,10 @@ pub(crate) fn start(
     f: Entry,
 ) -> Result<JoinHandle, StackError> {
     if let Some(cpu) = pinned {
-        assert!(PERCPU[cpu].online.load(Ordering::Acquire), "CPU {cpu} is not online");
+        assert!(
+            PERCPU[cpu].online.load(Ordering::Acquire),
+            "CPU {cpu} is not online"
+        );
     }
     let online = crate::arch::percpu::online_count().max(1);
     let cpu = pinned.unwrap_or_else(|| NEXT_CPU.fetch_add(1, Ordering::Relaxed) % online);
@@ -273,8 +278,13 @@ fn resched_cpu(cpu: usize) {
     let target = &PERCPU[cpu];
     if cpu == cpu_id() {
         target.need_resched.store(true, Ordering::Relaxed);
-    } else if !target.need_resched.swap(true, Ordering::AcqRel) && target.online.load(Ordering::Acquire) {
-        apic::send_ipi(target.apic_id.load(Ordering::Relaxed), apic::vector::RESCHEDULE);
+    } else if !target.need_resched.swap(true, Ordering::AcqRel)
+        && target.online.load(Ordering::Acquire)
+    {
+        apic::send_ipi(
+            target.apic_id.load(Ordering::Relaxed),
+            apic::vector::RESCHEDULE,
+        );
     }
 }
 
@@ -498,7 +508,10 @@ fn finish_switch() {
 }
 
 fn idle_thread(cpu: &PerCpu) -> Arc<Thread> {
-    IDLE[cpu.id()].get().expect("idle thread registered").clone()
+    IDLE[cpu.id()]
+        .get()
+        .expect("idle thread registered")
+        .clone()
 }
 
 /// Each CPU's idle thread, to switch to when nothing is ready.
@@ -567,7 +580,9 @@ pub fn idle_loop() -> ! {
         // Free the stacks of exited threads here, where waiting for a shootdown costs nothing.
         crate::memory::stack::try_reap();
         interrupts::disable();
-        if cpu.sched.queued.load(Ordering::Relaxed) == 0 && !cpu.need_resched.load(Ordering::Relaxed) {
+        if cpu.sched.queued.load(Ordering::Relaxed) == 0
+            && !cpu.need_resched.load(Ordering::Relaxed)
+        {
             // Woken by the next tick (which retries stealing) or a reschedule IPI (a waker
             // sends one when it finds our flag clear, which `schedule` made it above).
             interrupts::enable_and_hlt();

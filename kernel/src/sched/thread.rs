@@ -105,12 +105,25 @@ impl Drop for Thread {
 
 impl Thread {
     pub(super) fn new(init: ThreadInit) -> Arc<Thread> {
-        let ThreadInit { name, stack, entry, idle, running, cpu, pinned, mm } = init;
+        let ThreadInit {
+            name,
+            stack,
+            entry,
+            idle,
+            running,
+            cpu,
+            pinned,
+            mm,
+        } = init;
         LIVE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Thread {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name,
-            state: AtomicU8::new(if running { State::Running } else { State::Ready } as u8),
+            state: AtomicU8::new(if running {
+                State::Running
+            } else {
+                State::Ready
+            } as u8),
             on_cpu: AtomicBool::new(running),
             rsp: UnsafeCell::new(0),
             entry: UnsafeCell::new(entry),
@@ -155,7 +168,9 @@ impl Thread {
     }
 
     pub(super) fn cas_state(&self, from: State, to: State) -> bool {
-        self.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 

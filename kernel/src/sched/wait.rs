@@ -29,7 +29,9 @@ impl Default for WaitQueue {
 impl WaitQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        WaitQueue { waiters: Mutex::new(VecDeque::new()) }
+        WaitQueue {
+            waiters: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// Blocks the calling thread as long as `cond()` holds. `cond` is checked under the queue's
@@ -129,8 +131,9 @@ pub fn sleep_ns(ns: u64) {
 pub(super) fn wake_sleepers(now: u64) {
     let due: Vec<Arc<Thread>> = match SLEEPERS.try_lock() {
         Some(mut s) if !s.is_empty() => {
-            let (due, rest): (Vec<_>, Vec<_>) =
-                s.drain(..).partition(|t| t.wake_at.load(Ordering::Relaxed) <= now);
+            let (due, rest): (Vec<_>, Vec<_>) = s
+                .drain(..)
+                .partition(|t| t.wake_at.load(Ordering::Relaxed) <= now);
             *s = rest;
             due
         }
