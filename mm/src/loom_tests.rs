@@ -6,6 +6,7 @@ use alloc::sync::Arc as StdArc;
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
+use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
 use crate::sync::{LoomPark, MmapLock, RwSemaphore};
@@ -217,47 +218,78 @@ fn loom_rwsem_reader_vs_writer() {
     });
 }
 
-/// The upper-level install protocol, from the same source as the page-table code.
+/// The upper-level install protocol: `pgtable::install`, the source file the page tables
+/// compile (`PageTables::ensure_table` calls its `ensure_table`), here on loom atomics.
 #[path = "pgtable/install.rs"]
 mod install;
 
-/// Two CPUs race to fill one empty entry, each with its own new table: exactly one table is
-/// installed, both end up using it, and the loser's is the one given back.
+/// A page-table page of the install model: its contents (one word stands for all 512) start as
+/// garbage and are zeroed by the CPU that allocates it, before it tries to install it.
+struct TableModel {
+    words: [UnsafeCell<u64>; 2],
+    allocated: [AtomicBool; 2],
+    freed: [AtomicBool; 2],
+}
+
+// SAFETY: each `words[i]` is written only by the racer that allocated table `i`, before its
+// install, and read by racers that found it installed; loom checks the ordering between them.
+unsafe impl Sync for TableModel {}
+
+/// The entry of model table `i` (present, like a real table entry).
+fn table_entry(i: usize) -> u64 {
+    ((i as u64 + 1) << 12) | 1
+}
+
+/// Two CPUs race to fill one empty entry through `install::ensure_table`, each allocating its
+/// own table: both end up walking the same table and see its zeroed contents (a plain store
+/// instead of the exchange, or a weaker ordering on any of its three accesses, fails here), and
+/// exactly the loser's table is given back.
 #[test]
 fn loom_pgtable_install_race() {
-    use install::{EntrySlot, Installed, install_or_discard};
+    use install::{Installed, ensure_table};
     use loom::sync::atomic::{AtomicU64, Ordering};
     model(|| {
         let slot = Arc::new(AtomicU64::new(0));
-        let freed = Arc::new(AtomicU64::new(0));
-        let racer = |table: u64| {
-            let (slot, freed) = (slot.clone(), freed.clone());
+        let tables = Arc::new(TableModel {
+            words: [UnsafeCell::new(0xdead), UnsafeCell::new(0xdead)],
+            allocated: [AtomicBool::new(false), AtomicBool::new(false)],
+            freed: [AtomicBool::new(false), AtomicBool::new(false)],
+        });
+        let racer = |i: usize| {
+            let (slot, tables) = (slot.clone(), tables.clone());
             thread::spawn(move || {
-                // As `ensure_table`: a table already there is used without making one (counted
-                // as given back, so the sum below stays exact).
-                let seen = slot.load_acquire();
-                if seen != 0 {
-                    freed.fetch_add(table, Ordering::Relaxed);
-                    return seen;
+                let got = ensure_table(&*slot, || {
+                    // SAFETY: table `i` is ours until it is installed (what loom checks).
+                    tables.words[i].with_mut(|p| unsafe { *p = 0 });
+                    tables.allocated[i].store(true, Ordering::Relaxed);
+                    Ok::<u64, ()>(table_entry(i))
+                })
+                .unwrap();
+                if let Installed::Theirs { discarded, .. } = got {
+                    assert_eq!(discarded, table_entry(i), "freeing a table not ours");
+                    tables.freed[i].store(true, Ordering::Relaxed);
                 }
-                match install_or_discard(&*slot, table) {
-                    Installed::Ours(e) => e,
-                    Installed::Theirs(e) => {
-                        freed.fetch_add(table, Ordering::Relaxed);
-                        e
-                    }
-                }
+                let e = got.entry();
+                let t = (e >> 12) as usize - 1;
+                // SAFETY: walking into the installed table, as the fault path does next.
+                let v = tables.words[t].with(|p| unsafe { *p });
+                assert_eq!(v, 0, "walked into a table whose zeroing is not visible");
+                e
             })
         };
-        let (a, b) = (racer(0x1000 | 1), racer(0x2000 | 1));
+        let (a, b) = (racer(0), racer(1));
         let (ea, eb) = (a.join().unwrap(), b.join().unwrap());
         assert_eq!(ea, eb, "the CPUs use different tables");
-        let installed = slot.load(Ordering::Relaxed);
-        assert_eq!(installed, ea);
-        assert_eq!(
-            installed + freed.load(Ordering::Relaxed),
-            0x3002,
-            "a table leaked"
-        );
+        assert_eq!(slot.load(Ordering::Relaxed), ea);
+        let winner = (ea >> 12) as usize - 1;
+        for i in 0..2 {
+            let allocated = tables.allocated[i].load(Ordering::Relaxed);
+            let freed = tables.freed[i].load(Ordering::Relaxed);
+            if i == winner {
+                assert!(allocated && !freed, "the installed table was freed");
+            } else {
+                assert_eq!(freed, allocated, "the loser's table leaked");
+            }
+        }
     });
 }
