@@ -62,6 +62,10 @@ impl NodeRef {
     /// A fresh, unpublished node with `end` slots, or `None` when memory is out.
     pub(super) fn alloc(leaf: bool, end: usize) -> Option<NodeRef> {
         debug_assert!(end >= 1 && end <= if leaf { LEAF_SLOTS } else { INTERNAL_SLOTS });
+        #[cfg(test)]
+        if inject::next_fails() {
+            return None;
+        }
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { alloc(Node::LAYOUT) } as *mut Node;
         if p.is_null() {
@@ -193,6 +197,62 @@ impl NodeRef {
         // SAFETY: allocated by `alloc` with this layout (type invariant), and by the caller's
         // promise no one uses it any more.
         unsafe { dealloc(p as *mut u8, Node::LAYOUT) };
+    }
+}
+
+/// Injected allocation failures (test builds): node allocations of one thread fail in a seeded
+/// random sequence while a [`inject::FailNodeAllocs`] guard of that thread lives. Per thread,
+/// so tests running in parallel do not see each other's failures.
+#[cfg(test)]
+pub(crate) mod inject {
+    extern crate std;
+    use core::cell::Cell;
+
+    use crate::platform::emulated::FailRandomly;
+
+    std::thread_local! {
+        static FAIL: Cell<Option<FailRandomly>> = const { Cell::new(None) };
+        static INJECTED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Node allocations on this thread fail as `fail` says until this is dropped.
+    #[must_use = "injection stops when the guard is dropped"]
+    pub(crate) struct FailNodeAllocs {
+        _not_send: core::marker::PhantomData<*const ()>,
+    }
+
+    impl FailNodeAllocs {
+        pub(crate) fn new(fail: FailRandomly) -> Self {
+            FAIL.with(|f| f.set(Some(fail)));
+            FailNodeAllocs {
+                _not_send: core::marker::PhantomData,
+            }
+        }
+
+        /// Node allocations this thread was made to fail so far.
+        pub(crate) fn injected() -> u64 {
+            INJECTED.with(Cell::get)
+        }
+    }
+
+    impl Drop for FailNodeAllocs {
+        fn drop(&mut self) {
+            FAIL.with(|f| f.set(None));
+        }
+    }
+
+    pub(super) fn next_fails() -> bool {
+        FAIL.with(|f| {
+            let Some(mut fail) = f.get() else {
+                return false;
+            };
+            let fails = fail.next_fails();
+            f.set(Some(fail));
+            if fails {
+                INJECTED.with(|n| n.set(n.get() + 1));
+            }
+            fails
+        })
     }
 }
 
