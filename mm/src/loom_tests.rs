@@ -293,3 +293,56 @@ fn loom_pgtable_install_race() {
         }
     });
 }
+
+/// The maple tree's node layer, the source file the tree compiles, here on loom atomics: how
+/// nodes are built, published (root and child slots) and read by a lockless descent.
+#[path = "maple/node.rs"]
+#[allow(dead_code)]
+mod maple_node;
+
+/// A writer publishes a new tree (an internal root over one leaf) and then replaces the leaf in
+/// place, as `MapleTree`'s writes do; a lockless reader descending at the same time must find
+/// every node it reaches complete: a publication store weaker than release (or a descent load
+/// weaker than acquire) lets it see a node's words as they were before the writer filled them.
+#[test]
+fn loom_maple_publication() {
+    use loom::sync::atomic::AtomicU64;
+    use maple_node::{NodeRef, load_root, publish_root};
+
+    fn leaf(value: u64) -> NodeRef {
+        let n = NodeRef::alloc(true, 2).expect("host memory");
+        n.init_slot(0, 99, value, 0);
+        n.init_slot(1, 0, value + 1, 0);
+        n
+    }
+
+    model(|| {
+        let root = Arc::new(AtomicU64::new(0));
+        let r = root.clone();
+        let reader = thread::spawn(move || {
+            let Some(top) = NodeRef::from_word(load_root(&r)) else {
+                return;
+            };
+            assert!(!top.is_leaf());
+            assert_eq!(top.end(), 1, "root published before it was built");
+            let child = NodeRef::from_word(top.slot(0)).expect("root without its child");
+            assert_eq!((child.end(), child.pivot(0)), (2, 99), "child not built");
+            let v = child.slot(0);
+            assert!(v == 0xa0 || v == 0xb0, "leaf value {v:#x}");
+            assert_eq!(child.slot(1), v + 1);
+        });
+        let first = leaf(0xa0);
+        let top = NodeRef::alloc(false, 1).expect("host memory");
+        top.init_slot(0, u64::MAX, first.word(), 0);
+        publish_root(&root, top.word());
+        let second = leaf(0xb0);
+        top.publish_slot(0, second);
+        reader.join().unwrap();
+        // SAFETY: the reader is done and nothing else holds the nodes.
+        unsafe {
+            first.free();
+            second.free();
+            top.free();
+        }
+    });
+}

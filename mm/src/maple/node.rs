@@ -12,7 +12,8 @@
 //! internal node, replaces one child pointer or gap (the only in-place writes).
 
 use alloc::alloc::{Layout, alloc, dealloc};
-use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::primitive::{AtomicU64, Ordering};
 
 pub(super) const LEAF_SLOTS: usize = 16;
 pub(super) const INTERNAL_SLOTS: usize = 10;
@@ -43,6 +44,7 @@ pub(super) struct Node {
     w: [AtomicU64; 31],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<Node>() == 256 && core::mem::align_of::<Node>() == 256);
 
 /// A node and its kind, as a word stored in a parent slot or the root: the address with
@@ -76,7 +78,7 @@ impl NodeRef {
         unsafe {
             p.write(Node {
                 meta: AtomicU64::new(meta),
-                w: [const { AtomicU64::new(0) }; 31],
+                w: core::array::from_fn(|_| AtomicU64::new(0)),
             })
         };
         Some(NodeRef(p as u64 | if leaf { TAG_LEAF } else { 0 }))
@@ -138,6 +140,7 @@ impl NodeRef {
     }
 
     /// Where slot `i` lives, for borrowing a value in place.
+    #[cfg(not(loom))]
     pub(super) fn slot_ptr(self, i: usize) -> *const u64 {
         debug_assert!(self.is_leaf());
         self.node().w[15 + i].as_ptr()
@@ -170,7 +173,8 @@ impl NodeRef {
     }
 
     /// Publishes `child` in slot `i` of this live internal node, replacing a child that covers
-    /// the same range.
+    /// the same range. Release: a reader that loads the slot ([`slot`](Self::slot), acquire)
+    /// sees the child as it was built.
     pub(super) fn publish_slot(self, i: usize, child: NodeRef) {
         debug_assert!(!self.is_leaf());
         self.node().w[10 + i].store(child.0, Ordering::Release);
@@ -254,6 +258,17 @@ pub(crate) mod inject {
             fails
         })
     }
+}
+
+/// Publishes `word` (a node's word, or 0 for the empty tree) as the tree's root. Release: a
+/// reader that loads the root with [`load_root`] sees the node as it was built.
+pub(super) fn publish_root(root: &AtomicU64, word: u64) {
+    root.store(word, Ordering::Release);
+}
+
+/// The root word, for a lockless descent (acquire, pairs with [`publish_root`]).
+pub(super) fn load_root(root: &AtomicU64) -> u64 {
+    root.load(Ordering::Acquire)
 }
 
 /// Test builds keep the last freed nodes allocated (and poisoned) so that a use after free shows
