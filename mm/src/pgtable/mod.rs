@@ -190,6 +190,8 @@ impl<P: Platform> PageTables<P> {
                 return None;
             }
             let frame = pte_frame(e);
+            #[cfg(test)]
+            tests::before_pte_lock();
             // Lock order: PTE lock (innermost but the frame caches).
             let lock = self.mem.frames().meta(frame).pte_lock().lock();
             // Unhooking a table happens under this lock, so if the entry still points here the
