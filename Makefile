@@ -23,7 +23,7 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test test-long host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+.PHONY: all run gdb test test-long host-test kernel-test loom mutants check setup toolchain qemu ovmf boot-tool kernel clean \
         bench-linux bench-report user-toolchain
 
 all: kernel
@@ -49,6 +49,13 @@ test-long: setup
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm --release --lib loom
+
+## mutants: applies each protocol bug listed in scripts/mutants.py (one at a time, the file
+## restored after each) and runs the tests that must catch it; fails if one is missed
+## (RUNS=n repeats each run to spot tests that catch a bug only sometimes)
+RUNS ?= 1
+mutants: setup
+	python3 scripts/mutants.py --runs $(RUNS)
 
 ## bench-linux: the benchmark's workloads on this machine's Linux -> target/bench/linux.log, then
 ## the report (THREADS=1,2 WORKLOADS=page_fault1,pft,churn REPS=3)

@@ -29,6 +29,10 @@ use crate::vma::Prot;
 const CASES: u64 = 48;
 const LONG_CASES: u64 = 2_000;
 const OPS: usize = 40;
+/// Single-page VMAs of alternating protection mapped (without failures) before a case starts,
+/// so that the tree has several levels and a write needs several nodes: a failure can then hit
+/// a write that already made some.
+const SETUP_VMAS: u64 = 48;
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -306,6 +310,15 @@ fn run_case(seed: u64, totals: &mut Totals) {
     {
         let mm = env.mm();
         let mut model = Model::new();
+        for i in 0..SETUP_VMAS {
+            let op = Op::Mmap {
+                page: WINDOW - SETUP_VMAS + i,
+                n: 1,
+                prot: if i % 2 == 0 { 'r' } else { 'w' },
+                fixed: true,
+            };
+            assert_eq!(apply(&mm, &mut model, op), Outcome::Done);
+        }
         for _ in 0..OPS {
             let op = random_op(&mut rng);
             let cpu = rng.below(CPUS as u64) as usize;
