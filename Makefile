@@ -42,9 +42,10 @@ gdb: setup boot-tool kernel
 test: setup boot-tool
 	$(BOOT) test
 
-## test-long: the host property tests with many more cases (MM_TEST_LONG=1), release build
+## test-long: the host property and fault-injection tests with many more cases (MM_TEST_LONG=1),
+## release build
 test-long: setup
-	MM_TEST_LONG=1 cargo test -p mm --release --lib prop
+	MM_TEST_LONG=1 cargo test -p mm --release --lib -- prop inject
 
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup
