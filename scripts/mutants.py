@@ -272,7 +272,10 @@ def try_mutant(m: Mutant, runs: int, timeout: int, logdir: str, all_tests: bool)
                 elif rc != 0:
                     caught += 1
     finally:
-        shutil.copy2(backup, path)
+        # Restored with a new modification time: cargo must rebuild from the original (a copy
+        # that kept the old time would leave the mutated build looking up to date).
+        shutil.copyfile(backup, path)
+        os.utime(path)
         os.remove(backup)
     note = f"{caught}/{runs} runs" + (f", {timeouts} by timeout" if timeouts else "")
     if caught == runs:
