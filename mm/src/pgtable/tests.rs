@@ -192,7 +192,7 @@ fn pte_offset_map_lock_rechecks_the_pmd_entry_under_the_lock() {
                 .recv_timeout(HANDSHAKE)
                 .expect("the walker never read the PMD");
             let g = lock.write();
-            pt.zap(&g, a..a + PMD_SIZE).flush(&mem, CpuMask::first(2));
+            pt.zap(&g, a..a + PMD_SIZE).flush(mem, CpuMask::first(2));
             drop(g);
             done_tx.send(()).unwrap();
         });
