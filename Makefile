@@ -25,7 +25,7 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 
-.PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom check setup toolchain qemu ovmf boot-tool kernel clean \
+.PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom mutants check setup toolchain qemu ovmf boot-tool kernel clean \
         bench bench-kernel bench-linux bench-report user-toolchain
 
 all: kernel
@@ -44,9 +44,10 @@ gdb: setup boot-tool kernel
 test: setup boot-tool
 	$(BOOT) test
 
-## test-long: the host property tests with many more cases (MM_TEST_LONG=1), release build
+## test-long: the host property and fault-injection tests with many more cases (MM_TEST_LONG=1),
+## release build
 test-long: setup
-	MM_TEST_LONG=1 cargo test -p mm --release --lib prop
+	MM_TEST_LONG=1 cargo test -p mm --release --lib -- prop inject
 
 ## test-loop: the in-QEMU test kernels N times in a row (N=20); stops at the first failure or
 ## at a warning no test expects (the deliberate segfault/OOM lines of the tests are expected)
@@ -69,6 +70,13 @@ soak: setup boot-tool
 ## loom: model-check the lock protocols (bounded; CI runs it)
 loom: setup
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm --release --lib loom
+
+## mutants: applies each protocol bug listed in scripts/mutants.py (one at a time, the file
+## restored after each) and runs the tests that must catch it; fails if one is missed
+## (RUNS=n repeats each run to spot tests that catch a bug only sometimes)
+RUNS ?= 1
+mutants: setup
+	python3 scripts/mutants.py --runs $(RUNS)
 
 ## bench-linux: the benchmark's workloads on this machine's Linux -> target/bench/linux.log, then
 ## the report (THREADS=1,2 WORKLOADS=page_fault1,pft,churn REPS=3)

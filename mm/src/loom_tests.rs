@@ -6,6 +6,7 @@ use alloc::sync::Arc as StdArc;
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
+use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
 use crate::sync::{LoomPark, MmapLock, RwSemaphore};
@@ -217,47 +218,131 @@ fn loom_rwsem_reader_vs_writer() {
     });
 }
 
-/// The upper-level install protocol, from the same source as the page-table code.
+/// The upper-level install protocol: `pgtable::install`, the source file the page tables
+/// compile (`PageTables::ensure_table` calls its `ensure_table`), here on loom atomics.
 #[path = "pgtable/install.rs"]
 mod install;
 
-/// Two CPUs race to fill one empty entry, each with its own new table: exactly one table is
-/// installed, both end up using it, and the loser's is the one given back.
+/// A page-table page of the install model: its contents (one word stands for all 512) start as
+/// garbage and are zeroed by the CPU that allocates it, before it tries to install it.
+struct TableModel {
+    words: [UnsafeCell<u64>; 2],
+    allocated: [AtomicBool; 2],
+    freed: [AtomicBool; 2],
+}
+
+// SAFETY: each `words[i]` is written only by the racer that allocated table `i`, before its
+// install, and read by racers that found it installed; loom checks the ordering between them.
+unsafe impl Sync for TableModel {}
+
+/// The entry of model table `i` (present, like a real table entry).
+fn table_entry(i: usize) -> u64 {
+    ((i as u64 + 1) << 12) | 1
+}
+
+/// Two CPUs race to fill one empty entry through `install::ensure_table`, each allocating its
+/// own table: both end up walking the same table and see its zeroed contents (a plain store
+/// instead of the exchange, or a weaker ordering on any of its three accesses, fails here), and
+/// exactly the loser's table is given back.
 #[test]
 fn loom_pgtable_install_race() {
-    use install::{EntrySlot, Installed, install_or_discard};
+    use install::{Installed, ensure_table};
     use loom::sync::atomic::{AtomicU64, Ordering};
     model(|| {
         let slot = Arc::new(AtomicU64::new(0));
-        let freed = Arc::new(AtomicU64::new(0));
-        let racer = |table: u64| {
-            let (slot, freed) = (slot.clone(), freed.clone());
+        let tables = Arc::new(TableModel {
+            words: [UnsafeCell::new(0xdead), UnsafeCell::new(0xdead)],
+            allocated: [AtomicBool::new(false), AtomicBool::new(false)],
+            freed: [AtomicBool::new(false), AtomicBool::new(false)],
+        });
+        let racer = |i: usize| {
+            let (slot, tables) = (slot.clone(), tables.clone());
             thread::spawn(move || {
-                // As `ensure_table`: a table already there is used without making one (counted
-                // as given back, so the sum below stays exact).
-                let seen = slot.load_acquire();
-                if seen != 0 {
-                    freed.fetch_add(table, Ordering::Relaxed);
-                    return seen;
+                let got = ensure_table(&*slot, || {
+                    // SAFETY: table `i` is ours until it is installed (what loom checks).
+                    tables.words[i].with_mut(|p| unsafe { *p = 0 });
+                    tables.allocated[i].store(true, Ordering::Relaxed);
+                    Ok::<u64, ()>(table_entry(i))
+                })
+                .unwrap();
+                if let Installed::Theirs { discarded, .. } = got {
+                    assert_eq!(discarded, table_entry(i), "freeing a table not ours");
+                    tables.freed[i].store(true, Ordering::Relaxed);
                 }
-                match install_or_discard(&*slot, table) {
-                    Installed::Ours(e) => e,
-                    Installed::Theirs(e) => {
-                        freed.fetch_add(table, Ordering::Relaxed);
-                        e
-                    }
-                }
+                let e = got.entry();
+                let t = (e >> 12) as usize - 1;
+                // SAFETY: walking into the installed table, as the fault path does next.
+                let v = tables.words[t].with(|p| unsafe { *p });
+                assert_eq!(v, 0, "walked into a table whose zeroing is not visible");
+                e
             })
         };
-        let (a, b) = (racer(0x1000 | 1), racer(0x2000 | 1));
+        let (a, b) = (racer(0), racer(1));
         let (ea, eb) = (a.join().unwrap(), b.join().unwrap());
         assert_eq!(ea, eb, "the CPUs use different tables");
-        let installed = slot.load(Ordering::Relaxed);
-        assert_eq!(installed, ea);
-        assert_eq!(
-            installed + freed.load(Ordering::Relaxed),
-            0x3002,
-            "a table leaked"
-        );
+        assert_eq!(slot.load(Ordering::Relaxed), ea);
+        let winner = (ea >> 12) as usize - 1;
+        for i in 0..2 {
+            let allocated = tables.allocated[i].load(Ordering::Relaxed);
+            let freed = tables.freed[i].load(Ordering::Relaxed);
+            if i == winner {
+                assert!(allocated && !freed, "the installed table was freed");
+            } else {
+                assert_eq!(freed, allocated, "the loser's table leaked");
+            }
+        }
+    });
+}
+
+/// The maple tree's node layer, the source file the tree compiles, here on loom atomics: how
+/// nodes are built, published (root and child slots) and read by a lockless descent.
+#[path = "maple/node.rs"]
+#[allow(dead_code)]
+mod maple_node;
+
+/// A writer publishes a new tree (an internal root over one leaf) and then replaces the leaf in
+/// place, as `MapleTree`'s writes do; a lockless reader descending at the same time must find
+/// every node it reaches complete: a publication store weaker than release (or a descent load
+/// weaker than acquire) lets it see a node's words as they were before the writer filled them.
+#[test]
+fn loom_maple_publication() {
+    use loom::sync::atomic::AtomicU64;
+    use maple_node::{NodeRef, load_root, publish_root};
+
+    fn leaf(value: u64) -> NodeRef {
+        let n = NodeRef::alloc(true, 2).expect("host memory");
+        n.init_slot(0, 99, value, 0);
+        n.init_slot(1, 0, value + 1, 0);
+        n
+    }
+
+    model(|| {
+        let root = Arc::new(AtomicU64::new(0));
+        let r = root.clone();
+        let reader = thread::spawn(move || {
+            let Some(top) = NodeRef::from_word(load_root(&r)) else {
+                return;
+            };
+            assert!(!top.is_leaf());
+            assert_eq!(top.end(), 1, "root published before it was built");
+            let child = NodeRef::from_word(top.slot(0)).expect("root without its child");
+            assert_eq!((child.end(), child.pivot(0)), (2, 99), "child not built");
+            let v = child.slot(0);
+            assert!(v == 0xa0 || v == 0xb0, "leaf value {v:#x}");
+            assert_eq!(child.slot(1), v + 1);
+        });
+        let first = leaf(0xa0);
+        let top = NodeRef::alloc(false, 1).expect("host memory");
+        top.init_slot(0, u64::MAX, first.word(), 0);
+        publish_root(&root, top.word());
+        let second = leaf(0xb0);
+        top.publish_slot(0, second);
+        reader.join().unwrap();
+        // SAFETY: the reader is done and nothing else holds the nodes.
+        unsafe {
+            first.free();
+            second.free();
+            top.free();
+        }
     });
 }

@@ -28,6 +28,8 @@
 mod gap;
 mod node;
 #[cfg(test)]
+pub(crate) use node::inject::FailNodeAllocs;
+#[cfg(test)]
 mod tests;
 mod validate;
 mod walk;

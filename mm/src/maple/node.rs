@@ -12,7 +12,8 @@
 //! internal node, replaces one child pointer or gap (the only in-place writes).
 
 use alloc::alloc::{Layout, alloc, dealloc};
-use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::primitive::{AtomicU64, Ordering};
 
 pub(super) const LEAF_SLOTS: usize = 16;
 pub(super) const INTERNAL_SLOTS: usize = 10;
@@ -43,6 +44,7 @@ pub(super) struct Node {
     w: [AtomicU64; 31],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<Node>() == 256 && core::mem::align_of::<Node>() == 256);
 
 /// A node and its kind, as a word stored in a parent slot or the root: the address with
@@ -62,6 +64,10 @@ impl NodeRef {
     /// A fresh, unpublished node with `end` slots, or `None` when memory is out.
     pub(super) fn alloc(leaf: bool, end: usize) -> Option<NodeRef> {
         debug_assert!(end >= 1 && end <= if leaf { LEAF_SLOTS } else { INTERNAL_SLOTS });
+        #[cfg(test)]
+        if inject::next_fails() {
+            return None;
+        }
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { alloc(Node::LAYOUT) } as *mut Node;
         if p.is_null() {
@@ -72,7 +78,7 @@ impl NodeRef {
         unsafe {
             p.write(Node {
                 meta: AtomicU64::new(meta),
-                w: [const { AtomicU64::new(0) }; 31],
+                w: core::array::from_fn(|_| AtomicU64::new(0)),
             })
         };
         Some(NodeRef(p as u64 | if leaf { TAG_LEAF } else { 0 }))
@@ -134,6 +140,7 @@ impl NodeRef {
     }
 
     /// Where slot `i` lives, for borrowing a value in place.
+    #[cfg(not(loom))]
     pub(super) fn slot_ptr(self, i: usize) -> *const u64 {
         debug_assert!(self.is_leaf());
         self.node().w[15 + i].as_ptr()
@@ -166,7 +173,8 @@ impl NodeRef {
     }
 
     /// Publishes `child` in slot `i` of this live internal node, replacing a child that covers
-    /// the same range.
+    /// the same range. Release: a reader that loads the slot ([`slot`](Self::slot), acquire)
+    /// sees the child as it was built.
     pub(super) fn publish_slot(self, i: usize, child: NodeRef) {
         debug_assert!(!self.is_leaf());
         self.node().w[10 + i].store(child.0, Ordering::Release);
@@ -194,6 +202,73 @@ impl NodeRef {
         // promise no one uses it any more.
         unsafe { dealloc(p as *mut u8, Node::LAYOUT) };
     }
+}
+
+/// Injected allocation failures (test builds): node allocations of one thread fail in a seeded
+/// random sequence while a [`inject::FailNodeAllocs`] guard of that thread lives. Per thread,
+/// so tests running in parallel do not see each other's failures.
+#[cfg(test)]
+pub(crate) mod inject {
+    extern crate std;
+    use core::cell::Cell;
+
+    use crate::platform::emulated::FailRandomly;
+
+    std::thread_local! {
+        static FAIL: Cell<Option<FailRandomly>> = const { Cell::new(None) };
+        static INJECTED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Node allocations on this thread fail as `fail` says until this is dropped.
+    #[must_use = "injection stops when the guard is dropped"]
+    pub(crate) struct FailNodeAllocs {
+        _not_send: core::marker::PhantomData<*const ()>,
+    }
+
+    impl FailNodeAllocs {
+        pub(crate) fn new(fail: FailRandomly) -> Self {
+            FAIL.with(|f| f.set(Some(fail)));
+            FailNodeAllocs {
+                _not_send: core::marker::PhantomData,
+            }
+        }
+
+        /// Node allocations this thread was made to fail so far.
+        pub(crate) fn injected() -> u64 {
+            INJECTED.with(Cell::get)
+        }
+    }
+
+    impl Drop for FailNodeAllocs {
+        fn drop(&mut self) {
+            FAIL.with(|f| f.set(None));
+        }
+    }
+
+    pub(super) fn next_fails() -> bool {
+        FAIL.with(|f| {
+            let Some(mut fail) = f.get() else {
+                return false;
+            };
+            let fails = fail.next_fails();
+            f.set(Some(fail));
+            if fails {
+                INJECTED.with(|n| n.set(n.get() + 1));
+            }
+            fails
+        })
+    }
+}
+
+/// Publishes `word` (a node's word, or 0 for the empty tree) as the tree's root. Release: a
+/// reader that loads the root with [`load_root`] sees the node as it was built.
+pub(super) fn publish_root(root: &AtomicU64, word: u64) {
+    root.store(word, Ordering::Release);
+}
+
+/// The root word, for a lockless descent (acquire, pairs with [`publish_root`]).
+pub(super) fn load_root(root: &AtomicU64) -> u64 {
+    root.load(Ordering::Acquire)
 }
 
 /// Test builds keep the last freed nodes allocated (and poisoned) so that a use after free shows

@@ -4,9 +4,9 @@
 //! reflects the tree at some instant between the start and the end of the descent.
 
 use core::ops::Range;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 
-use super::node::NodeRef;
+use super::node::{NodeRef, load_root};
 use super::{MapleTree, MapleValue};
 use crate::platform::Platform;
 use crate::rcu::RcuReadGuard;
@@ -40,14 +40,14 @@ fn leaf_for(root: u64, key: u64) -> Option<(NodeRef, u64, u64)> {
 
 /// The entry containing `addr`: inclusive bounds and where its value lives.
 pub(super) fn walk(root: &AtomicU64, addr: u64) -> Option<(u64, u64, *const u64)> {
-    let (leaf, min, max) = leaf_for(root.load(Ordering::Acquire), addr)?;
+    let (leaf, min, max) = leaf_for(load_root(root), addr)?;
     let (i, lo, hi) = slot_for(leaf, min, max, addr);
     (leaf.slot(i) != 0).then(|| (lo, hi, leaf.slot_ptr(i)))
 }
 
 /// The first entry ending at or above `addr`.
 pub(super) fn find(root: &AtomicU64, addr: u64) -> Option<(u64, u64, *const u64)> {
-    find_in(root.load(Ordering::Acquire), addr).map(|(lo, hi, _, p)| (lo, hi, p))
+    find_in(load_root(root), addr).map(|(lo, hi, _, p)| (lo, hi, p))
 }
 
 /// [`find`] for writers (under the writer lock), returning the value word.

@@ -31,7 +31,9 @@ use alloc::vec::Vec;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::node::{INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, MAX_HEIGHT, NodeRef};
+use super::node::{
+    INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, MAX_HEIGHT, NodeRef, publish_root,
+};
 use super::walk::slot_for;
 use super::{MapleTree, MapleValue, clone_word, from_word, into_word};
 use crate::platform::Platform;
@@ -570,7 +572,7 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
     fn commit(mut self, p: Publish) {
         match p {
             Publish::Root(word, height) => {
-                self.tree.root.store(word, Ordering::Release);
+                publish_root(&self.tree.root, word);
                 self.w.height = height;
             }
             Publish::Slot { height, key, child } => self.publish_slot(height, key, child),

@@ -30,7 +30,7 @@ use core::marker::PhantomData;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) use install::{EntrySlot, Installed, install_or_discard};
+use install::Installed;
 pub use zap::{ProtectFlush, ZapFlush, ZapPagesLock, pte_flags_for};
 
 use crate::frame::{FrameAllocError, FrameKind, mem};
@@ -145,25 +145,24 @@ impl<P: Platform> PageTables<P> {
         self.ensure_table(pmd).map(|_| ())
     }
 
-    /// The present entry in `slot`, installing a fresh zeroed table if it is empty.
+    /// The present entry in `slot`, installing a fresh zeroed table if it is empty
+    /// ([`install`] has the protocol).
     fn ensure_table(&self, slot: &AtomicU64) -> Result<u64, FrameAllocError> {
-        let e = slot.load_acquire();
-        if e & PageTableFlags::PRESENT.bits() != 0 {
-            return Ok(e);
-        }
         let frames = self.mem.frames();
-        let new = frames.alloc_zeroed(FrameKind::PageTable)?;
-        match install_or_discard(slot, make_pte(new, TABLE_FLAGS)) {
-            Installed::Ours(e) => {
-                self.mem.count(Event::PgtableAlloc);
-                Ok(e)
-            }
-            Installed::Theirs(e) => {
+        let got = install::ensure_table(slot, || {
+            frames
+                .alloc_zeroed(FrameKind::PageTable)
+                .map(|new| make_pte(new, TABLE_FLAGS))
+        })?;
+        match got {
+            Installed::Present(_) => {}
+            Installed::Ours(_) => self.mem.count(Event::PgtableAlloc),
+            Installed::Theirs { discarded, .. } => {
                 self.mem.count(Event::PgtableInstallRaceLost);
-                frames.put(new);
-                Ok(e)
+                frames.put(pte_frame(discarded));
             }
         }
+        Ok(got.entry())
     }
 
     /// The PMD entry covering `addr` if the upper levels exist (no allocation).
@@ -192,6 +191,8 @@ impl<P: Platform> PageTables<P> {
                 return None;
             }
             let frame = pte_frame(e);
+            #[cfg(test)]
+            tests::before_pte_lock();
             // Lock order: PTE lock (innermost but the frame caches).
             let lock = self.mem.frames().meta(frame).pte_lock().lock();
             // Unhooking a table happens under this lock, so if the entry still points here the

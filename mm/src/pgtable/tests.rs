@@ -1,3 +1,8 @@
+use core::cell::RefCell;
+use std::boxed::Box;
+use std::sync::mpsc;
+use std::time::Duration;
+
 use super::*;
 use crate::platform::CpuMask;
 use crate::platform::emulated::Emulated;
@@ -140,4 +145,102 @@ fn out_of_memory_while_allocating_tables_is_an_error() {
         Some(FrameAllocError::OutOfMemory)
     );
     p.fail_allocs_after(u64::MAX);
+}
+
+std::thread_local! {
+    static BEFORE_PTE_LOCK: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Called by `pte_offset_map_lock` between its read of the PMD entry and taking the table's
+/// lock: runs the hook this thread armed with [`on_next_pte_lock`], once.
+pub(super) fn before_pte_lock() {
+    if let Some(f) = BEFORE_PTE_LOCK.with(|h| h.borrow_mut().take()) {
+        f();
+    }
+}
+
+fn on_next_pte_lock(f: impl FnOnce() + 'static) {
+    BEFORE_PTE_LOCK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+}
+
+/// How long a test thread waits for the other before failing instead of hanging.
+const HANDSHAKE: Duration = Duration::from_secs(30);
+
+/// A walker reads the PMD entry, then another CPU empties the table and unhooks it before the
+/// walker gets its lock: the walker's re-check under the lock must see the entry changed and
+/// report no table, rather than hand out a guard on a table no longer in the tree (whose PTEs
+/// the MMU would never see).
+#[test]
+fn pte_offset_map_lock_rechecks_the_pmd_entry_under_the_lock() {
+    let (p, mem) = setup();
+    let lock = MmapLock::new(p.clone());
+    let pt = PageTables::new(mem.clone()).unwrap();
+    let a = 0x40_0000;
+    map(&pt, a, true);
+    let (at_tx, at_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    on_next_pte_lock(move || {
+        at_tx.send(()).unwrap();
+        done_rx
+            .recv_timeout(HANDSHAKE)
+            .expect("the zapping CPU hung");
+    });
+    let walked = std::thread::scope(|s| {
+        let (lock, pt, mem) = (&lock, &pt, &mem);
+        p.spawn_cpu(s, 1, move || {
+            at_rx
+                .recv_timeout(HANDSHAKE)
+                .expect("the walker never read the PMD");
+            let g = lock.write();
+            pt.zap(&g, a..a + PMD_SIZE).flush(mem, CpuMask::first(2));
+            drop(g);
+            done_tx.send(()).unwrap();
+        });
+        pt.pte_offset_map_lock(a).map(|g| g.base())
+    });
+    assert_eq!(
+        walked, None,
+        "locked a PTE table that was unhooked meanwhile"
+    );
+    assert_eq!(pt.count_tables(), 3);
+}
+
+/// An emptied PTE table is unhooked at once but freed only after a grace period: a walker on
+/// another CPU that read the PMD entry inside its RCU read section may still be using the table
+/// (to take its lock and fail the re-check), so the frame must not be reused before it leaves.
+#[test]
+fn emptied_pte_table_is_freed_only_after_a_grace_period() {
+    let (p, mem) = setup();
+    let lock = MmapLock::new(p.clone());
+    let pt = PageTables::new(mem.clone()).unwrap();
+    let a = 0x40_0000;
+    map(&pt, a, true);
+    let table = pte_frame(pt.pmd_lookup(a).unwrap().load(Ordering::Acquire));
+    let (in_tx, in_rx) = mpsc::channel();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let kept = std::thread::scope(|s| {
+        let rcu = mem.rcu();
+        p.spawn_cpu(s, 1, move || {
+            let _rcu = rcu.read_lock();
+            in_tx.send(()).unwrap();
+            leave_rx
+                .recv_timeout(HANDSHAKE)
+                .expect("the zapping CPU hung");
+        });
+        in_rx
+            .recv_timeout(HANDSHAKE)
+            .expect("the reader never entered");
+        let g = lock.write();
+        pt.zap(&g, a..a + PMD_SIZE).flush(&mem, CpuMask::first(2));
+        drop(g);
+        // Runs every callback whose grace period is over: not this one, a reader is inside.
+        mem.rcu().quiescent_state();
+        let kept = mem.frames().meta(table).refcount();
+        leave_tx.send(()).unwrap();
+        kept
+    });
+    assert_eq!(pt.count_tables(), 3, "the emptied table is still hooked");
+    assert_eq!(kept, 1, "the PTE table was freed under a reader");
+    mem.quiesce();
+    assert_eq!(mem.frames().meta(table).refcount(), 0, "never freed");
 }

@@ -15,6 +15,11 @@
 //!
 //! It checks what a real machine would not: handing out a frame twice or freeing one that is not
 //! allocated panics, and it counts frames and shootdowns so tests can assert on them.
+//!
+//! Frame allocations can be made to fail, after a count ([`Emulated::fail_allocs_after`]) or at
+//! random in a seeded, reproducible sequence ([`Emulated::fail_allocs_randomly`], with
+//! [`FailRandomly`]; the maple tree's node allocations take the same sequence type in test
+//! builds), to drive the out-of-memory paths.
 
 extern crate std;
 
@@ -60,6 +65,8 @@ pub struct Emulated {
     shootdowns: AtomicU64,
     flushed_pages: AtomicU64,
     fail_allocs_after: AtomicU64,
+    fail_randomly: Mutex<Option<FailRandomly>>,
+    injected_failures: AtomicU64,
     start: Instant,
     #[cfg(all(test, not(loom)))]
     hooks: Hooks,
@@ -85,6 +92,34 @@ type Hook = Box<dyn FnOnce() + Send>;
 struct Hooks {
     before_shootdown: Mutex<Option<Hook>>,
     before_ad_update: Mutex<Option<Hook>>,
+}
+
+/// A seeded, reproducible sequence of yes/no answers to "does this allocation fail?", each yes
+/// with probability `per_million / 1_000_000` (SplitMix64 underneath).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailRandomly {
+    state: u64,
+    per_million: u32,
+}
+
+impl FailRandomly {
+    /// The sequence of `seed`, failing `per_million` allocations in a million on average.
+    pub fn new(seed: u64, per_million: u32) -> Self {
+        FailRandomly {
+            state: seed,
+            per_million: per_million.min(1_000_000),
+        }
+    }
+
+    /// Whether the next allocation fails.
+    pub fn next_fails(&mut self) -> bool {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        z % 1_000_000 < u64::from(self.per_million)
+    }
 }
 
 /// A translation as one TLB caches it: the frame and the PTE's flags (permissions, Accessed,
@@ -222,6 +257,8 @@ impl Emulated {
             shootdowns: AtomicU64::new(0),
             flushed_pages: AtomicU64::new(0),
             fail_allocs_after: AtomicU64::new(u64::MAX),
+            fail_randomly: Mutex::new(None),
+            injected_failures: AtomicU64::new(0),
             start: Instant::now(),
             #[cfg(all(test, not(loom)))]
             hooks: Hooks::default(),
@@ -273,6 +310,19 @@ impl Emulated {
     /// `u64::MAX` turns that off.
     pub fn fail_allocs_after(&self, n: u64) {
         self.fail_allocs_after.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes each `alloc_frame` fail with the probability and in the reproducible sequence
+    /// `fail` gives (on top of [`fail_allocs_after`](Self::fail_allocs_after)); `None` turns
+    /// that off. The frame allocator's per-CPU caches stand in front of the pool: drain them
+    /// (`FrameAllocator::drain_caches`) to make the next allocations reach it.
+    pub fn fail_allocs_randomly(&self, fail: Option<FailRandomly>) {
+        *lock(&self.fail_randomly) = fail;
+    }
+
+    /// Allocations made to fail by [`fail_allocs_randomly`](Self::fail_allocs_randomly) so far.
+    pub fn injected_failures(&self) -> u64 {
+        self.injected_failures.load(Ordering::Relaxed)
     }
 
     /// The TLB of the calling thread's CPU, locked. The emulated MMU holds it for one access;
@@ -389,6 +439,13 @@ unsafe impl Platform for Emulated {
         }
         if budget != u64::MAX {
             self.fail_allocs_after.store(budget - 1, Ordering::Relaxed);
+        }
+        if lock(&self.fail_randomly)
+            .as_mut()
+            .is_some_and(FailRandomly::next_fails)
+        {
+            self.injected_failures.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         let mut pool = self.pool.lock().unwrap();
         let i = pool.free.pop()? as usize;
@@ -590,6 +647,34 @@ mod tests {
                 h.join().unwrap();
             }
         });
+    }
+
+    #[test]
+    fn random_allocation_failures_are_seeded_and_reproducible() {
+        let run = |seed| {
+            let p = Emulated::new(1, 1);
+            p.fail_allocs_randomly(Some(FailRandomly::new(seed, 300_000)));
+            let got: Vec<bool> = (0..64)
+                .map(|_| match p.alloc_frame() {
+                    Some(f) => {
+                        p.free_frame(f);
+                        true
+                    }
+                    None => false,
+                })
+                .collect();
+            p.fail_allocs_randomly(None);
+            assert!(p.alloc_frame().is_some(), "injection not turned off");
+            (got, p.injected_failures())
+        };
+        let (a, failed) = run(7);
+        assert_eq!(run(7).0, a, "same seed, different failures");
+        assert_ne!(run(8).0, a, "the seed changes nothing");
+        assert_eq!(failed as usize, a.iter().filter(|ok| !**ok).count());
+        assert!(
+            (5..40).contains(&failed),
+            "{failed} of 64 failed at p = 0.3"
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ use crate::testutil::{Env, PAGE, PIC_BASE, anon, fixed, prot_of};
 use crate::vma::Prot;
 
 /// Pages of the window the operations work in (spans two PTE tables).
-const WINDOW: u64 = 600;
+pub(super) const WINDOW: u64 = 600;
 const CASES: u32 = 200;
-const CPUS: usize = 2;
+pub(super) const CPUS: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -77,13 +77,13 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Page number (absolute) -> (protection, content byte).
-type Model = BTreeMap<u64, (Prot, u8)>;
+pub(super) type Model = BTreeMap<u64, (Prot, u8)>;
 
-fn addr(page: u64) -> u64 {
+pub(super) fn addr(page: u64) -> u64 {
     page * PAGE
 }
 
-fn window_page(p: u64) -> u64 {
+pub(super) fn window_page(p: u64) -> u64 {
     PIC_BASE / PAGE + p
 }
 
@@ -179,7 +179,7 @@ fn check_tlbs(env: &Env, mm: &AddressSpace<Emulated>) {
     }
 }
 
-fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
+pub(super) fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
     mm.validate().unwrap();
     check_tlbs(env, mm);
     // VMAs = the model's pages, merged into runs of equal protection.
