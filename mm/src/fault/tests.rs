@@ -122,17 +122,27 @@ fn two_cpus_faulting_one_page_both_succeed_with_one_frame() {
         mm.mmap(PIC_BASE, pages * PAGE, rw(), fixed()).unwrap();
         let barrier = std::sync::Barrier::new(2);
         std::thread::scope(|s| {
+            let mut handles = std::vec::Vec::new();
             for cpu in 0..2 {
                 let (mm, barrier) = (&mm, &barrier);
-                env.p.spawn_cpu(s, cpu, move || {
-                    for i in 0..pages {
-                        barrier.wait();
-                        let a = PIC_BASE + i * PAGE;
-                        let r =
-                            handle_mm_fault(mm, VirtAddr::new(a), Access::user(AccessKind::Write));
-                        assert_eq!(r, FaultResult::Resolved);
-                    }
-                });
+                // Results are checked after the scope: an assertion here would leave the other
+                // thread at the barrier for good.
+                handles.push(env.p.spawn_cpu(s, cpu, move || {
+                    (0..pages)
+                        .map(|i| {
+                            barrier.wait();
+                            let a = PIC_BASE + i * PAGE;
+                            handle_mm_fault(mm, VirtAddr::new(a), Access::user(AccessKind::Write))
+                        })
+                        .collect::<std::vec::Vec<_>>()
+                }));
+            }
+            for h in handles {
+                let results = h.join().unwrap();
+                assert!(
+                    results.iter().all(|&r| r == FaultResult::Resolved),
+                    "{results:?}"
+                );
             }
         });
         let mut seen = std::collections::BTreeSet::new();
