@@ -43,6 +43,19 @@ pub fn runner(args: &[String]) -> Result<bool, String> {
         None => vec![env_u64("KTEST_SMP", 8)? as u32],
     };
     let image = image::build(&elf, Firmware::Bios)?;
+    if !is_test_binary(&elf) {
+        // `cargo run` of a kernel binary: boot it as `boot run` does; there are no tests to count.
+        let opts = qemu::Options {
+            smp: env_u64("KTEST_SMP", 8)? as u32,
+            timeout: Some(Duration::from_secs(timeout)),
+            ..Default::default()
+        };
+        let out = qemu::run(&image, &opts)?;
+        if !out.success {
+            eprintln!("boot: {}", out.reason);
+        }
+        return Ok(out.success);
+    }
     let mut all_ok = true;
     for smp in smps {
         let opts = qemu::Options {
@@ -347,6 +360,13 @@ fn still_running(lines: &[String]) -> Vec<String> {
     running
 }
 
+/// Whether cargo built `elf` as a test (its name carries cargo's hash), not as a plain binary
+/// (`target/x86_64-unknown-none/debug/kernel`, what `cargo run` hands the runner).
+fn is_test_binary(elf: &Path) -> bool {
+    let stem = elf.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    binary_name(elf) != stem
+}
+
 /// `target/.../deps/basic_boot-0123abcd` -> `basic_boot`.
 fn binary_name(elf: &Path) -> String {
     let stem = elf.file_stem().and_then(|s| s.to_str()).unwrap_or("kernel");
@@ -516,6 +536,20 @@ mod tests {
                 failed: 1
             }
         );
+    }
+
+    #[test]
+    fn plain_binaries_are_told_from_test_binaries() {
+        assert!(is_test_binary(Path::new("t/deps/kernel-0a1b2c3d4e5f6789")));
+        assert!(is_test_binary(Path::new(
+            "t/build/ktests/0a1b/out/smp-0a1b2c3d4e5f6789"
+        )));
+        assert!(!is_test_binary(Path::new(
+            "t/x86_64-unknown-none/debug/kernel"
+        )));
+        assert!(!is_test_binary(Path::new(
+            "t/x86_64-unknown-none/release/bench"
+        )));
     }
 
     #[test]
