@@ -1,5 +1,7 @@
 //! Maple nodes: 256-byte, 256-byte-aligned blocks of 32 words, and the tagged words that point to
-//! them. All the tree's unsafe memory handling is here.
+//! them. Node memory is allocated, published and freed here; `mod.rs` and `write.rs` hold
+//! the rest of the tree's `unsafe` (values read and moved through slot pointers), each block with
+//! its `SAFETY` comment.
 //!
 //! Layout (word 0 is `meta`: slot count, kind, dead and poison marks):
 //! ```text
