@@ -212,9 +212,10 @@ pub fn preempt_count() -> u32 {
 #[inline]
 fn preempt_count_add(delta: i32) -> u32 {
     let mut v = delta as u32;
-    // SAFETY: GS points at this CPU's `PerCpu` (callers check READY), and the offset is that of
-    // the u32 `preempt_count`, which only this CPU writes. `xadd` without `lock` is atomic with
-    // respect to interrupts on this CPU, which is all that touches the count.
+    // `xadd` without `lock` is atomic with respect to interrupts on this CPU, the only other
+    // writer of the count.
+    // SAFETY: GS points at this CPU's `PerCpu` (callers check READY); the offset is its u32
+    // `preempt_count`, which only this CPU writes.
     unsafe {
         core::arch::asm!("xadd dword ptr gs:[{o}], {v:e}", v = inout(reg) v, o = const PREEMPT_OFFSET, options(nostack))
     };

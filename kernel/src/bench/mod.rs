@@ -271,9 +271,10 @@ fn measure(
         FaultPolicy::PerVmaLock
     });
     if policy == Policy::Floor {
-        // SAFETY: the workers' memory is `worker_span`, whole page-table blocks per worker
-        // (1 GiB slots; pieces of 2 MiB multiples), unmapped only by its worker between its own
-        // faults, or by this thread after every worker stopped; `pft` zaps with DONTNEED.
+        // The workers' memory is `worker_span`: whole page-table blocks per worker (1 GiB slots,
+        // pieces of 2 MiB multiples); `pft` zaps with DONTNEED, which never unhooks a table.
+        // SAFETY: a worker's range is unmapped only by that worker between its own faults, or by
+        // this thread after every worker stopped: no unhook races a floor fault.
         unsafe { hook::set_floor_range(worker_span.clone()) };
     }
     let ctl = Arc::new(Control::new());

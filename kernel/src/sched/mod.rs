@@ -453,9 +453,9 @@ pub(crate) fn schedule() {
 /// (`AddressSpace::cpus` explains why a shootdown initiator then either sees this CPU in the
 /// mask or finds nothing of that address space cached here).
 fn switch_address_space(cpu: usize, next: &Thread) {
-    // SAFETY: interrupts are off, on this CPU (`schedule`), and `schedule` holds no borrow of
-    // the slots across this call. The running thread is still `slots.0`: the thread whose root
-    // is loaded (every switch to a thread loads its root here).
+    // The running thread is still `slots.0`: the thread whose root is loaded (every switch to a
+    // thread loads its root here).
+    // SAFETY: interrupts are off, on this CPU (`schedule`), which holds no borrow of the slots.
     let prev = unsafe { PERCPU[cpu].sched.slots() }.0.as_deref();
     let prev_mm = prev.and_then(|t| t.mm.as_deref());
     let next_mm = next.mm.as_deref();
@@ -534,10 +534,9 @@ extern "C" fn thread_start() -> ! {
     interrupts::enable();
     // No `Arc` of ourselves may live in this frame: `exit` never returns, so it would leak.
     let entry = with_current(|t| t.entry.get());
+    // `exit` from inside `f` takes the slot, but never returns here, so this borrow is then dead.
     // SAFETY: only the thread itself touches its entry slot once it runs (`Thread`'s
-    // invariants), and nothing else of this thread does while `f` runs, except `exit` ending
-    // the thread from inside `f`: then this borrow is never used again, as `exit` does not
-    // return here.
+    // invariants), and nothing else of this thread does while `f` runs.
     let f = unsafe { (*entry).as_mut() }.expect("thread started twice");
     let code = f();
     exit(code)

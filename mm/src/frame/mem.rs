@@ -20,11 +20,12 @@ pub fn words<P: Platform>(platform: &P, frame: PhysFrame) -> &[AtomicU64; WORDS]
         (ptr as usize).is_multiple_of(8),
         "platform maps frames to unaligned pointers"
     );
-    // SAFETY: 1. `Platform` promises `ptr` addresses the whole 4 KiB frame for as long as the
-    // platform lives, which outlives the returned borrow of `platform`; 2. it is 8-aligned
-    // (checked), and `AtomicU64` has the size and alignment of `u64`, so the frame is a valid
-    // `[AtomicU64; 512]`; 3. `mm` accesses frame memory only through such atomics (this module's
-    // rule), so shared references to it never meet a non-atomic write from `mm`.
+    // Conditions: 1. `Platform` promises `ptr` addresses the whole 4 KiB frame for as long as
+    // the platform lives, which outlives the returned borrow of `platform`; 2. it is 8-aligned
+    // (checked), and `AtomicU64` has the size and alignment of `u64`; 3. `mm` accesses frame
+    // memory only through such atomics (this module's rule).
+    // SAFETY: by 1-2 the frame is a valid `[AtomicU64; 512]` for the borrow; by 3 shared
+    // references to it never meet a non-atomic write from `mm`.
     unsafe { &*(ptr as *const [AtomicU64; WORDS]) }
 }
 

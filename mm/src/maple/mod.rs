@@ -277,11 +277,10 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
             Ok(()) => Ok(()),
             Err(_) => {
                 let words = pieces[..n].iter().filter(|p| p.word != 0);
-                // SAFETY: a failed write leaves the words, each just made from a `V`, to us.
-                let back = ranges
-                    .into_iter()
-                    .zip(words)
-                    .map(|(r, p)| (r, unsafe { from_word(p.word) }));
+                let back = ranges.into_iter().zip(words).map(|(r, p)| {
+                    // SAFETY: a failed write leaves the words, each just made from a `V`, to us.
+                    (r, unsafe { from_word(p.word) })
+                });
                 Err(StoreSpanError::NoMemory(back.collect()))
             }
         }
@@ -395,10 +394,11 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
 
     /// Borrows the value in a leaf slot for as long as the guard lives.
     fn borrow<'g>(&'g self, slot: *const u64, _g: &'g RcuReadGuard<'_, P>) -> &'g V {
-        // SAFETY: `slot` is a non-empty slot of a leaf reached under `_g`: it holds the bits of a
-        // `V` (type invariant) that are never rewritten while the leaf lives (leaf slots are
-        // immutable once published), and neither the leaf nor the value is freed before a grace
-        // period that cannot end while `_g` lives. `MapleValue` allows borrowing the bits.
+        // `slot` is a non-empty slot of a leaf reached under `_g`: it holds the bits of a `V`
+        // (type invariant), never rewritten while the leaf lives (published leaf slots are
+        // immutable); `MapleValue` allows borrowing the bits.
+        // SAFETY: neither the leaf nor the value is freed before a grace period that cannot end
+        // while `_g` lives.
         unsafe { &*(slot as *const V) }
     }
 }

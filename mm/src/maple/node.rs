@@ -100,9 +100,9 @@ impl NodeRef {
     }
 
     fn node(&self) -> &Node {
-        // SAFETY: by the type invariant the node is allocated; callers only hold a `NodeRef`
-        // they loaded from the live tree under an RCU guard or the writer lock, or one they
-        // allocated, so it is not freed while they use it.
+        // Callers hold only a `NodeRef` loaded from the live tree under an RCU guard or the
+        // writer lock, or one they allocated.
+        // SAFETY: by the type invariant the node is allocated, and not freed while used.
         unsafe { &*((self.0 & !TAG_LEAF) as *const Node) }
     }
 

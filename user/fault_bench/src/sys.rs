@@ -97,9 +97,9 @@ impl Mapping {
             "touch at {offset:#x} outside {:#x}",
             self.len
         );
+        // A volatile write is what makes the fault happen.
         // SAFETY: by the invariant the byte is mapped writable while `self` lives, and nothing
-        // else in the program holds a reference into the mapping; a volatile write is what
-        // makes the fault happen.
+        // else in the program holds a reference into the mapping.
         unsafe { ((self.addr + offset) as *mut u8).write_volatile(1) }
     }
 
@@ -134,9 +134,9 @@ impl Mapping {
         call: &'static str,
     ) -> Result<(), SysError> {
         self.check_range(offset, len);
-        // SAFETY: the range lies inside the mapping this value owns; the advice given here
-        // (MADV_NOHUGEPAGE, MADV_DONTNEED) only drops page contents nobody holds a reference
-        // to.
+        // The advice given here (MADV_NOHUGEPAGE, MADV_DONTNEED) only drops page contents.
+        // SAFETY: the range lies inside the mapping this value owns, and nobody holds a
+        // reference to its contents.
         let ret = unsafe { libc::madvise((self.addr + offset) as *mut libc::c_void, len, advice) };
         check(call, ret)
     }

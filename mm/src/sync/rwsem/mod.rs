@@ -263,9 +263,9 @@ impl<W: Park> RwSemaphore<W> {
     fn queue_and_wait(&self, mut list: super::SpinGuard<'_, WaitList>, waiter: &Waiter, now: u64) {
         #[cfg(all(test, not(loom)))]
         let seen = self.acquired.snapshot();
-        // SAFETY: `waiter` lives in our caller's frame, which does not return before the waiter
-        // is unlinked: we return only once it is GRANTED (unlinked by its waker), and `Queued`
-        // turns unwinding before that into an abort.
+        // We return only once the waiter is GRANTED (unlinked by its waker), and `Queued` turns
+        // unwinding before that into an abort.
+        // SAFETY: `waiter` lives in our caller's frame, which does not return before it is unlinked.
         unsafe { list.push_back(waiter) };
         let queued = Queued;
         // A holder that released before WAITERS became visible saw no waiters and will not wake
