@@ -15,7 +15,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel::arch::percpu::online_count;
-use kernel::memory::FRAMES;
 use kernel::platform::memory;
 use kernel::process::{EXIT_SEGV, Process};
 use mm::memory::FaultPolicy;
@@ -25,27 +24,12 @@ use mm::vma::Prot;
 
 kernel::test_kernel!();
 
+mod common;
+use common::free_frames;
+
 const PAGE: u64 = 4096;
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const RW: Prot = Prot::READ.union(Prot::WRITE);
-
-/// Free frames once every exited thread is gone (a CPU releases the last thread it ran at its
-/// next switch) and its stack unmapped, and `mm`'s deferred frees and per-CPU caches are flushed.
-fn free_frames() -> u64 {
-    let resident = kernel::sched::resident_threads();
-    let deadline = kernel::arch::apic::now_ns() + 10_000_000_000;
-    while kernel::sched::live_threads() > resident {
-        assert!(
-            kernel::arch::apic::now_ns() < deadline,
-            "exited threads are never released"
-        );
-        kernel::sched::sleep_ns(5_000_000);
-    }
-    kernel::memory::stack::reap();
-    memory().quiesce();
-    // Kernel page tables made meanwhile (for new stack slots) stay: count them as free.
-    FRAMES.stats().1 + kernel::memory::kernel_table_frames()
-}
 
 fn assert_frames_back_to(baseline: u64) {
     let now = free_frames();

@@ -17,8 +17,8 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kernel::arch::apic::now_ns;
 use kernel::arch::percpu::{online_count, this_cpu};
-use kernel::memory::{FRAMES, heap};
-use kernel::platform::{memory, rcu};
+use kernel::memory::heap;
+use kernel::platform::rcu;
 use kernel::process::Process;
 use kernel::sched::{self, JoinHandle, sleep_ns};
 use mm::ops::MapFlags;
@@ -28,6 +28,9 @@ use x86_64::instructions::interrupts;
 
 kernel::test_kernel!();
 
+mod common;
+use common::free_frames;
+
 const PAGE: u64 = 4096;
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const FIXED: MapFlags = ANON.union(MapFlags::FIXED);
@@ -36,20 +39,6 @@ const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// slot's PTE table and frees it through `call_rcu` in `ZapFlush::flush`.
 const SLOT: u64 = 0x4000_0000;
 const SECOND: u64 = 1_000_000_000;
-
-/// Free frames once every exited thread is gone and `mm`'s deferred frees and per-CPU caches
-/// are flushed (as in `mm_fault`).
-fn free_frames() -> u64 {
-    let resident = sched::resident_threads();
-    let deadline = now_ns() + 10 * SECOND;
-    while sched::live_threads() > resident {
-        assert!(now_ns() < deadline, "exited threads are never released");
-        sleep_ns(5_000_000);
-    }
-    kernel::memory::stack::reap();
-    memory().quiesce();
-    FRAMES.stats().1 + kernel::memory::kernel_table_frames()
-}
 
 /// Maps `pages` pages at the slot, touches each, and unmaps them: `call_rcu` for the emptied
 /// PTE table (preemptible, in `ZapFlush::flush`) and for the tree's old nodes (under the tree's

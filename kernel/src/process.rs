@@ -86,6 +86,26 @@ pub fn init() {
 /// Faults the current thread's address space resolves; everything else is the kernel's bug
 /// (`false`: the #PF handler panics with a dump).
 fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool {
+    handle_user_fault(addr, error, frame, |mm, access| {
+        // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on,
+        // as the faulting code had them (an interrupt gate turned them off).
+        interrupts::enable();
+        let result = handle_mm_fault(mm, addr, access);
+        interrupts::disable();
+        result
+    })
+}
+
+/// The part of a #PF hook common to every resolver: checks that the fault is a user-half fault
+/// of a thread with an address space, in a context that may sleep, calls `resolve` (interrupts
+/// off) and carries out its verdict: a fault it cannot resolve ends the thread with one log
+/// line. Returns `false` for a fault that is the kernel's bug.
+pub(crate) fn handle_user_fault(
+    addr: VirtAddr,
+    error: PageFaultErrorCode,
+    frame: &InterruptStackFrame,
+    resolve: impl FnOnce(&Mm, Access) -> FaultResult,
+) -> bool {
     if addr.as_u64() >= mm::pgtable::USER_END {
         return false;
     }
@@ -97,15 +117,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
         return false;
     }
     let access = Access::from_error_code(error.bits());
-    let outcome = sched::with_current(|t| {
-        let mm = t.mm()?;
-        // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on,
-        // as the faulting code had them (an interrupt gate turned them off).
-        interrupts::enable();
-        let result = handle_mm_fault(mm, addr, access);
-        interrupts::disable();
-        Some((result, t.id()))
-    });
+    let outcome = sched::with_current(|t| Some((resolve(t.mm()?, access), t.id())));
     let Some((result, tid)) = outcome else {
         // A kernel thread touched the user half: a kernel bug.
         return false;

@@ -1,4 +1,6 @@
-//! Helpers shared by the soak and fault-injection test kernels.
+//! Helpers shared by the test kernels (each uses a part of them).
+
+#![allow(dead_code)]
 
 use kernel::arch::apic::now_ns;
 use kernel::memory::FRAMES;

@@ -1,7 +1,8 @@
 //! The benchmark's #PF hook, installed for the whole run in place of `process`'s.
 //!
-//! It stamps the profile's `Entry` (the first thing any fault does here), then either runs the
-//! normal fault path exactly as `process` does (`handle_mm_fault` with interrupts on), or, for
+//! It stamps the profile's `Entry` (the first thing any fault does here), then, through `process`'s
+//! common #PF handling, either runs the normal fault path (`handle_mm_fault` with interrupts
+//! on), or, for
 //! addresses in the floor range, the floor probe: `PageTables::floor_map_anon` with interrupts
 //! still off (take a frame, zero it, CAS the PTE; no VMA, no lock).
 
@@ -9,18 +10,15 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::fault::profile::{self, Stamp};
-use mm::fault::{Access, FaultResult, handle_mm_fault};
-use mm::pgtable::{USER_END, pte_flags_for};
+use mm::fault::{FaultResult, handle_mm_fault};
+use mm::pgtable::pte_flags_for;
 use mm::platform::PageTableFlags;
 use mm::vma::Prot;
 use x86_64::VirtAddr;
 use x86_64::instructions::interrupts;
-use x86_64::registers::rflags::RFlags;
 use x86_64::structures::idt::{InterruptStackFrame, PageFaultErrorCode};
 
 use crate::platform::{KernelPlatform, Mm};
-use crate::process::{EXIT_OOM, EXIT_SEGV};
-use crate::sched;
 
 /// The floor range `[start, end)`; empty when the floor policy is off.
 static FLOOR_START: AtomicU64 = AtomicU64::new(0);
@@ -62,51 +60,16 @@ fn in_floor(addr: u64) -> bool {
 
 fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool {
     profile::stamp(&KernelPlatform, Stamp::Entry);
-    let a = addr.as_u64();
-    if a >= USER_END {
-        return false;
-    }
-    if crate::arch::percpu::this_cpu()
-        .preempt_count
-        .load(Ordering::Relaxed)
-        != 0
-        || !frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG)
-    {
-        // As in `process`: a user-memory fault that cannot sleep is a kernel bug.
-        return false;
-    }
-    let access = Access::from_error_code(error.bits());
-    let outcome = sched::with_current(|t| {
-        let mm = t.mm()?;
-        let result = if in_floor(a) {
-            floor(mm, a)
-        } else {
-            interrupts::enable();
-            let r = handle_mm_fault(mm, addr, access);
-            interrupts::disable();
-            r
-        };
-        Some((result, t.id()))
-    });
-    let Some((result, tid)) = outcome else {
-        return false;
-    };
-    match result {
-        FaultResult::Resolved => true,
-        FaultResult::Segv { addr, reason } => {
-            crate::warn!(
-                "bench: thread {tid}: segmentation fault at {:#x} ({reason:?}); thread ended",
-                addr.as_u64()
-            );
-            interrupts::enable();
-            sched::exit(EXIT_SEGV)
+    crate::process::handle_user_fault(addr, error, frame, |mm, access| {
+        let a = addr.as_u64();
+        if in_floor(a) {
+            return floor(mm, a);
         }
-        FaultResult::Oom => {
-            crate::warn!("bench: thread {tid}: out of memory at {a:#x}; thread ended");
-            interrupts::enable();
-            sched::exit(EXIT_OOM)
-        }
-    }
+        interrupts::enable();
+        let r = handle_mm_fault(mm, addr, access);
+        interrupts::disable();
+        r
+    })
 }
 
 /// The floor probe: a zeroed frame at `addr`, nothing else.
