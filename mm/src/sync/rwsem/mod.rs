@@ -261,8 +261,6 @@ impl<W: Park> RwSemaphore<W> {
 
     /// Queues `waiter` last and returns once it holds the lock.
     fn queue_and_wait(&self, mut list: super::SpinGuard<'_, WaitList>, waiter: &Waiter, now: u64) {
-        #[cfg(all(test, not(loom)))]
-        let seen = self.acquired.snapshot();
         // We return only once the waiter is GRANTED (unlinked by its waker), and `Queued` turns
         // unwinding before that into an abort.
         // SAFETY: `waiter` lives in our caller's frame, which does not return before it is unlinked.
@@ -271,6 +269,11 @@ impl<W: Park> RwSemaphore<W> {
         // A holder that released before WAITERS became visible saw no waiters and will not wake
         // anyone, so look at the lock ourselves (both are RMWs of `state`: one sees the other).
         self.state.fetch_or(WAITERS, Ordering::Relaxed);
+        // Fairness is counted from here: before WAITERS is visible, fast-path lockers cannot
+        // know anyone waits (a thread preempted between the push and this RMW is not yet queued
+        // as far as the lock word says).
+        #[cfg(all(test, not(loom)))]
+        let seen = self.acquired.snapshot();
         let wake = self.mark_wake(&mut list, now, Some(waiter));
         drop(list);
         if wake {
