@@ -1,0 +1,268 @@
+//! The ramdisk of programs: a POSIX ustar archive (read with `tar-no-std`, written on the host
+//! with `tar`) holding
+//! ```text
+//! bin/<name>     an ELF executable
+//! run/<n>        the n-th program to start (n = 0, 1, ... in decimal, no gaps): NUL-terminated
+//!                strings, the first naming a file in bin/, the rest its argv (argv[0] first)
+//! ```
+//! NUL-terminated strings let arguments hold spaces, quotes or newlines. One ELF may be started
+//! several times with different arguments. Anything else in the archive is an error, so a
+//! ramdisk made by something else is refused rather than half understood.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use tar_no_std::{CorruptDataError, TarArchiveRef};
+
+/// Directory of the ELF files.
+pub const BIN_DIR: &str = "bin/";
+/// Directory of the start list.
+pub const RUN_DIR: &str = "run/";
+/// Longest program name (ustar keeps 100 bytes of name beside its prefix field).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// One program to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program<'a> {
+    /// Its file in `bin/`.
+    pub name: String,
+    pub argv: Vec<String>,
+    pub elf: &'a [u8],
+}
+
+/// Why a ramdisk is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitrdError {
+    /// Not a well-formed tar archive.
+    Corrupt(CorruptDataError),
+    /// An entry's name is not UTF-8.
+    NameNotUtf8,
+    /// An entry outside `bin/` and `run/`.
+    UnknownEntry(String),
+    /// A `bin/` name that is empty, too long, or holds `/` or a NUL.
+    BadName(String),
+    /// Two `bin/` entries with one name.
+    DuplicateProgram(String),
+    /// A `run/` name that is not a decimal index without leading zeros.
+    BadIndex(String),
+    /// Two `run/` entries with one index.
+    DuplicateIndex(u32),
+    /// `run/<n>` is missing although a later index exists.
+    MissingIndex(u32),
+    /// `run/<index>` is malformed.
+    Manifest { index: u32, problem: ManifestProblem },
+    /// `run/<index>` names a program that `bin/` does not hold.
+    NoSuchProgram { index: u32, name: String },
+}
+
+/// What is wrong with a `run/` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManifestProblem {
+    /// No program name.
+    Empty,
+    /// The last string has no terminating NUL.
+    Unterminated,
+    /// A string is not UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for InitrdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use InitrdError::*;
+        match self {
+            Corrupt(e) => write!(f, "ramdisk is not a valid tar archive: {e}"),
+            NameNotUtf8 => write!(f, "ramdisk entry name is not UTF-8"),
+            UnknownEntry(n) => write!(f, "ramdisk entry {n:?} is neither in bin/ nor in run/"),
+            BadName(n) => write!(
+                f,
+                "bad program name {n:?}: 1 to {MAX_NAME_LEN} bytes, no '/' or NUL"
+            ),
+            DuplicateProgram(n) => write!(f, "program {n:?} appears twice in the ramdisk"),
+            BadIndex(n) => write!(f, "bad start index {n:?} (decimal, no leading zeros)"),
+            DuplicateIndex(i) => write!(f, "run/{i} appears twice in the ramdisk"),
+            MissingIndex(i) => write!(f, "run/{i} is missing but a later one exists"),
+            Manifest { index, problem } => {
+                let what = match problem {
+                    ManifestProblem::Empty => "names no program",
+                    ManifestProblem::Unterminated => "does not end with a NUL",
+                    ManifestProblem::NotUtf8 => "holds a string that is not UTF-8",
+                };
+                write!(f, "run/{index} {what}")
+            }
+            NoSuchProgram { index, name } => {
+                write!(f, "run/{index} starts {name:?}, which is not in bin/")
+            }
+        }
+    }
+}
+
+impl core::error::Error for InitrdError {}
+
+/// The programs to start, in order.
+pub fn read(archive: &[u8]) -> Result<Vec<Program<'_>>, InitrdError> {
+    let tar = TarArchiveRef::new(archive).map_err(InitrdError::Corrupt)?;
+    let mut bins: BTreeMap<String, &[u8]> = BTreeMap::new();
+    let mut runs: BTreeMap<u32, &[u8]> = BTreeMap::new();
+    for entry in tar.entries() {
+        let path = entry.filename();
+        let path = path.as_str().map_err(|_| InitrdError::NameNotUtf8)?;
+        if let Some(name) = path.strip_prefix(BIN_DIR) {
+            check_name(name)?;
+            if bins.insert(name.to_string(), entry.data()).is_some() {
+                return Err(InitrdError::DuplicateProgram(name.to_string()));
+            }
+        } else if let Some(index) = path.strip_prefix(RUN_DIR) {
+            let n = parse_index(index)?;
+            if runs.insert(n, entry.data()).is_some() {
+                return Err(InitrdError::DuplicateIndex(n));
+            }
+        } else {
+            return Err(InitrdError::UnknownEntry(path.to_string()));
+        }
+    }
+
+    let mut programs = Vec::with_capacity(runs.len());
+    for (expected, (&index, manifest)) in (0u32..).zip(&runs) {
+        if index != expected {
+            return Err(InitrdError::MissingIndex(expected));
+        }
+        let mut strings = parse_manifest(index, manifest)?;
+        // `parse_manifest` returns at least the name.
+        let name = strings.remove(0);
+        let elf = *bins
+            .get(&name)
+            .ok_or_else(|| InitrdError::NoSuchProgram { index, name: name.clone() })?;
+        programs.push(Program { name, argv: strings, elf });
+    }
+    Ok(programs)
+}
+
+/// Checks a `bin/` name.
+pub fn check_name(name: &str) -> Result<(), InitrdError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains(['/', '\0']) {
+        return Err(InitrdError::BadName(name.to_string()));
+    }
+    Ok(())
+}
+
+fn parse_index(s: &str) -> Result<u32, InitrdError> {
+    let canonical = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    canonical
+        .then(|| s.parse().ok())
+        .flatten()
+        .ok_or_else(|| InitrdError::BadIndex(s.to_string()))
+}
+
+/// The NUL-terminated strings of `run/<index>`: the program name, then argv.
+fn parse_manifest(index: u32, data: &[u8]) -> Result<Vec<String>, InitrdError> {
+    let problem = |problem| InitrdError::Manifest { index, problem };
+    let body = match data.split_last() {
+        None => return Err(problem(ManifestProblem::Empty)),
+        Some((&0, body)) => body,
+        Some(_) => return Err(problem(ManifestProblem::Unterminated)),
+    };
+    let strings = body
+        .split(|&b| b == 0)
+        .map(|s| core::str::from_utf8(s).map(ToString::to_string))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| problem(ManifestProblem::NotUtf8))?;
+    if strings[0].is_empty() {
+        return Err(problem(ManifestProblem::Empty));
+    }
+    Ok(strings)
+}
+
+#[cfg(any(test, feature = "host"))]
+pub use writer::{HostProgram, WriteError, write};
+
+#[cfg(any(test, feature = "host"))]
+mod writer {
+    extern crate std;
+
+    use alloc::collections::BTreeMap;
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+    use core::fmt;
+
+    use super::{BIN_DIR, InitrdError, RUN_DIR, check_name};
+
+    /// A program to pack: its name in `bin/`, its argv, its ELF file.
+    #[derive(Clone, Debug)]
+    pub struct HostProgram {
+        pub name: String,
+        pub argv: Vec<String>,
+        pub elf: Vec<u8>,
+    }
+
+    /// Why a ramdisk cannot be written.
+    #[derive(Debug)]
+    pub enum WriteError {
+        Name(InitrdError),
+        /// Two different files under one name.
+        NameClash(String),
+        /// An argument holds a NUL byte.
+        Nul { program: String },
+        Io(std::io::Error),
+    }
+
+    impl fmt::Display for WriteError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                WriteError::Name(e) => write!(f, "{e}"),
+                WriteError::NameClash(n) => {
+                    write!(f, "two different programs are named {n:?}")
+                }
+                WriteError::Nul { program } => {
+                    write!(f, "an argument of {program:?} holds a NUL byte")
+                }
+                WriteError::Io(e) => write!(f, "writing the archive: {e}"),
+            }
+        }
+    }
+
+    impl std::error::Error for WriteError {}
+
+    /// The ramdisk that starts `programs` in order. The output depends only on the input
+    /// (times, owners and modes are fixed), so equal inputs give equal archives.
+    pub fn write(programs: &[HostProgram]) -> Result<Vec<u8>, WriteError> {
+        let mut bins: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        for p in programs {
+            check_name(&p.name).map_err(WriteError::Name)?;
+            if p.argv.iter().any(|a| a.contains('\0')) {
+                return Err(WriteError::Nul { program: p.name.clone() });
+            }
+            match bins.insert(&p.name, &p.elf) {
+                Some(other) if other != p.elf.as_slice() => {
+                    return Err(WriteError::NameClash(p.name.clone()));
+                }
+                _ => {}
+            }
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8], mode: u32| {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_mode(mode);
+            header.set_mtime(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut header, path, data).map_err(WriteError::Io)
+        };
+        for (name, elf) in &bins {
+            add(&format!("{BIN_DIR}{name}"), elf, 0o755)?;
+        }
+        for (i, p) in programs.iter().enumerate() {
+            let mut manifest = Vec::new();
+            for s in core::iter::once(&p.name).chain(&p.argv) {
+                manifest.extend_from_slice(s.as_bytes());
+                manifest.push(0);
+            }
+            add(&format!("{RUN_DIR}{i}"), &manifest, 0o644)?;
+        }
+        tar.into_inner().map_err(WriteError::Io)
+    }
+}
