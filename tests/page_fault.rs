@@ -8,10 +8,11 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kernel::arch::idt::set_page_fault_hook;
+use kernel::arch::idt::{PageFaultHook, set_page_fault_hook};
+use kernel::arch::trap::TrapFrame;
 use kernel::memory::{FRAMES, map_kernel_page};
 use x86_64::VirtAddr;
-use x86_64::structures::idt::{InterruptStackFrame, PageFaultErrorCode};
+use x86_64::structures::idt::PageFaultErrorCode;
 use x86_64::structures::paging::{Page, PageTableFlags};
 
 kernel::test_kernel!();
@@ -22,7 +23,7 @@ const TARGET: u64 = 0x5555_0000_0000;
 static FAULTS: AtomicU64 = AtomicU64::new(0);
 static LAST_ERROR: AtomicU64 = AtomicU64::new(0);
 
-fn map_on_fault(addr: VirtAddr, error: PageFaultErrorCode, _frame: &InterruptStackFrame) -> bool {
+fn map_on_fault(addr: VirtAddr, error: PageFaultErrorCode, _frame: &mut TrapFrame) -> bool {
     if addr.align_down(4096u64).as_u64() != TARGET {
         return false;
     }
@@ -37,7 +38,8 @@ fn map_on_fault(addr: VirtAddr, error: PageFaultErrorCode, _frame: &InterruptSta
 
 #[test_case]
 fn write_fault_is_resolved_by_the_hook() {
-    set_page_fault_hook(Some(map_on_fault));
+    static HOOK: PageFaultHook = PageFaultHook(map_on_fault);
+    set_page_fault_hook(Some(&HOOK));
     let p = (TARGET + 8) as *mut u64;
     // SAFETY: the first touch faults and the hook maps the page; the write is then retried.
     unsafe { p.write_volatile(0xfeed) };

@@ -52,7 +52,10 @@ pub enum InitrdError {
     /// `run/<n>` is missing although a later index exists.
     MissingIndex(u32),
     /// `run/<index>` is malformed.
-    Manifest { index: u32, problem: ManifestProblem },
+    Manifest {
+        index: u32,
+        problem: ManifestProblem,
+    },
     /// `run/<index>` names a program that `bin/` does not hold.
     NoSuchProgram { index: u32, name: String },
 }
@@ -131,10 +134,15 @@ pub fn read(archive: &[u8]) -> Result<Vec<Program<'_>>, InitrdError> {
         let mut strings = parse_manifest(index, manifest)?;
         // `parse_manifest` returns at least the name.
         let name = strings.remove(0);
-        let elf = *bins
-            .get(&name)
-            .ok_or_else(|| InitrdError::NoSuchProgram { index, name: name.clone() })?;
-        programs.push(Program { name, argv: strings, elf });
+        let elf = *bins.get(&name).ok_or_else(|| InitrdError::NoSuchProgram {
+            index,
+            name: name.clone(),
+        })?;
+        programs.push(Program {
+            name,
+            argv: strings,
+            elf,
+        });
     }
     Ok(programs)
 }
@@ -148,9 +156,8 @@ pub fn check_name(name: &str) -> Result<(), InitrdError> {
 }
 
 fn parse_index(s: &str) -> Result<u32, InitrdError> {
-    let canonical = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical
         .then(|| s.parse().ok())
         .flatten()
@@ -206,7 +213,9 @@ mod writer {
         /// Two different files under one name.
         NameClash(String),
         /// An argument holds a NUL byte.
-        Nul { program: String },
+        Nul {
+            program: String,
+        },
         Io(std::io::Error),
     }
 
@@ -234,7 +243,9 @@ mod writer {
         for p in programs {
             check_name(&p.name).map_err(WriteError::Name)?;
             if p.argv.iter().any(|a| a.contains('\0')) {
-                return Err(WriteError::Nul { program: p.name.clone() });
+                return Err(WriteError::Nul {
+                    program: p.name.clone(),
+                });
             }
             match bins.insert(&p.name, &p.elf) {
                 Some(other) if other != p.elf.as_slice() => {
@@ -250,7 +261,8 @@ mod writer {
             header.set_mode(mode);
             header.set_mtime(0);
             header.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut header, path, data).map_err(WriteError::Io)
+            tar.append_data(&mut header, path, data)
+                .map_err(WriteError::Io)
         };
         for (name, elf) in &bins {
             add(&format!("{BIN_DIR}{name}"), elf, 0o755)?;

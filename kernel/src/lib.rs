@@ -7,7 +7,6 @@
 #![no_std]
 #![cfg_attr(test, no_main)]
 #![feature(custom_test_frameworks)]
-#![feature(abi_x86_interrupt)]
 #![test_runner(crate::testing::test_runner)]
 #![reexport_test_harness_main = "test_main"]
 
@@ -25,6 +24,7 @@ pub mod qemu;
 pub mod sched;
 pub mod serial;
 pub mod testing;
+pub mod user;
 
 pub use bootloader_api;
 use bootloader_api::BootInfo;
@@ -69,6 +69,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     log::init_from_build();
     arch::gdt::init_bsp();
     arch::idt::load();
+    arch::init_cpu_features();
     arch::mask_legacy_pic();
     let offset = boot_info
         .physical_memory_offset

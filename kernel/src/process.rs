@@ -17,8 +17,10 @@ use mm::frame::FrameAllocError;
 use mm::mm::AddressSpace;
 use x86_64::VirtAddr;
 use x86_64::instructions::interrupts;
-use x86_64::registers::rflags::RFlags;
-use x86_64::structures::idt::{InterruptStackFrame, PageFaultErrorCode};
+use x86_64::structures::idt::PageFaultErrorCode;
+
+use crate::arch::idt::PageFaultHook;
+use crate::arch::trap::{RFLAGS_IF, TrapFrame};
 
 use crate::memory::stack::StackError;
 use crate::platform::{Mm, memory};
@@ -61,7 +63,7 @@ impl Process {
     where
         F: FnMut() -> i64 + Send + 'static,
     {
-        sched::start(name.into(), None, Some(self.mm.clone()), Box::new(f))
+        sched::start(name.into(), None, Some(self.mm.clone()), None, Box::new(f))
     }
 
     /// Starts a thread in this process that runs only on `cpu`.
@@ -74,18 +76,31 @@ impl Process {
     where
         F: FnMut() -> i64 + Send + 'static,
     {
-        sched::start(name.into(), Some(cpu), Some(self.mm.clone()), Box::new(f))
+        sched::start(
+            name.into(),
+            Some(cpu),
+            Some(self.mm.clone()),
+            None,
+            Box::new(f),
+        )
     }
 }
 
-/// Routes page faults on user-half addresses to `mm`.
+/// Routes page faults on user-half addresses to `mm`, and ring-3 entries to the user layer.
 pub fn init() {
-    crate::arch::idt::set_page_fault_hook(Some(page_fault));
+    install_fault_hook();
+    crate::user::init();
+}
+
+/// Routes page faults on user-half addresses to `mm`.
+pub fn install_fault_hook() {
+    static HOOK: PageFaultHook = PageFaultHook(page_fault);
+    crate::arch::idt::set_page_fault_hook(Some(&HOOK));
 }
 
 /// Faults the current thread's address space resolves; everything else is the kernel's bug
 /// (`false`: the #PF handler panics with a dump).
-fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool {
+fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &mut TrapFrame) -> bool {
     handle_user_fault(addr, error, frame, |mm, access| {
         // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on,
         // as the faulting code had them (an interrupt gate turned them off).
@@ -98,37 +113,53 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
 
 /// The part of a #PF hook common to every resolver: checks that the fault is a user-half fault
 /// of a thread with an address space, in a context that may sleep, calls `resolve` (interrupts
-/// off) and carries out its verdict: a fault it cannot resolve ends the thread with one log
-/// line. Returns `false` for a fault that is the kernel's bug.
+/// off) and carries out its verdict. A fault it cannot resolve ends the process (from ring 3),
+/// fails the user copy that caused it (the kernel's user-copy helpers: `EFAULT`), or ends the
+/// thread (a kernel thread working on a process's memory), each with one log line. Returns
+/// `false` for a fault that is the kernel's bug.
 pub(crate) fn handle_user_fault(
     addr: VirtAddr,
     error: PageFaultErrorCode,
-    frame: &InterruptStackFrame,
+    frame: &mut TrapFrame,
     resolve: impl FnOnce(&Mm, Access) -> FaultResult,
 ) -> bool {
-    if addr.as_u64() >= mm::pgtable::USER_END {
-        return false;
-    }
-    if crate::arch::percpu::preempt_count() != 0
-        || !frame.cpu_flags.contains(RFlags::INTERRUPT_FLAG)
-    {
-        // A user-memory fault with preemption or interrupts off (inside a spinlock or RCU read
-        // section) cannot sleep to resolve: a kernel bug, reported by the #PF handler's panic.
-        return false;
-    }
     let access = Access::from_error_code(error.bits());
+    if addr.as_u64() >= mm::pgtable::USER_END {
+        if frame.from_user() {
+            crate::user::segv(frame, addr.as_u64(), "kernel address", access);
+        }
+        return false;
+    }
+    if crate::arch::percpu::preempt_count() != 0 || frame.rflags & RFLAGS_IF == 0 {
+        // A user-memory fault with preemption or interrupts off (inside a spinlock or RCU read
+        // section) cannot sleep to resolve: a user copy that may not fault fails with EFAULT;
+        // anything else is a kernel bug, reported by the #PF handler's panic.
+        return crate::arch::uaccess::fixup(frame);
+    }
     let outcome = sched::with_current(|t| Some((resolve(t.mm()?, access), t.id())));
     let Some((result, tid)) = outcome else {
         // A kernel thread touched the user half: a kernel bug.
         return false;
     };
+    if !matches!(result, FaultResult::Resolved) {
+        if frame.from_user() {
+            let why = match result {
+                FaultResult::Segv { reason, .. } => reason_text(reason),
+                _ => "out of memory",
+            };
+            crate::user::segv(frame, addr.as_u64(), why, access);
+        }
+        if crate::arch::uaccess::fixup(frame) {
+            return true;
+        }
+    }
     match result {
         FaultResult::Resolved => true,
         FaultResult::Segv { addr, reason } => {
             crate::warn!(
                 "thread {tid}: segmentation fault at {:#x} ({reason:?}, {access:?}), rip {:#x}; thread ended",
                 addr.as_u64(),
-                frame.instruction_pointer.as_u64()
+                frame.rip
             );
             interrupts::enable();
             sched::exit(EXIT_SEGV)
@@ -141,5 +172,15 @@ pub(crate) fn handle_user_fault(
             interrupts::enable();
             sched::exit(EXIT_OOM)
         }
+    }
+}
+
+/// Why `mm` refused a fault, as the kill line says it.
+fn reason_text(reason: mm::fault::SegvReason) -> &'static str {
+    use mm::fault::SegvReason;
+    match reason {
+        SegvReason::NoVma => "no mapping",
+        SegvReason::AccessDenied => "access not permitted",
+        SegvReason::NotUserAddress => "kernel address",
     }
 }

@@ -1,6 +1,10 @@
-//! The GDT and TSS: kernel code/data segments and a task-state segment whose first interrupt
-//! stack (IST 0) is a separate stack for double faults, so a kernel stack overflow ends in a
-//! readable dump instead of a triple fault. Every CPU gets its own pair ([`CpuTables`]).
+//! The GDT and TSS: kernel and user code/data segments and a task-state segment whose first
+//! interrupt stack (IST 0) is a separate stack for double faults, so a kernel stack overflow ends
+//! in a readable dump instead of a triple fault. Every CPU gets its own pair ([`CpuTables`]).
+//!
+//! The order of the segments is the one `SYSCALL`/`SYSRET` require (`STAR`): kernel code, then
+//! kernel data; user data, then user code. The TSS's `rsp0` is the stack an interrupt or
+//! exception from ring 3 lands on: the running user thread's kernel stack ([`set_rsp0`]).
 
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -13,6 +17,15 @@ pub const DOUBLE_FAULT_IST_INDEX: u16 = 0;
 
 /// Size of each CPU's double-fault stack.
 pub const DOUBLE_FAULT_STACK_SIZE: usize = 16 * 1024;
+
+/// The kernel's code segment selector.
+pub const KERNEL_CS: u16 = 0x08;
+/// The kernel's data (and stack) segment selector.
+pub const KERNEL_DS: u16 = 0x10;
+/// The user data (and stack) segment selector, RPL 3.
+pub const USER_DS: u16 = 0x18 | 3;
+/// The user (64-bit) code segment selector, RPL 3.
+pub const USER_CS: u16 = 0x20 | 3;
 
 /// One CPU's descriptor tables.
 pub struct CpuTables {
@@ -37,13 +50,28 @@ impl CpuTables {
         }
     }
 
-    /// Loads these tables on the calling CPU. They must live forever, hence `'static`.
+    /// Loads these tables on the calling CPU (whose per-CPU area must be set up). They must live
+    /// forever, hence `'static`.
     pub fn load(&'static mut self) {
-        // The TSS descriptor holds the TSS's address, so it is built from its final place.
-        let tss: &'static TaskStateSegment = &self.tss;
+        // The TSS descriptor holds the TSS's address, so it is built from its final place. From
+        // here on the TSS is reached only through this pointer (`set_rsp0` writes through it).
+        let tss: *mut TaskStateSegment = &raw mut self.tss;
         self.code = self.gdt.append(Descriptor::kernel_code_segment());
         self.data = self.gdt.append(Descriptor::kernel_data_segment());
-        self.tss_sel = self.gdt.append(Descriptor::tss_segment(tss));
+        let user_data = self.gdt.append(Descriptor::user_data_segment());
+        let user_code = self.gdt.append(Descriptor::user_code_segment());
+        // SAFETY: the TSS lives forever (`'static`) and is not moved: it is a field of `self`.
+        self.tss_sel = self
+            .gdt
+            .append(unsafe { Descriptor::tss_segment_unchecked(tss) });
+        assert_eq!(
+            (self.code.0, self.data.0, user_data.0, user_code.0),
+            (KERNEL_CS, KERNEL_DS, USER_DS, USER_CS),
+            "GDT layout (SYSCALL/SYSRET depend on it)"
+        );
+        super::percpu::this_cpu()
+            .tss
+            .store(tss, core::sync::atomic::Ordering::Release);
         let gdt: &'static GlobalDescriptorTable = &self.gdt;
         gdt.load();
         // SAFETY: the selectors were just appended to the GDT loaded above, code as a 64-bit code
@@ -74,4 +102,17 @@ pub fn init_bsp() {
         let tables = unsafe { (*slot).insert(CpuTables::new(top)) };
         tables.load();
     });
+}
+
+/// Sets the stack an interrupt or exception from ring 3 lands on, on this CPU: the top of the
+/// user thread about to run here. Called with interrupts off (by the scheduler, at the switch).
+pub fn set_rsp0(top: u64) {
+    let tss = super::percpu::this_cpu()
+        .tss
+        .load(core::sync::atomic::Ordering::Relaxed);
+    assert!(!tss.is_null(), "set_rsp0 before this CPU's GDT is loaded");
+    // SAFETY: the TSS lives forever (`CpuTables::load` takes `'static`), only this CPU writes its
+    // own TSS, and the CPU reads `rsp0` only at a privilege change, which cannot happen on this
+    // CPU while it runs this kernel code with interrupts off.
+    unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new(top) };
 }

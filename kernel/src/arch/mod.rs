@@ -1,11 +1,17 @@
-//! x86-64 specifics: descriptor tables, exception handlers, CPU identity.
+//! x86-64 specifics: descriptor tables, interrupt and system-call entry, exception handlers,
+//! user-memory access, FPU state, CPU identity.
 
 pub mod apic;
+pub mod fpu;
 pub mod gdt;
 pub mod idt;
 pub mod percpu;
+pub mod rtc;
 pub mod smp;
+pub mod syscall;
 pub mod tlb;
+pub mod trap;
+pub mod uaccess;
 
 pub use percpu::cpu_id;
 
@@ -25,4 +31,12 @@ pub fn mask_legacy_pic() {
         Port::<u8>::new(0x21).write(0xff);
         Port::<u8>::new(0xa1).write(0xff);
     }
+}
+
+/// The per-CPU setup every CPU does once its GDT and IDT are loaded: FPU/SSE/AVX for user
+/// threads, SMEP/SMAP, and the `SYSCALL` entry.
+pub fn init_cpu_features() {
+    fpu::init_cpu();
+    trap::enable_smep_smap();
+    syscall::init_cpu();
 }

@@ -57,6 +57,14 @@ pub struct PerCpu {
     pub ipi_calls: AtomicU64,
     /// The scheduler's state for this CPU.
     pub sched: CpuSched,
+    /// The top of the running user thread's kernel stack: where `SYSCALL` entry switches the
+    /// stack to (the TSS's `rsp0` holds the same for interrupts). Written at each switch to a
+    /// user thread, read by this CPU's entry code.
+    pub kernel_rsp: AtomicU64,
+    /// The user stack pointer while `SYSCALL` entry builds the frame (scratch, this CPU only).
+    pub user_rsp: AtomicU64,
+    /// This CPU's task-state segment (to update `rsp0`), once its tables are loaded.
+    pub tss: AtomicPtr<x86_64::structures::tss::TaskStateSegment>,
 }
 
 impl PerCpu {
@@ -74,6 +82,9 @@ impl PerCpu {
             interrupts: AtomicU64::new(0),
             ipi_calls: AtomicU64::new(0),
             sched: CpuSched::new(),
+            kernel_rsp: AtomicU64::new(0),
+            user_rsp: AtomicU64::new(0),
+            tss: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
@@ -319,4 +330,7 @@ impl Drop for NoPreempt {
 }
 
 const PREEMPT_OFFSET: usize = core::mem::offset_of!(PerCpu, preempt_count);
+/// `gs`-relative offsets the entry code uses.
+pub(crate) const KERNEL_RSP_OFFSET: usize = core::mem::offset_of!(PerCpu, kernel_rsp);
+pub(crate) const USER_RSP_OFFSET: usize = core::mem::offset_of!(PerCpu, user_rsp);
 const _: () = assert!(core::mem::offset_of!(PerCpu, id) == 8);

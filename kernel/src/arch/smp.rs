@@ -185,6 +185,7 @@ extern "C" fn ap_entry(cpu: usize) -> ! {
     let top = VirtAddr::from_ptr(df_stack.as_ptr()) + DOUBLE_FAULT_STACK_SIZE as u64;
     Box::leak(Box::new(CpuTables::new(top))).load();
     idt::load();
+    super::init_cpu_features();
     apic::init_cpu_ap();
     PERCPU[cpu].apic_id.store(apic::id(), Ordering::Relaxed);
     crate::sched::init_cpu();

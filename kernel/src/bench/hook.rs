@@ -16,7 +16,10 @@ use mm::platform::PageTableFlags;
 use mm::vma::Prot;
 use x86_64::VirtAddr;
 use x86_64::instructions::interrupts;
-use x86_64::structures::idt::{InterruptStackFrame, PageFaultErrorCode};
+use x86_64::structures::idt::PageFaultErrorCode;
+
+use crate::arch::idt::PageFaultHook;
+use crate::arch::trap::TrapFrame;
 
 use crate::platform::{KernelPlatform, Mm};
 
@@ -26,13 +29,14 @@ static FLOOR_END: AtomicU64 = AtomicU64::new(0);
 
 /// Routes page faults through this module until [`uninstall`].
 pub fn install() {
-    crate::arch::idt::set_page_fault_hook(Some(page_fault));
+    static HOOK: PageFaultHook = PageFaultHook(page_fault);
+    crate::arch::idt::set_page_fault_hook(Some(&HOOK));
 }
 
 /// Gives page faults back to `process`.
 pub fn uninstall() {
     set_floor(None);
-    crate::process::init();
+    crate::process::install_fault_hook();
 }
 
 /// Faults in `range` (of whatever address space faults) go to the floor probe.
@@ -58,7 +62,7 @@ fn in_floor(addr: u64) -> bool {
     addr >= FLOOR_START.load(Ordering::Relaxed) && addr < FLOOR_END.load(Ordering::Relaxed)
 }
 
-fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackFrame) -> bool {
+fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &mut TrapFrame) -> bool {
     profile::stamp(&KernelPlatform, Stamp::Entry);
     crate::process::handle_user_fault(addr, error, frame, |mm, access| {
         let a = addr.as_u64();

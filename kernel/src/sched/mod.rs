@@ -45,12 +45,12 @@ use crate::arch::apic;
 use crate::arch::percpu::{MAX_CPUS, NoPreempt, PERCPU, PerCpu, cpu_id, preempt_count, this_cpu};
 use crate::memory::stack::{Stack, StackError};
 pub(crate) use thread::Entry;
-pub use thread::{JoinHandle, Thread};
+pub use thread::{JoinHandle, Thread, UserContext};
 use thread::{State, ThreadInit};
 use x86_64::registers::control::Cr3;
 
 use crate::platform::Mm;
-pub use wait::{WaitQueue, futex_wait, futex_wake, sleep_ns};
+pub use wait::{WaitQueue, block_current, futex_wait, futex_wake, sleep_ns};
 
 /// Stack size of spawned threads.
 pub const THREAD_STACK_SIZE: usize = 64 * 1024;
@@ -149,6 +149,7 @@ pub fn init_cpu() {
         cpu: cpu.id(),
         pinned: Some(cpu.id()),
         mm: None,
+        user: None,
     });
     IDLE[cpu.id()].call_once(|| idle.clone());
     cpu.sched.running_idle.store(true, Ordering::Relaxed);
@@ -171,6 +172,7 @@ pub fn init_bsp() {
         cpu: cpu.id(),
         pinned: None,
         mm: None,
+        user: None,
     });
     let stack = Stack::new(THREAD_STACK_SIZE).expect("stack for the BSP's idle thread");
     let top = stack.top().as_u64();
@@ -183,6 +185,7 @@ pub fn init_bsp() {
         cpu: cpu.id(),
         pinned: Some(cpu.id()),
         mm: None,
+        user: None,
     });
     // SAFETY: `top` is the aligned top of the idle thread's fresh stack.
     let rsp = unsafe { switch::initial_stack(top, idle_start) };
@@ -219,7 +222,7 @@ pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
     F: FnMut() -> i64 + Send + 'static,
 {
-    start(name.into(), None, None, Box::new(f))
+    start(name.into(), None, None, None, Box::new(f))
 }
 
 /// Starts a thread that runs only on `cpu` (which must be online); as [`spawn`].
@@ -227,14 +230,16 @@ pub fn spawn_on<F>(cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHand
 where
     F: FnMut() -> i64 + Send + 'static,
 {
-    start(name.into(), Some(cpu), None, Box::new(f))
+    start(name.into(), Some(cpu), None, None, Box::new(f))
 }
 
-/// Starts a thread in address space `mm` (on `pinned` only, if given).
+/// Starts a thread in address space `mm` (on `pinned` only, if given); with `user`, a thread
+/// that will run user code (its entry enters ring 3).
 pub(crate) fn start(
     name: String,
     pinned: Option<usize>,
     mm: Option<Arc<Mm>>,
+    user: Option<Arc<dyn UserContext>>,
     f: Entry,
 ) -> Result<JoinHandle, StackError> {
     if let Some(cpu) = pinned {
@@ -256,6 +261,7 @@ pub(crate) fn start(
         cpu,
         pinned,
         mm,
+        user,
     });
     // SAFETY: `top` is the aligned top of the thread's fresh stack.
     let rsp = unsafe { switch::initial_stack(top, thread_start) };
@@ -429,6 +435,16 @@ pub(crate) fn schedule() {
     next.last_cpu.store(cpu.id(), Ordering::Relaxed);
     cpu.sched.running_idle.store(next.idle, Ordering::Relaxed);
     switch_address_space(cpu.id(), &next);
+    if let Some(u) = &cur.user {
+        u.switch_out();
+    }
+    if let Some(u) = &next.user {
+        // Where its entries from ring 3 land: interrupts through the TSS, `SYSCALL` through the
+        // per-CPU word.
+        crate::arch::gdt::set_rsp0(next.stack_top);
+        cpu.kernel_rsp.store(next.stack_top, Ordering::Relaxed);
+        u.switch_in();
+    }
     let save = cur.rsp.get();
     // SAFETY: `on_cpu` was clear, so the CPU that saved `next`'s rsp is done with it.
     let next_rsp = unsafe { *next.rsp.get() };
@@ -531,6 +547,11 @@ fn steal(me: &PerCpu) -> Option<Arc<Thread>> {
 
 extern "C" fn thread_start() -> ! {
     finish_switch();
+    if with_current(|t| t.mm.is_some() && t.user.is_none()) {
+        // A kernel thread working on a process's memory touches it directly, so it runs with
+        // user access open (SMAP); `switch_stacks` keeps the flag across switches.
+        crate::arch::uaccess::open_user_access_for_thread();
+    }
     interrupts::enable();
     // No `Arc` of ourselves may live in this frame: `exit` never returns, so it would leak.
     let entry = with_current(|t| t.entry.get());

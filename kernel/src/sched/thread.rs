@@ -32,6 +32,17 @@ pub enum State {
     Exited = 3,
 }
 
+/// What a thread that runs user code carries besides its kernel side: the register state the
+/// CPU does not save on a kernel entry (FPU/SSE/AVX, the FS and GS bases). Implemented by the
+/// process layer; the scheduler calls it at every switch away from and to the thread, with
+/// interrupts off, on the CPU that ran or is about to run it.
+pub trait UserContext: core::any::Any + Send + Sync {
+    /// The CPU is switching away from the thread: keep what it must not lose.
+    fn switch_out(&self);
+    /// The CPU is about to run the thread: load what `switch_out` kept.
+    fn switch_in(&self);
+}
+
 /// What a thread runs: called once by reference, so that the thread owns the closure and its
 /// captures until it ends (see [`spawn`](super::spawn)).
 pub(crate) type Entry = Box<dyn FnMut() -> i64 + Send>;
@@ -65,6 +76,11 @@ pub struct Thread {
     /// The address space the thread runs in; kernel threads have none and run on the kernel's
     /// page table.
     pub(super) mm: Option<Arc<Mm>>,
+    /// A user thread's user-side state (`None` for threads that only run kernel code, including
+    /// kernel threads working on a process's memory).
+    pub(super) user: Option<Arc<dyn UserContext>>,
+    /// The top of the thread's kernel stack (0 for threads on a boot stack).
+    pub(super) stack_top: u64,
     _stack: Option<Stack>,
 }
 
@@ -80,6 +96,7 @@ pub(super) struct ThreadInit {
     pub cpu: usize,
     pub pinned: Option<usize>,
     pub mm: Option<Arc<Mm>>,
+    pub user: Option<Arc<dyn UserContext>>,
 }
 
 // SAFETY: `rsp` and `entry` are the only non-Sync fields: `rsp`'s accesses are ordered by
@@ -114,7 +131,9 @@ impl Thread {
             cpu,
             pinned,
             mm,
+            user,
         } = init;
+        let stack_top = stack.as_ref().map_or(0, |s| s.top().as_u64());
         LIVE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Thread {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -135,6 +154,8 @@ impl Thread {
             pinned,
             wake_at: AtomicU64::new(0),
             mm,
+            user,
+            stack_top,
             _stack: stack,
         })
     }
@@ -152,6 +173,16 @@ impl Thread {
     /// The address space the thread runs in, if it is not a kernel thread.
     pub fn mm(&self) -> Option<&Arc<Mm>> {
         self.mm.as_ref()
+    }
+
+    /// The user-side state of a user thread.
+    pub fn user(&self) -> Option<&Arc<dyn UserContext>> {
+        self.user.as_ref()
+    }
+
+    /// The top of the thread's kernel stack (where a user thread's saved user registers are).
+    pub fn stack_top(&self) -> u64 {
+        self.stack_top
     }
 
     pub(super) fn state(&self) -> State {
@@ -192,5 +223,10 @@ impl JoinHandle {
     /// The thread's id.
     pub fn id(&self) -> u64 {
         self.thread.id
+    }
+
+    /// Gives up waiting for the thread (it runs on; its exit code is not wanted).
+    pub fn detach(self) -> Arc<Thread> {
+        self.thread
     }
 }

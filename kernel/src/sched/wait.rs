@@ -141,3 +141,46 @@ pub(super) fn wake_sleepers(now: u64) {
     };
     due.into_iter().for_each(wake);
 }
+
+/// Blocks the calling thread until a waker calls [`wake`] on it or, with a `deadline`
+/// (`apic::now_ns` time), until that passes; may also return spuriously. For waits whose queue
+/// lives elsewhere (user futexes): `enqueue` runs with interrupts off and must put the thread
+/// where its waker finds it, under the lock that waker takes, and return `false` to not block
+/// after all (the condition it checked under that lock no longer holds). The thread is marked
+/// blocked before `enqueue` runs, so a waker that finds it there afterwards cannot lose it.
+#[track_caller]
+pub fn block_current(deadline: Option<u64>, enqueue: impl FnOnce(&Arc<Thread>) -> bool) {
+    super::assert_may_sleep();
+    let were_enabled = interrupts::are_enabled();
+    interrupts::disable();
+    let me = current();
+    me.set_state(State::Blocked);
+    if !enqueue(&me) {
+        // Take the state back. A stray wake-up (one meant for an earlier wait) may have made us
+        // Ready meanwhile and now waits for this CPU to leave our stack: then switch away and let
+        // it queue us.
+        if !me.cas_state(State::Blocked, State::Running) {
+            drop(me);
+            schedule();
+        }
+        if were_enabled {
+            interrupts::enable();
+        }
+        return;
+    }
+    if let Some(deadline) = deadline {
+        me.wake_at.store(deadline, Ordering::Relaxed);
+        SLEEPERS.lock().push(me.clone());
+    }
+    drop(me);
+    schedule();
+    if deadline.is_some() {
+        // Woken before the deadline: leave the sleepers, so its wake-up does not hit a later
+        // wait (one already taken out by the tick may still arrive: waits re-check).
+        let me = current();
+        interrupts::without_interrupts(|| SLEEPERS.lock().retain(|t| !Arc::ptr_eq(t, &me)));
+    }
+    if were_enabled {
+        interrupts::enable();
+    }
+}

@@ -1,0 +1,261 @@
+//! Ring 3: hand-assembled static programs run as user processes. Each checks one part of the
+//! user/kernel boundary: the SYSCALL entry and its return, exceptions in ring 3 ending only
+//! their process, the isolation of the kernel half, `EFAULT` for bad pointers, the ELF loader's
+//! refusals, and every frame coming back when a process ends.
+
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::test_runner)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use kernel::user::{ExecError, Status, spawn_program};
+
+kernel::test_kernel!();
+
+mod common;
+use common::free_frames;
+
+/// Where the test programs are linked.
+const BASE: u64 = 0x40_0000;
+
+/// A minimal static `ET_EXEC`: one read+execute `PT_LOAD` holding the headers and `code`, which
+/// starts right after them.
+fn tiny_elf(code: &[u8]) -> &'static [u8] {
+    const EH: usize = 64;
+    const PH: usize = 56;
+    let entry = BASE + (EH + PH) as u64;
+    let len = (EH + PH + code.len()) as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&entry.to_le_bytes());
+    f.extend_from_slice(&(EH as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&(EH as u16).to_le_bytes());
+    f.extend_from_slice(&(PH as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    f.extend_from_slice(&0u64.to_le_bytes());
+    f.extend_from_slice(&BASE.to_le_bytes());
+    f.extend_from_slice(&BASE.to_le_bytes());
+    f.extend_from_slice(&len.to_le_bytes());
+    f.extend_from_slice(&len.to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(f.len(), EH + PH);
+    f.extend_from_slice(code);
+    f.leak()
+}
+
+/// Machine code, assembled by hand (each helper says what it encodes).
+mod asm {
+    use alloc::vec::Vec;
+
+    /// `mov rax, imm64`
+    pub fn mov_rax(v: u64) -> Vec<u8> {
+        let mut c = alloc::vec![0x48, 0xb8];
+        c.extend_from_slice(&v.to_le_bytes());
+        c
+    }
+    /// `mov rdi, imm64`
+    pub fn mov_rdi(v: u64) -> Vec<u8> {
+        let mut c = alloc::vec![0x48, 0xbf];
+        c.extend_from_slice(&v.to_le_bytes());
+        c
+    }
+    /// `mov rsi, imm64`
+    pub fn mov_rsi(v: u64) -> Vec<u8> {
+        let mut c = alloc::vec![0x48, 0xbe];
+        c.extend_from_slice(&v.to_le_bytes());
+        c
+    }
+    /// `mov rdx, imm64`
+    pub fn mov_rdx(v: u64) -> Vec<u8> {
+        let mut c = alloc::vec![0x48, 0xba];
+        c.extend_from_slice(&v.to_le_bytes());
+        c
+    }
+    pub const SYSCALL: [u8; 2] = [0x0f, 0x05];
+    /// `mov rdi, rax`
+    pub const MOV_RDI_RAX: [u8; 3] = [0x48, 0x89, 0xc7];
+    /// `mov [rax], rax`
+    pub const STORE_RAX: [u8; 3] = [0x48, 0x89, 0x00];
+    /// `mov rax, [rax]`
+    pub const LOAD_RAX: [u8; 3] = [0x48, 0x8b, 0x00];
+    /// `jmp rax`
+    pub const JMP_RAX: [u8; 2] = [0xff, 0xe0];
+    pub const HLT: [u8; 1] = [0xf4];
+    pub const UD2: [u8; 2] = [0x0f, 0x0b];
+    pub const INT3: [u8; 1] = [0xcc];
+    /// `xor edx, edx; xor eax, eax; div eax`
+    pub const DIV0: [u8; 6] = [0x31, 0xd2, 0x31, 0xc0, 0xf7, 0xf0];
+
+    /// `exit_group(rdi)`
+    pub fn exit_group_rdi() -> Vec<u8> {
+        let mut c = mov_rax(231);
+        c.extend_from_slice(&SYSCALL);
+        c
+    }
+    /// `exit_group(code)`
+    pub fn exit_group(code: u64) -> Vec<u8> {
+        let mut c = mov_rdi(code);
+        c.extend(exit_group_rdi());
+        c
+    }
+    /// `syscall(nr, a, b, c)`, then `exit_group(its result)`.
+    pub fn syscall_then_exit_with_result(nr: u64, a: u64, b: u64, c: u64) -> Vec<u8> {
+        let mut v = mov_rdi(a);
+        v.extend(mov_rsi(b));
+        v.extend(mov_rdx(c));
+        v.extend(mov_rax(nr));
+        v.extend_from_slice(&SYSCALL);
+        v.extend_from_slice(&MOV_RDI_RAX);
+        v.extend(exit_group_rdi());
+        v
+    }
+}
+
+fn run(code: &[u8]) -> Status {
+    let p = spawn_program(tiny_elf(code), vec![String::from("test")]).expect("spawn");
+    p.wait()
+}
+
+fn program(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test_case]
+fn a_program_exits_with_its_code() {
+    assert_eq!(run(&asm::exit_group(7)), Status::Exited(7));
+    // `exit_group(256)` is reported as 0, as `wait` does.
+    assert_eq!(run(&asm::exit_group(256 + 3)), Status::Exited(3));
+}
+
+#[test_case]
+fn write_reaches_the_console_from_the_program_image() {
+    // write(1, BASE, 16): the first 16 bytes of the image, the ELF header.
+    let code = asm::syscall_then_exit_with_result(1, 1, BASE, 16);
+    assert_eq!(run(&code), Status::Exited(16));
+}
+
+#[test_case]
+fn bad_pointers_get_efault_not_a_crash() {
+    const EFAULT: i32 = 256 - 14;
+    // An unmapped user address, a kernel-half one, one that runs off the user half.
+    for addr in [0x1000_0000, 0xffff_8000_0000_0000, 0x7fff_ffff_fff0] {
+        let code = asm::syscall_then_exit_with_result(1, 1, addr, 64);
+        assert_eq!(run(&code), Status::Exited(EFAULT), "write from {addr:#x}");
+    }
+    // read into the read-only image: the kernel's copy faults on a present page.
+    let code = asm::syscall_then_exit_with_result(318, BASE, 16, 0);
+    assert_eq!(
+        run(&code),
+        Status::Exited(EFAULT),
+        "getrandom into a read-only page"
+    );
+}
+
+#[test_case]
+fn an_unknown_system_call_gets_enosys() {
+    let code = asm::syscall_then_exit_with_result(999, 0, 0, 0);
+    assert_eq!(run(&code), Status::Exited(256 - 38));
+}
+
+#[test_case]
+fn the_kernel_half_is_out_of_reach() {
+    let kernel = kernel::KERNEL_BASE;
+    let read = program(&[&asm::mov_rax(kernel), &asm::LOAD_RAX, &asm::exit_group(0)]);
+    assert_eq!(run(&read), Status::Killed(11), "read of kernel text");
+    let write = program(&[&asm::mov_rax(kernel), &asm::STORE_RAX, &asm::exit_group(0)]);
+    assert_eq!(run(&write), Status::Killed(11), "write to kernel text");
+    let jump = program(&[&asm::mov_rax(kernel), &asm::JMP_RAX]);
+    assert_eq!(run(&jump), Status::Killed(11), "jump into kernel text");
+    let percpu = program(&[
+        &asm::mov_rax(&kernel::arch::percpu::PERCPU as *const _ as u64),
+        &asm::LOAD_RAX,
+        &asm::exit_group(0),
+    ]);
+    assert_eq!(run(&percpu), Status::Killed(11), "read of kernel data");
+}
+
+#[test_case]
+fn faults_and_exceptions_in_ring_3_end_only_their_process() {
+    let cases: [(&str, Vec<u8>, i32); 7] = [
+        (
+            "write to its read-only image",
+            program(&[&asm::mov_rax(BASE), &asm::STORE_RAX]),
+            11,
+        ),
+        (
+            "jump to an unmapped address",
+            program(&[&asm::mov_rax(0x1000_0000_0000), &asm::JMP_RAX]),
+            11,
+        ),
+        (
+            "non-canonical address",
+            program(&[&asm::mov_rax(0x8000_0000_0000_0000), &asm::LOAD_RAX]),
+            11,
+        ),
+        ("hlt", asm::HLT.to_vec(), 11),
+        ("ud2", asm::UD2.to_vec(), 4),
+        ("divide by zero", asm::DIV0.to_vec(), 8),
+        ("int3", asm::INT3.to_vec(), 5),
+    ];
+    for (what, code, sig) in cases {
+        assert_eq!(run(&code), Status::Killed(sig), "{what}");
+    }
+    // The kernel carries on: the next program runs.
+    assert_eq!(run(&asm::exit_group(0)), Status::Exited(0));
+}
+
+#[test_case]
+fn a_malformed_program_loads_nothing() {
+    let baseline = free_frames();
+    let threads = kernel::sched::live_threads();
+    let mut elf = tiny_elf(&asm::exit_group(0)).to_vec();
+    // Machine: not x86-64.
+    elf[18] = 0x28;
+    let bad: &'static [u8] = elf.leak();
+    match spawn_program(bad, vec![String::from("bad")]) {
+        Err(ExecError::Elf(_)) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an ARM executable was started"),
+    }
+    assert_eq!(
+        spawn_program(&[0u8; 10], vec![])
+            .err()
+            .map(|e| matches!(e, ExecError::Elf(_))),
+        Some(true)
+    );
+    assert_eq!(
+        kernel::sched::live_threads(),
+        threads,
+        "no thread was started"
+    );
+    assert_eq!(free_frames(), baseline, "no memory was taken");
+}
+
+#[test_case]
+fn every_frame_comes_back_when_a_process_ends() {
+    let _ = run(&asm::exit_group(0));
+    let baseline = free_frames();
+    for code in [
+        asm::exit_group(0),
+        program(&[&asm::mov_rax(BASE), &asm::STORE_RAX]),
+    ] {
+        let _ = run(&code);
+        assert_eq!(free_frames(), baseline, "frames leaked by a process");
+    }
+}
