@@ -161,16 +161,33 @@ pub enum ElfError {
     /// A `PT_INTERP` asks for this interpreter: a dynamically linked program.
     Interpreter(String),
     /// Segment `index`'s file bytes run past the end of the file.
-    SegmentBeyondFile { index: usize, offset: u64, size: u64, len: usize },
+    SegmentBeyondFile {
+        index: usize,
+        offset: u64,
+        size: u64,
+        len: usize,
+    },
     /// Segment `index` has more bytes in the file than in memory.
-    FileszExceedsMemsz { index: usize, filesz: u64, memsz: u64 },
+    FileszExceedsMemsz {
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
     /// Segment `index`'s `p_align` is not 0 or a power of two.
     Align { index: usize, align: u64 },
     /// Segment `index`'s `p_offset` and `p_vaddr` differ modulo the page size.
-    Misaligned { index: usize, offset: u64, vaddr: u64 },
+    Misaligned {
+        index: usize,
+        offset: u64,
+        vaddr: u64,
+    },
     /// Segment `index` (biased) is not inside `[MMAP_MIN_ADDR, IMAGE_LIMIT)`, or its end
     /// overflows.
-    OutOfRange { index: usize, vaddr: u64, memsz: u64 },
+    OutOfRange {
+        index: usize,
+        vaddr: u64,
+        memsz: u64,
+    },
     /// Segment `index` overlaps the `PT_LOAD` before it, `prev`, or comes before it.
     Overlap { index: usize, prev: usize },
     /// No `PT_LOAD` with memory.
@@ -218,22 +235,42 @@ impl fmt::Display for ElfError {
                 f,
                 "dynamically linked (needs the interpreter {path:?}): only static executables load"
             ),
-            SegmentBeyondFile { index, offset, size, len } => write!(
+            SegmentBeyondFile {
+                index,
+                offset,
+                size,
+                len,
+            } => write!(
                 f,
                 "segment {index}: file bytes {offset:#x}..+{size:#x} run past the end of the file ({len:#x} bytes)"
             ),
-            FileszExceedsMemsz { index, filesz, memsz } => write!(
+            FileszExceedsMemsz {
+                index,
+                filesz,
+                memsz,
+            } => write!(
                 f,
                 "segment {index}: p_filesz {filesz:#x} exceeds p_memsz {memsz:#x}"
             ),
             Align { index, align } => {
-                write!(f, "segment {index}: p_align {align:#x} is not a power of two")
+                write!(
+                    f,
+                    "segment {index}: p_align {align:#x} is not a power of two"
+                )
             }
-            Misaligned { index, offset, vaddr } => write!(
+            Misaligned {
+                index,
+                offset,
+                vaddr,
+            } => write!(
                 f,
                 "segment {index}: p_offset {offset:#x} and p_vaddr {vaddr:#x} differ modulo the page size"
             ),
-            OutOfRange { index, vaddr, memsz } => write!(
+            OutOfRange {
+                index,
+                vaddr,
+                memsz,
+            } => write!(
                 f,
                 "segment {index}: {vaddr:#x}..+{memsz:#x} (biased) is outside user space [{MMAP_MIN_ADDR:#x}, {IMAGE_LIMIT:#x})"
             ),
@@ -290,9 +327,11 @@ pub fn plan(bytes: &[u8], bias_hint: u64) -> Result<Plan, ElfError> {
         let p_align = ph.p_align(LE);
         align = align.max(p_align);
         let (vaddr, memsz) = (ph.p_vaddr(LE), ph.p_memsz(LE));
-        let end = vaddr
-            .checked_add(memsz)
-            .ok_or(ElfError::OutOfRange { index, vaddr, memsz })?;
+        let end = vaddr.checked_add(memsz).ok_or(ElfError::OutOfRange {
+            index,
+            vaddr,
+            memsz,
+        })?;
         if let Some((prev, prev_end)) = prev
             && vaddr < prev_end
         {
@@ -432,7 +471,10 @@ fn program_headers<'a>(
         size,
         len: bytes.len(),
     };
-    if offset.checked_add(size).is_none_or(|end| end > bytes.len() as u64) {
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > bytes.len() as u64)
+    {
         return Err(truncated);
     }
     bytes
@@ -445,9 +487,16 @@ fn check_load(bytes: &[u8], index: usize, ph: &Phdr) -> Result<(), ElfError> {
     let (offset, filesz, memsz) = (ph.p_offset(LE), ph.p_filesz(LE), ph.p_memsz(LE));
     let vaddr = ph.p_vaddr(LE);
     if filesz > memsz {
-        return Err(ElfError::FileszExceedsMemsz { index, filesz, memsz });
+        return Err(ElfError::FileszExceedsMemsz {
+            index,
+            filesz,
+            memsz,
+        });
     }
-    if offset.checked_add(filesz).is_none_or(|end| end > bytes.len() as u64) {
+    if offset
+        .checked_add(filesz)
+        .is_none_or(|end| end > bytes.len() as u64)
+    {
         return Err(ElfError::SegmentBeyondFile {
             index,
             offset,
@@ -460,7 +509,11 @@ fn check_load(bytes: &[u8], index: usize, ph: &Phdr) -> Result<(), ElfError> {
         return Err(ElfError::Align { index, align });
     }
     if filesz > 0 && offset % PAGE_SIZE != vaddr % PAGE_SIZE {
-        return Err(ElfError::Misaligned { index, offset, vaddr });
+        return Err(ElfError::Misaligned {
+            index,
+            offset,
+            vaddr,
+        });
     }
     Ok(())
 }
@@ -496,7 +549,9 @@ fn phdr_vaddr(
 /// The `PT_INTERP` path, for the error (at most 256 bytes of it).
 fn interpreter(bytes: &[u8], ph: &Phdr) -> String {
     let start = usize::try_from(ph.p_offset(LE)).unwrap_or(usize::MAX);
-    let len = usize::try_from(ph.p_filesz(LE)).unwrap_or(usize::MAX).min(256);
+    let len = usize::try_from(ph.p_filesz(LE))
+        .unwrap_or(usize::MAX)
+        .min(256);
     let raw = bytes
         .get(start..)
         .map(|rest| &rest[..len.min(rest.len())])

@@ -114,10 +114,9 @@ impl fmt::Display for StackError {
                 "{}[{index}] is {len} bytes, more than {MAX_ARG_STRLEN}",
                 which(env)
             ),
-            StackError::TooBig(n) => write!(
-                f,
-                "argv and envp take {n} bytes, more than {MAX_ARG_BYTES}"
-            ),
+            StackError::TooBig(n) => {
+                write!(f, "argv and envp take {n} bytes, more than {MAX_ARG_BYTES}")
+            }
             StackError::TopTooLow { top, size } => {
                 write!(f, "a {size:#x}-byte stack does not fit below {top:#x}")
             }

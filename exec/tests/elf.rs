@@ -17,13 +17,27 @@ fn static_pie_plan() {
     assert_eq!((p.phdr, p.phent, p.phnum), (BIAS + 64, 56, 5));
     assert_eq!(exec::elf::Plan::AT_BASE, 0);
     assert!(!p.stack_exec);
-    let r = Prot { read: true, write: false, exec: false };
+    let r = Prot {
+        read: true,
+        write: false,
+        exec: false,
+    };
     let rx = Prot { exec: true, ..r };
     let rw = Prot { write: true, ..r };
     let got: Vec<_> = p
         .segments
         .iter()
-        .map(|s| (s.map_start - BIAS, s.map_end - BIAS, s.prot, s.file_offset, s.file_size, s.dest - BIAS, s.mem_size))
+        .map(|s| {
+            (
+                s.map_start - BIAS,
+                s.map_end - BIAS,
+                s.prot,
+                s.file_offset,
+                s.file_size,
+                s.dest - BIAS,
+                s.mem_size,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -42,7 +56,10 @@ fn static_pie_plan() {
 fn fixed_exec_ignores_the_bias() {
     let file = ElfFile::fixed().build();
     let p = plan(&file, BIAS).unwrap();
-    assert_eq!((p.kind, p.bias, p.entry, p.phdr), (Kind::Fixed, 0, 0x40_1010, 0x40_0040));
+    assert_eq!(
+        (p.kind, p.bias, p.entry, p.phdr),
+        (Kind::Fixed, 0, 0x40_1010, 0x40_0040)
+    );
     assert_eq!(p.segments[0].map_start, 0x40_0000);
     assert_eq!(p.brk, 0x40_6000);
     check_invariants(&p, &file);
@@ -86,11 +103,18 @@ fn shared_boundary_page_goes_to_the_later_segment() {
     f.phs[3] = Ph::load(PF_R | PF_W, 0x1400, 0x1400, 0x100, 0x2000);
     let file = f.build();
     let p = plan(&file, BIAS).unwrap();
-    let maps: Vec<_> = p.segments.iter().map(|s| (s.map_start - BIAS, s.map_end - BIAS)).collect();
+    let maps: Vec<_> = p
+        .segments
+        .iter()
+        .map(|s| (s.map_start - BIAS, s.map_end - BIAS))
+        .collect();
     assert_eq!(maps, [(0, 0x1000), (0x1000, 0x1000), (0x1000, 0x4000)]);
     assert!(p.segments[2].prot.write && !p.segments[2].prot.exec);
     // The RX bytes still go where they belong, inside the RW mapping.
-    assert_eq!((p.segments[1].dest, p.segments[1].file_size), (BIAS + 0x1000, 0x345));
+    assert_eq!(
+        (p.segments[1].dest, p.segments[1].file_size),
+        (BIAS + 0x1000, 0x345)
+    );
     check_invariants(&p, &file);
 }
 
@@ -103,7 +127,10 @@ fn zero_memsz_and_bss_only_segments() {
     let p = plan(&file, BIAS).unwrap();
     assert_eq!(p.segments.len(), 4);
     let bss = &p.segments[3];
-    assert_eq!((bss.map_start - BIAS, bss.map_end - BIAS, bss.file_size), (0x6000, 0x8000, 0));
+    assert_eq!(
+        (bss.map_start - BIAS, bss.map_end - BIAS, bss.file_size),
+        (0x6000, 0x8000, 0)
+    );
     assert_eq!(p.brk, BIAS + 0x8000);
     check_invariants(&p, &file);
 }
@@ -119,7 +146,10 @@ fn reject(f: &ElfFile) -> ElfError {
 #[test]
 fn identification_rejections() {
     assert_eq!(plan(b"", BIAS), Err(ElfError::TruncatedHeader { len: 0 }));
-    assert_eq!(plan(b"\x7fEL", BIAS), Err(ElfError::TruncatedHeader { len: 3 }));
+    assert_eq!(
+        plan(b"\x7fEL", BIAS),
+        Err(ElfError::TruncatedHeader { len: 3 })
+    );
     assert_eq!(plan(b"#!/bin/sh\n", BIAS), Err(ElfError::NotElf));
     assert_eq!(plan(b"MZ", BIAS), Err(ElfError::NotElf));
     let mut f = ElfFile::static_pie();
@@ -167,7 +197,10 @@ fn truncated_at_every_header_boundary() {
     // Whole headers but not all of the segments' bytes.
     for len in [table_end, 0x1000, 0x1344, 0x1fff] {
         assert!(
-            matches!(plan(&file[..len], BIAS), Err(ElfError::SegmentBeyondFile { .. })),
+            matches!(
+                plan(&file[..len], BIAS),
+                Err(ElfError::SegmentBeyondFile { .. })
+            ),
             "{len}"
         );
     }
@@ -184,23 +217,41 @@ fn program_header_table_rejections() {
     // 1170 headers are 65520 bytes: allowed by size (then truncated here); 1171 are too many.
     let mut f = ElfFile::static_pie();
     f.phnum = Some(1170);
-    assert!(matches!(reject(&f), ElfError::TruncatedProgramHeaders { .. }));
+    assert!(matches!(
+        reject(&f),
+        ElfError::TruncatedProgramHeaders { .. }
+    ));
     f.phnum = Some(1171);
     assert_eq!(reject(&f), ElfError::TooManyProgramHeaders(1171));
     f.phnum = Some(0xffff); // PN_XNUM: the real count would be in section 0; Linux refuses it
     assert_eq!(reject(&f), ElfError::TooManyProgramHeaders(0xffff));
     let mut f = ElfFile::static_pie();
     f.phoff = u64::MAX - 10; // wraps
-    assert!(matches!(reject(&f), ElfError::TruncatedProgramHeaders { .. }));
+    assert!(matches!(
+        reject(&f),
+        ElfError::TruncatedProgramHeaders { .. }
+    ));
 }
 
 #[test]
 fn dynamic_programs_name_their_interpreter() {
     let mut f = ElfFile::static_pie();
-    f.phs.push(Ph { p_type: PT_INTERP, flags: PF_R, offset: 0x180, vaddr: 0x180, filesz: 28, memsz: 28, align: 1 });
-    f.patches.push((0x180, b"/lib/ld-musl-x86_64.so.1\0".to_vec()));
+    f.phs.push(Ph {
+        p_type: PT_INTERP,
+        flags: PF_R,
+        offset: 0x180,
+        vaddr: 0x180,
+        filesz: 28,
+        memsz: 28,
+        align: 1,
+    });
+    f.patches
+        .push((0x180, b"/lib/ld-musl-x86_64.so.1\0".to_vec()));
     let err = reject(&f);
-    assert_eq!(err, ElfError::Interpreter("/lib/ld-musl-x86_64.so.1".into()));
+    assert_eq!(
+        err,
+        ElfError::Interpreter("/lib/ld-musl-x86_64.so.1".into())
+    );
     assert!(err.to_string().contains("/lib/ld-musl-x86_64.so.1"));
     // A PT_INTERP pointing outside the file is still refused, without a name.
     f.phs.last_mut().unwrap().offset = u64::MAX;
@@ -211,16 +262,28 @@ fn dynamic_programs_name_their_interpreter() {
 fn segment_rejections() {
     let mut f = ElfFile::static_pie();
     f.phs[3].filesz = 0x3001;
-    assert!(matches!(reject(&f), ElfError::FileszExceedsMemsz { index: 3, .. }));
+    assert!(matches!(
+        reject(&f),
+        ElfError::FileszExceedsMemsz { index: 3, .. }
+    ));
 
     let mut f = ElfFile::static_pie();
     f.phs[3].offset = u64::MAX - 0x100; // offset + filesz wraps
     f.phs[3].vaddr = (u64::MAX - 0x100) % PAGE_SIZE + 0x2000;
-    assert!(matches!(reject(&f), ElfError::SegmentBeyondFile { index: 3, .. }));
+    assert!(matches!(
+        reject(&f),
+        ElfError::SegmentBeyondFile { index: 3, .. }
+    ));
 
     let mut f = ElfFile::static_pie();
     f.phs[2].align = 0x1800;
-    assert_eq!(reject(&f), ElfError::Align { index: 2, align: 0x1800 });
+    assert_eq!(
+        reject(&f),
+        ElfError::Align {
+            index: 2,
+            align: 0x1800
+        }
+    );
 
     let mut f = ElfFile::static_pie();
     f.phs[3].vaddr += 8;
@@ -283,9 +346,18 @@ fn addresses_outside_user_space_are_refused() {
     assert!(out(&f));
     // A static-PIE whose bias pushes it out, and a bias that wraps.
     let f = ElfFile::static_pie();
-    assert!(matches!(plan(&f.build(), IMAGE_LIMIT - 0x2000), Err(ElfError::OutOfRange { .. })));
-    assert!(matches!(plan(&f.build(), u64::MAX - 10), Err(ElfError::Bias(_))));
-    assert!(matches!(plan(&f.build(), 0), Err(ElfError::OutOfRange { index: 1, .. })));
+    assert!(matches!(
+        plan(&f.build(), IMAGE_LIMIT - 0x2000),
+        Err(ElfError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        plan(&f.build(), u64::MAX - 10),
+        Err(ElfError::Bias(_))
+    ));
+    assert!(matches!(
+        plan(&f.build(), 0),
+        Err(ElfError::OutOfRange { index: 1, .. })
+    ));
     // The entry point.
     let mut f = ElfFile::fixed();
     f.entry = 0xffff_ffff_8000_0000;

@@ -22,12 +22,26 @@ type Row = (u64, u64, Prot, u64, u64, u64, u64);
 fn rows(p: &exec::elf::Plan) -> Vec<Row> {
     p.segments
         .iter()
-        .map(|s| (s.map_start, s.map_end, s.prot, s.file_offset, s.file_size, s.dest, s.mem_size))
+        .map(|s| {
+            (
+                s.map_start,
+                s.map_end,
+                s.prot,
+                s.file_offset,
+                s.file_size,
+                s.dest,
+                s.mem_size,
+            )
+        })
         .collect()
 }
 
 fn prot(flags: u32) -> Prot {
-    Prot { read: flags & PF_R != 0, write: flags & PF_W != 0, exec: flags & PF_X != 0 }
+    Prot {
+        read: flags & PF_R != 0,
+        write: flags & PF_W != 0,
+        exec: flags & PF_X != 0,
+    }
 }
 
 #[test]
@@ -49,7 +63,10 @@ fn gnu_ld_static_exec_matches_readelf() {
             (0x40_3000, 0x40_6000, rw, 0x2015, 4, 0x40_3015, 0x200b),
         ]
     );
-    assert_eq!((p.kind, p.bias, p.entry, p.phdr, p.phnum), (Kind::Fixed, 0, 0x40_1000, 0x40_0040, 4));
+    assert_eq!(
+        (p.kind, p.bias, p.entry, p.phdr, p.phnum),
+        (Kind::Fixed, 0, 0x40_1000, 0x40_0040, 4)
+    );
     assert_eq!(p.brk, 0x40_6000);
     assert!(!p.stack_exec);
     check_invariants(&p, STATIC_EXEC);
@@ -75,17 +92,22 @@ fn gnu_ld_static_pie_matches_readelf() {
             (b + 0x3000, b + 0x7000, rw, 0x2f30, 0xd4, b + 0x3f30, 0x20d8),
         ]
     );
-    assert_eq!((p.kind, p.bias, p.entry, p.phdr, p.phnum), (Kind::StaticPie, b, b + 0x1000, b + 64, 6));
+    assert_eq!(
+        (p.kind, p.bias, p.entry, p.phdr, p.phnum),
+        (Kind::StaticPie, b, b + 0x1000, b + 64, 6)
+    );
     assert_eq!(p.brk, b + 0x7000);
     check_invariants(&p, STATIC_PIE);
 }
 
 /// The static musl benchmark program (`make user`), or `None` if it was not built.
 fn fault_bench() -> Option<(PathBuf, Vec<u8>)> {
-    let path = std::env::var_os("FAULT_BENCH").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/user/x86_64-unknown-linux-musl/release/fault_bench")
-    });
+    let path = std::env::var_os("FAULT_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/user/x86_64-unknown-linux-musl/release/fault_bench")
+        });
     let bytes = std::fs::read(&path).ok()?;
     Some((path, bytes))
 }
@@ -94,7 +116,11 @@ fn fault_bench() -> Option<(PathBuf, Vec<u8>)> {
 fn expected(file: &[u8], bias: u64) -> (Vec<Row>, u64, u64, u64) {
     let elf = parse(file);
     let bias = if elf.e_type == 2 { 0 } else { bias };
-    let loads: Vec<&Ph> = elf.phs.iter().filter(|p| p.p_type == PT_LOAD && p.memsz > 0).collect();
+    let loads: Vec<&Ph> = elf
+        .phs
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD && p.memsz > 0)
+        .collect();
     let mut rows = Vec::new();
     for (i, ph) in loads.iter().enumerate() {
         let start = ph.vaddr + bias;
@@ -102,16 +128,31 @@ fn expected(file: &[u8], bias: u64) -> (Vec<Row>, u64, u64, u64) {
         if let Some(next) = loads.get(i + 1) {
             end = end.min(page_down(next.vaddr + bias)).max(page_down(start));
         }
-        rows.push((page_down(start), end, prot(ph.flags), ph.offset, ph.filesz, start, ph.memsz));
+        rows.push((
+            page_down(start),
+            end,
+            prot(ph.flags),
+            ph.offset,
+            ph.filesz,
+            start,
+            ph.memsz,
+        ));
     }
     let phdr = match elf.phs.iter().find(|p| p.p_type == PT_PHDR) {
         Some(ph) => ph.vaddr,
         None => {
-            let ph = loads.iter().find(|p| p.offset <= elf.phoff && elf.phoff < p.offset + p.filesz).unwrap();
+            let ph = loads
+                .iter()
+                .find(|p| p.offset <= elf.phoff && elf.phoff < p.offset + p.filesz)
+                .unwrap();
             ph.vaddr + (elf.phoff - ph.offset)
         }
     };
-    let brk = loads.iter().map(|p| page_up(p.vaddr + bias + p.memsz)).max().unwrap();
+    let brk = loads
+        .iter()
+        .map(|p| page_up(p.vaddr + bias + p.memsz))
+        .max()
+        .unwrap();
     (rows, phdr + bias, elf.entry + bias, brk)
 }
 
@@ -132,10 +173,17 @@ fn real_static_pie_matches_its_program_headers() {
         assert_eq!(rows(&p), rows_want, "{what}");
         assert_eq!((p.phdr, p.entry, p.brk), (phdr, entry, brk), "{what}");
         assert_eq!((p.phent, p.phnum), (56, parse(&file).phs.len() as u64));
-        assert_eq!(p.kind, Kind::StaticPie, "{what}: Rust's musl target links static-PIE");
+        assert_eq!(
+            p.kind,
+            Kind::StaticPie,
+            "{what}: Rust's musl target links static-PIE"
+        );
         check_invariants(&p, &file);
         for s in &p.segments {
-            assert_eq!(s.data(&file).unwrap(), &file[s.file_offset as usize..][..s.file_size as usize]);
+            assert_eq!(
+                s.data(&file).unwrap(),
+                &file[s.file_offset as usize..][..s.file_size as usize]
+            );
         }
     }
 }
@@ -145,7 +193,10 @@ fn fixtures_match_the_independent_reader() {
     for file in [STATIC_EXEC, STATIC_PIE] {
         let p = plan(file, BIAS).unwrap();
         let (rows_want, phdr, entry, brk) = expected(file, BIAS);
-        assert_eq!((rows(&p), p.phdr, p.entry, p.brk), (rows_want, phdr, entry, brk));
+        assert_eq!(
+            (rows(&p), p.phdr, p.entry, p.brk),
+            (rows_want, phdr, entry, brk)
+        );
     }
 }
 
@@ -251,6 +302,17 @@ proptest! {
 #[test]
 fn a_bad_interp_even_beyond_the_file_does_not_panic() {
     let mut f = ElfFile::static_pie();
-    f.phs.push(Ph { p_type: PT_INTERP, flags: PF_R, offset: 0x1ff0, vaddr: 0, filesz: u64::MAX, memsz: 0, align: 1 });
-    assert!(matches!(plan(&f.build(), BIAS), Err(ElfError::Interpreter(_))));
+    f.phs.push(Ph {
+        p_type: PT_INTERP,
+        flags: PF_R,
+        offset: 0x1ff0,
+        vaddr: 0,
+        filesz: u64::MAX,
+        memsz: 0,
+        align: 1,
+    });
+    assert!(matches!(
+        plan(&f.build(), BIAS),
+        Err(ElfError::Interpreter(_))
+    ));
 }

@@ -27,7 +27,15 @@ pub struct Ph {
 
 impl Ph {
     pub fn load(flags: u32, offset: u64, vaddr: u64, filesz: u64, memsz: u64) -> Ph {
-        Ph { p_type: PT_LOAD, flags, offset, vaddr, filesz, memsz, align: PAGE_SIZE }
+        Ph {
+            p_type: PT_LOAD,
+            flags,
+            offset,
+            vaddr,
+            filesz,
+            memsz,
+            align: PAGE_SIZE,
+        }
     }
 }
 
@@ -54,11 +62,27 @@ impl ElfFile {
     /// PT_PHDR and PT_GNU_STACK.
     pub fn static_pie() -> ElfFile {
         let phs = vec![
-            Ph { p_type: PT_PHDR, flags: PF_R, offset: 64, vaddr: 64, filesz: 5 * 56, memsz: 5 * 56, align: 8 },
+            Ph {
+                p_type: PT_PHDR,
+                flags: PF_R,
+                offset: 64,
+                vaddr: 64,
+                filesz: 5 * 56,
+                memsz: 5 * 56,
+                align: 8,
+            },
             Ph::load(PF_R, 0, 0, 0x200, 0x200),
             Ph::load(PF_R | PF_X, 0x1000, 0x1000, 0x345, 0x345),
             Ph::load(PF_R | PF_W, 0x1e10, 0x2e10, 0x1f0, 0x3000),
-            Ph { p_type: PT_GNU_STACK, flags: PF_R | PF_W, offset: 0, vaddr: 0, filesz: 0, memsz: 0, align: 16 },
+            Ph {
+                p_type: PT_GNU_STACK,
+                flags: PF_R | PF_W,
+                offset: 0,
+                vaddr: 0,
+                filesz: 0,
+                memsz: 0,
+                align: 16,
+            },
         ];
         ElfFile {
             class: 2,
@@ -116,7 +140,11 @@ impl ElfFile {
         put16(&mut b, 52, 64);
         put16(&mut b, 54, self.phentsize);
         put16(&mut b, 56, self.phnum.unwrap_or(self.phs.len() as u16));
-        let phs = if table_end.is_some() { &self.phs[..] } else { &[] };
+        let phs = if table_end.is_some() {
+            &self.phs[..]
+        } else {
+            &[]
+        };
         for (i, ph) in phs.iter().enumerate() {
             let at = self.phoff as usize + i * 56;
             put32(&mut b, at, ph.p_type);
@@ -174,7 +202,12 @@ pub fn parse(b: &[u8]) -> Parsed {
             }
         })
         .collect();
-    Parsed { e_type: u16_at(16), entry: u64_at(24), phoff, phs }
+    Parsed {
+        e_type: u16_at(16),
+        entry: u64_at(24),
+        phoff,
+        phs,
+    }
 }
 
 pub fn page_down(a: u64) -> u64 {
@@ -194,27 +227,44 @@ pub fn check_invariants(plan: &Plan, file: &[u8]) {
         assert_eq!(s.map_end % PAGE_SIZE, 0, "segment {i} of {plan:#x?}");
         assert!(s.map_start <= s.map_end, "segment {i} of {plan:#x?}");
         assert!(prev_end <= s.map_start, "segment {i} overlaps: {plan:#x?}");
-        assert!(user.contains(&s.map_start) && user.contains(&s.map_end), "segment {i} of {plan:#x?}");
+        assert!(
+            user.contains(&s.map_start) && user.contains(&s.map_end),
+            "segment {i} of {plan:#x?}"
+        );
         prev_end = s.map_end;
         assert!(s.file_size <= s.mem_size, "segment {i} of {plan:#x?}");
         assert!(s.mem_size > 0);
-        let end = s.dest.checked_add(s.mem_size).expect("segment end overflows");
-        assert!(s.map_start <= s.dest && end <= IMAGE_LIMIT, "segment {i} of {plan:#x?}");
+        let end = s
+            .dest
+            .checked_add(s.mem_size)
+            .expect("segment end overflows");
+        assert!(
+            s.map_start <= s.dest && end <= IMAGE_LIMIT,
+            "segment {i} of {plan:#x?}"
+        );
         // Every byte of the segment is mapped by it or by a later segment.
         let mut covered_to = s.map_start;
         for n in plan.segments[i..].iter().take_while(|n| n.map_start < end) {
-            assert!(n.map_start <= covered_to, "segment {i} has a hole: {plan:#x?}");
+            assert!(
+                n.map_start <= covered_to,
+                "segment {i} has a hole: {plan:#x?}"
+            );
             covered_to = covered_to.max(n.map_end);
         }
-        assert!(end <= covered_to, "segment {i} is not fully mapped: {plan:#x?}");
+        assert!(
+            end <= covered_to,
+            "segment {i} is not fully mapped: {plan:#x?}"
+        );
         assert_eq!(s.data(file).map(<[u8]>::len), Some(s.file_size as usize));
     }
     assert!(user.contains(&plan.entry), "{plan:#x?}");
     assert!(user.contains(&plan.phdr), "{plan:#x?}");
-    assert!(plan.brk >= prev_end && plan.brk % PAGE_SIZE == 0 && plan.brk <= IMAGE_LIMIT);
+    assert!(plan.brk >= prev_end && plan.brk.is_multiple_of(PAGE_SIZE) && plan.brk <= IMAGE_LIMIT);
     let phdr_end = plan.phdr + plan.phnum * plan.phent;
     assert!(
-        plan.segments.iter().any(|s| s.dest <= plan.phdr && phdr_end <= s.dest + s.file_size),
+        plan.segments
+            .iter()
+            .any(|s| s.dest <= plan.phdr && phdr_end <= s.dest + s.file_size),
         "AT_PHDR is not in a segment's file bytes: {plan:#x?}"
     );
 }

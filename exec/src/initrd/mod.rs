@@ -52,7 +52,10 @@ pub enum InitrdError {
     /// `run/<n>` is missing although a later index exists.
     MissingIndex(u32),
     /// `run/<index>` is malformed.
-    Manifest { index: u32, problem: ManifestProblem },
+    Manifest {
+        index: u32,
+        problem: ManifestProblem,
+    },
     /// `run/<index>` names a program that `bin/` does not hold.
     NoSuchProgram { index: u32, name: String },
 }
@@ -131,10 +134,15 @@ pub fn read(archive: &[u8]) -> Result<Vec<Program<'_>>, InitrdError> {
         let mut strings = parse_manifest(index, manifest)?;
         // `parse_manifest` returns at least the name.
         let name = strings.remove(0);
-        let elf = *bins
-            .get(&name)
-            .ok_or_else(|| InitrdError::NoSuchProgram { index, name: name.clone() })?;
-        programs.push(Program { name, argv: strings, elf });
+        let elf = *bins.get(&name).ok_or_else(|| InitrdError::NoSuchProgram {
+            index,
+            name: name.clone(),
+        })?;
+        programs.push(Program {
+            name,
+            argv: strings,
+            elf,
+        });
     }
     Ok(programs)
 }
@@ -148,9 +156,8 @@ pub fn check_name(name: &str) -> Result<(), InitrdError> {
 }
 
 fn parse_index(s: &str) -> Result<u32, InitrdError> {
-    let canonical = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical
         .then(|| s.parse().ok())
         .flatten()
@@ -180,89 +187,7 @@ fn parse_manifest(index: u32, data: &[u8]) -> Result<Vec<String>, InitrdError> {
 pub use writer::{HostProgram, WriteError, write};
 
 #[cfg(any(test, feature = "host"))]
-mod writer {
-    extern crate std;
+mod writer;
 
-    use alloc::collections::BTreeMap;
-    use alloc::format;
-    use alloc::string::String;
-    use alloc::vec::Vec;
-    use core::fmt;
-
-    use super::{BIN_DIR, InitrdError, RUN_DIR, check_name};
-
-    /// A program to pack: its name in `bin/`, its argv, its ELF file.
-    #[derive(Clone, Debug)]
-    pub struct HostProgram {
-        pub name: String,
-        pub argv: Vec<String>,
-        pub elf: Vec<u8>,
-    }
-
-    /// Why a ramdisk cannot be written.
-    #[derive(Debug)]
-    pub enum WriteError {
-        Name(InitrdError),
-        /// Two different files under one name.
-        NameClash(String),
-        /// An argument holds a NUL byte.
-        Nul { program: String },
-        Io(std::io::Error),
-    }
-
-    impl fmt::Display for WriteError {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match self {
-                WriteError::Name(e) => write!(f, "{e}"),
-                WriteError::NameClash(n) => {
-                    write!(f, "two different programs are named {n:?}")
-                }
-                WriteError::Nul { program } => {
-                    write!(f, "an argument of {program:?} holds a NUL byte")
-                }
-                WriteError::Io(e) => write!(f, "writing the archive: {e}"),
-            }
-        }
-    }
-
-    impl std::error::Error for WriteError {}
-
-    /// The ramdisk that starts `programs` in order. The output depends only on the input
-    /// (times, owners and modes are fixed), so equal inputs give equal archives.
-    pub fn write(programs: &[HostProgram]) -> Result<Vec<u8>, WriteError> {
-        let mut bins: BTreeMap<&str, &[u8]> = BTreeMap::new();
-        for p in programs {
-            check_name(&p.name).map_err(WriteError::Name)?;
-            if p.argv.iter().any(|a| a.contains('\0')) {
-                return Err(WriteError::Nul { program: p.name.clone() });
-            }
-            match bins.insert(&p.name, &p.elf) {
-                Some(other) if other != p.elf.as_slice() => {
-                    return Err(WriteError::NameClash(p.name.clone()));
-                }
-                _ => {}
-            }
-        }
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, data: &[u8], mode: u32| {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(data.len() as u64);
-            header.set_mode(mode);
-            header.set_mtime(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut header, path, data).map_err(WriteError::Io)
-        };
-        for (name, elf) in &bins {
-            add(&format!("{BIN_DIR}{name}"), elf, 0o755)?;
-        }
-        for (i, p) in programs.iter().enumerate() {
-            let mut manifest = Vec::new();
-            for s in core::iter::once(&p.name).chain(&p.argv) {
-                manifest.extend_from_slice(s.as_bytes());
-                manifest.push(0);
-            }
-            add(&format!("{RUN_DIR}{i}"), &manifest, 0o644)?;
-        }
-        tar.into_inner().map_err(WriteError::Io)
-    }
-}
+#[cfg(test)]
+mod tests;
