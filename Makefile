@@ -8,6 +8,9 @@ KVM     ?= 0
 TIMEOUT ?= 300
 PROFILE ?= release
 LOG     ?= info
+# make run: a static x86-64 Linux program to pack into the ramdisk, and its arguments
+PROG    ?=
+ARGS    ?=
 # make soak: minutes
 DURATION  ?= 10
 # make bench-linux: thread counts (default: 1,2,4,8 up to the CPU count), workloads, repetitions
@@ -24,23 +27,26 @@ FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
 
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
+# ARGS goes to the shell in single quotes (a ' inside becomes '\'') and `boot` splits it.
+PROG_FLAGS = $(if $(PROG),--prog '$(PROG)' $(if $(ARGS),--args '$(subst ','\'',$(ARGS))'))
 
 .PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom mutants check setup toolchain qemu ovmf boot-tool kernel clean \
-        bench bench-kernel bench-linux bench-report user-toolchain
+        bench bench-kernel bench-linux bench-report user user-toolchain
 
 all: kernel
 
-## run: build and boot in QEMU (SMP=8 MEM=1G UEFI=0 KVM=0 TIMEOUT=300)
+## run: build and boot in QEMU (SMP=8 MEM=1G UEFI=0 KVM=0 TIMEOUT=300); PROG=<static ELF>
+## ARGS="a 'b c'" packs that program and its arguments into the ramdisk for the kernel to start
 run: setup $(if $(filter 1,$(UEFI)),ovmf) boot-tool kernel
-	$(BOOT) run $(KERNEL) $(RUN_FLAGS)
+	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(PROG_FLAGS)
 
 ## gdb: boot a debug kernel that waits for GDB on localhost:1234
 gdb: PROFILE = dev
 gdb: setup boot-tool kernel
 	@echo "In another terminal: gdb -ex 'add-symbol-file $(KERNEL) -o 0xffffffff80000000' -ex 'target remote :1234' -ex 'hbreak kernel::init' -ex c"
-	$(BOOT) run $(KERNEL) $(RUN_FLAGS) --gdb --timeout 0
+	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(PROG_FLAGS) --gdb --timeout 0
 
-## test: every test: host tests of mm/ and boot/, then the in-QEMU test kernels; one summary line
+## test: every test: host tests of mm/, exec/ and boot/, then the in-QEMU test kernels; one summary line
 test: setup boot-tool
 	$(BOOT) test
 
@@ -78,10 +84,13 @@ RUNS ?= 1
 mutants: setup
 	python3 scripts/mutants.py --runs $(RUNS)
 
+## user: the Linux programs in user/, static musl builds in target/user/ (FAULT_BENCH is one)
+user: user-toolchain
+	cd user && CARGO_TARGET_DIR=$(CURDIR)/target/user cargo build --release
+
 ## bench-linux: the benchmark's workloads on this machine's Linux -> target/bench/linux.log, then
 ## the report (THREADS=1,2 WORKLOADS=page_fault1,pft,churn REPS=3)
-bench-linux: user-toolchain
-	cd user && CARGO_TARGET_DIR=$(CURDIR)/target/user cargo build --release
+bench-linux: user
 	@! command -v file >/dev/null || file $(FAULT_BENCH) | grep -q 'static' || \
 	  { echo "$(FAULT_BENCH) is not a static binary" >&2; exit 1; }
 	mkdir -p $(BENCH_DIR)
@@ -133,7 +142,7 @@ bench-kernel:
 ## bench kernel); CI runs it before the tests
 check: setup
 	cargo fmt --all --check
-	cargo clippy -p mm -p boot -p benchreport --all-targets -- -D warnings
+	cargo clippy -p mm -p exec -p boot -p benchreport --all-targets -- -D warnings
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
 	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings
 

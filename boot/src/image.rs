@@ -13,27 +13,52 @@ pub enum Firmware {
     Uefi,
 }
 
-/// Strips `elf` and builds a disk image beside it. Returns the image's path.
-pub fn build(elf: &Path, firmware: Firmware) -> Result<PathBuf, String> {
+/// Strips `elf` and builds a disk image beside it, with `ramdisk` as the bootloader's ramdisk
+/// if given. Returns the image's path: `<elf>.bios.img`, or with a ramdisk
+/// `<elf>.<fingerprint>.bios.img`, so that runs with different programs never share an image.
+pub fn build(elf: &Path, firmware: Firmware, ramdisk: Option<&[u8]>) -> Result<PathBuf, String> {
     if !elf.is_file() {
         return Err(format!("kernel ELF {} does not exist", elf.display()));
     }
     let stripped = elf.with_extension("stripped");
     strip(elf, &stripped)?;
-    let image = elf.with_extension(match firmware {
+    let kind = match firmware {
         Firmware::Bios => "bios.img",
         Firmware::Uefi => "uefi.img",
-    });
+    };
+    let ramdisk = match ramdisk {
+        Some(bytes) => {
+            let tag = format!("{:016x}", crate::ramdisk::fingerprint(bytes));
+            let path = elf.with_extension(format!("{tag}.initrd"));
+            std::fs::write(&path, bytes)
+                .map_err(|e| format!("cannot write the ramdisk {}: {e}", path.display()))?;
+            Some((tag, path))
+        }
+        None => None,
+    };
+    let image = match &ramdisk {
+        Some((tag, _)) => elf.with_extension(format!("{tag}.{kind}")),
+        None => elf.with_extension(kind),
+    };
     // The bootloader's own log is a page of INFO lines per boot; warnings are enough.
     let mut config = bootloader::BootConfig::default();
     config.log_level = LevelFilter::Warn;
+    let ramdisk = ramdisk.as_ref().map(|(_, path)| path.as_path());
     let result = match firmware {
-        Firmware::Bios => bootloader::BiosBoot::new(&stripped)
-            .set_boot_config(&config)
-            .create_disk_image(&image),
-        Firmware::Uefi => bootloader::UefiBoot::new(&stripped)
-            .set_boot_config(&config)
-            .create_disk_image(&image),
+        Firmware::Bios => {
+            let mut boot = bootloader::BiosBoot::new(&stripped);
+            if let Some(path) = ramdisk {
+                boot.set_ramdisk(path);
+            }
+            boot.set_boot_config(&config).create_disk_image(&image)
+        }
+        Firmware::Uefi => {
+            let mut boot = bootloader::UefiBoot::new(&stripped);
+            if let Some(path) = ramdisk {
+                boot.set_ramdisk(path);
+            }
+            boot.set_boot_config(&config).create_disk_image(&image)
+        }
     };
     result.map_err(|e| format!("cannot build disk image {}: {e:#}", image.display()))?;
     Ok(image)

@@ -2,15 +2,22 @@
 //!
 //! ```text
 //! boot run <ELF> [--smp N] [--mem SIZE] [--uefi] [--kvm] [--gdb] [--timeout SECS]
-//! boot image <ELF> [--uefi]          build the disk image only, print its path
+//!          [--prog PROGRAM [--args "ARG ..."]]...
+//! boot image <ELF> [--uefi] [--prog PROGRAM [--args "ARG ..."]]...
+//!                                    build the disk image only, print its path
 //! boot runner <ELF>                  cargo's target runner for kernel test binaries
 //! boot test                          every test: host tests, then in-QEMU tests; one summary
 //! ```
 //! `runner` takes its settings from the environment: `KTEST_SMP` (CPUs, default 8),
 //! `KTEST_TIMEOUT` (seconds, default 300), `KTEST_RESULTS` (a file to append counts to).
+//!
+//! `--prog` packs a static x86-64 Linux program into the image's ramdisk for the kernel to
+//! start, in command-line order; `--args` gives the arguments of the `--prog` before it, split
+//! as a shell splits words (argv[0] is the program's file name).
 
 mod image;
 mod qemu;
+mod ramdisk;
 mod suite;
 mod testlog;
 
@@ -36,8 +43,8 @@ fn dispatch(args: &[String]) -> Result<bool, String> {
     let (cmd, rest) = args.split_first().ok_or_else(usage)?;
     match cmd.as_str() {
         "run" => {
-            let (elf, opts) = parse_run(rest)?;
-            let image = image::build(&elf, opts.firmware)?;
+            let (elf, opts, progs) = parse_run(rest)?;
+            let image = image::build(&elf, opts.firmware, pack(&progs)?.as_deref())?;
             if opts.gdb {
                 eprintln!("boot: QEMU waits for GDB on localhost:1234 (see README, \"Debugging\")");
             }
@@ -48,8 +55,12 @@ fn dispatch(args: &[String]) -> Result<bool, String> {
             Ok(out.success)
         }
         "image" => {
-            let (elf, opts) = parse_run(rest)?;
-            println!("{}", image::build(&elf, opts.firmware)?.display());
+            let (elf, opts, progs) = parse_run(rest)?;
+            let ramdisk = pack(&progs)?;
+            println!(
+                "{}",
+                image::build(&elf, opts.firmware, ramdisk.as_deref())?.display()
+            );
             Ok(true)
         }
         "runner" => suite::runner(rest),
@@ -64,17 +75,27 @@ fn dispatch(args: &[String]) -> Result<bool, String> {
 
 fn usage() -> String {
     "usage: boot run|image <KERNEL-ELF> [--smp N] [--mem SIZE] [--uefi] [--kvm] [--gdb] \
-     [--timeout SECS] | boot runner <ELF> | boot test"
+     [--timeout SECS] [--prog PROGRAM [--args \"ARG ...\"]]... | boot runner <ELF> | boot test"
         .into()
 }
 
+/// The ramdisk for `progs`, if there are any.
+fn pack(progs: &[ramdisk::Prog]) -> Result<Option<Vec<u8>>, String> {
+    if progs.is_empty() {
+        return Ok(None);
+    }
+    ramdisk::pack(progs).map(Some)
+}
+
 /// Parses `<ELF> [options]` for `run` and `image`.
-fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options), String> {
+fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options, Vec<ramdisk::Prog>), String> {
     let mut opts = qemu::Options {
         timeout: None,
         ..Default::default()
     };
     let mut elf = None;
+    let mut progs: Vec<ramdisk::Prog> = Vec::new();
+    let mut args_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -98,10 +119,71 @@ fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options), String> {
             "--uefi" => opts.firmware = Firmware::Uefi,
             "--kvm" => opts.kvm = true,
             "--gdb" => opts.gdb = true,
+            "--prog" => {
+                progs.push(ramdisk::Prog {
+                    path: PathBuf::from(value("--prog")?),
+                    args: Vec::new(),
+                });
+                args_given = false;
+            }
+            "--args" => {
+                let v = value("--args")?;
+                let prog = progs
+                    .last_mut()
+                    .ok_or("--args gives the arguments of a --prog: put it after one")?;
+                if std::mem::replace(&mut args_given, true) {
+                    return Err(format!("two --args for {}", prog.path.display()));
+                }
+                prog.args = ramdisk::split_args(&v)?;
+            }
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s if elf.is_none() => elf = Some(PathBuf::from(s)),
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
-    Ok((elf.ok_or_else(usage)?, opts))
+    Ok((elf.ok_or_else(usage)?, opts, progs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Vec<ramdisk::Prog>, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        parse_run(&args).map(|(_, _, progs)| progs)
+    }
+
+    #[test]
+    fn programs_and_their_arguments() {
+        let progs = parse(&[
+            "kernel",
+            "--prog",
+            "a",
+            "--args",
+            "--threads '1 2'",
+            "--smp",
+            "2",
+            "--prog",
+            "b",
+        ])
+        .unwrap();
+        assert_eq!(progs.len(), 2);
+        assert_eq!(
+            (progs[0].path.to_str(), progs[0].args.clone()),
+            (Some("a"), vec!["--threads".into(), "1 2".into()])
+        );
+        assert_eq!(
+            (progs[1].path.to_str(), progs[1].args.len()),
+            (Some("b"), 0)
+        );
+        assert!(parse(&["kernel"]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn misplaced_arguments_are_errors() {
+        assert!(parse(&["kernel", "--args", "x"]).is_err());
+        assert!(parse(&["kernel", "--prog", "a", "--args", "x", "--args", "y"]).is_err());
+        assert!(parse(&["kernel", "--prog"]).is_err());
+        assert!(parse(&["kernel", "--prog", "a", "--args", "'open"]).is_err());
+    }
 }

@@ -42,7 +42,7 @@ pub fn runner(args: &[String]) -> Result<bool, String> {
         Some((_, smps)) => smps.to_vec(),
         None => vec![env_u64("KTEST_SMP", 8)? as u32],
     };
-    let image = image::build(&elf, Firmware::Bios)?;
+    let image = image::build(&elf, Firmware::Bios, None)?;
     if !is_test_binary(&elf) {
         // `cargo run` of a kernel binary: boot it as `boot run` does; there are no tests to count.
         let opts = qemu::Options {
@@ -91,13 +91,15 @@ pub fn runner(args: &[String]) -> Result<bool, String> {
     Ok(all_ok)
 }
 
-/// `boot test`: host tests of `mm`, `boot` and `benchreport`, then every test kernel under QEMU.
+/// `boot test`: host tests of `mm`, `exec`, `boot` and `benchreport`, then every test kernel
+/// under QEMU.
 pub fn all() -> Result<bool, String> {
     let root = workspace_root();
     let mut total = Counts::default();
 
-    let host_runs: [&[&str]; 3] = [
+    let host_runs: [&[&str]; 4] = [
         &["test", "-p", "mm"],
+        &["test", "-p", "exec"],
         &["test", "--release", "-p", "boot"],
         &["test", "-p", "benchreport"],
     ];

@@ -48,6 +48,9 @@ pub const USER_END: u64 = 0x0000_8000_0000_0000;
 pub const STACK_RESERVE: u64 = 128 << 20;
 /// Every byte of a loaded image lies below this.
 pub const IMAGE_LIMIT: u64 = USER_END - STACK_RESERVE;
+/// A bias for static-PIEs: the page of x86-64 Linux's `ELF_ET_DYN_BASE` (two thirds of the user
+/// half), far above fixed `ET_EXEC` addresses and far below the stack.
+pub const PIE_BASE: u64 = 0x5555_5555_4000;
 /// Size of one x86-64 program header (`AT_PHENT`).
 pub const PHENT_SIZE: u64 = size_of::<ProgramHeader64<LittleEndian>>() as u64;
 /// Linux refuses more than this many bytes of program headers (`load_elf_phdrs`).

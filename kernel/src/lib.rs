@@ -16,6 +16,7 @@ pub mod acpi;
 pub mod arch;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod initrd;
 pub mod log;
 pub mod memory;
 pub mod platform;
@@ -76,6 +77,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
         .into_option()
         .expect("bootloader did not map physical memory (BOOTLOADER_CONFIG asks it to)");
     let memory = memory::init(&boot_info.memory_regions, offset);
+    initrd::init(boot_info);
     memory::clear_lower_half();
     let cpus = acpi::cpus(boot_info.rsdp_addr.into_option());
     let xapic = cpus

@@ -259,7 +259,7 @@ pub fn check_invariants(plan: &Plan, file: &[u8]) {
     }
     assert!(user.contains(&plan.entry), "{plan:#x?}");
     assert!(user.contains(&plan.phdr), "{plan:#x?}");
-    assert!(plan.brk >= prev_end && plan.brk % PAGE_SIZE == 0 && plan.brk <= IMAGE_LIMIT);
+    assert!(plan.brk >= prev_end && plan.brk.is_multiple_of(PAGE_SIZE) && plan.brk <= IMAGE_LIMIT);
     let phdr_end = plan.phdr + plan.phnum * plan.phent;
     assert!(
         plan.segments

@@ -1,0 +1,50 @@
+//! The ramdisk: the programs `boot run --prog` packed (format: `exec::initrd`), as the
+//! bootloader loaded and mapped it.
+
+use alloc::vec::Vec;
+
+use bootloader_api::BootInfo;
+use exec::initrd::{InitrdError, Program};
+
+static RAMDISK: spin::Once<Option<&'static [u8]>> = spin::Once::new();
+
+/// Records where the bootloader put the ramdisk and logs the programs it holds. Called once,
+/// by `kernel::init`, after the heap is up.
+pub fn init(boot_info: &BootInfo) {
+    RAMDISK.call_once(|| {
+        let addr = boot_info.ramdisk_addr.into_option()?;
+        let len = usize::try_from(boot_info.ramdisk_len).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: the bootloader mapped `len` bytes at `addr` in the kernel's half of the page
+        // tables and never unmaps them; the memory map reports their frames as the
+        // bootloader's, not usable, so the frame allocator never hands them out and nothing
+        // writes them: the bytes stay valid and unchanged for the kernel's lifetime.
+        Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
+    });
+    match programs() {
+        Ok(programs) if programs.is_empty() => {}
+        Ok(programs) => {
+            for (i, p) in programs.iter().enumerate() {
+                crate::info!(
+                    "ramdisk: program {i}: {} ({} bytes), argv {:?}",
+                    p.name,
+                    p.elf.len(),
+                    p.argv
+                );
+            }
+        }
+        Err(e) => crate::error!("ramdisk: {e}"),
+    }
+}
+
+/// The ramdisk's bytes, `None` when the image has none (no `--prog`).
+pub fn ramdisk() -> Option<&'static [u8]> {
+    RAMDISK.get().copied().flatten()
+}
+
+/// The programs to start, in order: empty without a ramdisk.
+pub fn programs() -> Result<Vec<Program<'static>>, InitrdError> {
+    ramdisk().map_or(Ok(Vec::new()), exec::initrd::read)
+}
