@@ -16,6 +16,7 @@ use kernel::memory::{FRAMES, heap};
 use kernel::platform::memory;
 use kernel::process::Process;
 use kernel::qemu::{ExitCode, exit};
+use kernel::user::{Status, spawn_program};
 use kernel::{error, info, sched};
 use mm::memory::FaultPolicy;
 use mm::ops::MapFlags;
@@ -64,6 +65,22 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             boot.smp.failed
         );
     }
+    let programs = match kernel::initrd::programs() {
+        Ok(p) => p,
+        Err(e) => {
+            error!("ramdisk: {e}; no program runs");
+            exit(ExitCode::Failed)
+        }
+    };
+    if !programs.is_empty() {
+        // QEMU's exit status says whether the first program exited 0.
+        let first_ok = run_programs(&programs);
+        exit(if first_ok {
+            ExitCode::Success
+        } else {
+            ExitCode::Failed
+        })
+    }
     threads_demo();
     for policy in [FaultPolicy::PerVmaLock, FaultPolicy::MmapLockOnly] {
         faults_demo(policy);
@@ -76,6 +93,28 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     info!("done; leaving QEMU");
     exit(ExitCode::Success)
+}
+
+/// Runs the ramdisk's programs one after the other, each to its end. Returns whether the first
+/// one exited with code 0.
+fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
+    let mut first_ok = None;
+    for p in programs {
+        let status = match spawn_program(p.elf, p.argv.clone()) {
+            Ok(process) => Some(process.wait()),
+            Err(e) => {
+                error!("{}: {e}", p.name);
+                None
+            }
+        };
+        first_ok.get_or_insert(status == Some(Status::Exited(0)));
+    }
+    info!(
+        "programs: {} ran; {} frames free",
+        programs.len(),
+        FRAMES.stats().1
+    );
+    first_ok.unwrap_or(false)
 }
 
 /// 64 threads share the CPUs: each does a slice of work, yields now and then, and records where

@@ -60,7 +60,18 @@ pub(super) fn dispatch(frame: &mut TrapFrame) {
     let a = [
         frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9,
     ];
-    let result = call(&ut, frame, frame.rax, a);
+    let nr = frame.rax;
+    let result = call(&ut, frame, nr, a);
+    // `make run LOG=debug`: every call, as `strace` shows it.
+    crate::debug!(
+        "pid {} tid {}: syscall {nr}({:#x}, {:#x}, {:#x}, {:#x}) = {result:?}",
+        ut.process.pid,
+        ut.tid,
+        a[0],
+        a[1],
+        a[2],
+        a[3]
+    );
     frame.rax = match result {
         Ok(v) => v,
         Err(e) => (-(e as i64)) as u64,
@@ -284,7 +295,10 @@ fn fcntl(fd: u64, cmd: u64) -> Result {
     }
 }
 
+/// `PROT_READ | PROT_WRITE | PROT_EXEC`.
 const PROT_MASK: u64 = 0x7;
+/// `PROT_SEM`: accepted by `mprotect`, meaningless on x86.
+const PROT_SEM: u64 = 0x8;
 const MAP_SHARED: u64 = 0x01;
 const MAP_PRIVATE: u64 = 0x02;
 const MAP_SHARED_VALIDATE: u64 = 0x03;
@@ -292,16 +306,23 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 
-fn prot(bits: u64) -> Result<Prot> {
-    if bits & !PROT_MASK != 0 {
+/// `mmap`'s protection: Linux ignores bits it does not know there.
+fn mmap_prot(bits: u64) -> Prot {
+    Prot::from_bits_truncate((bits & PROT_MASK) as u32)
+}
+
+/// `mprotect`'s protection: unknown bits are `EINVAL` (and `PROT_GROWSDOWN`/`UP` too, as no
+/// mapping here grows).
+fn mprotect_prot(bits: u64) -> Result<Prot> {
+    if bits & !(PROT_MASK | PROT_SEM) != 0 {
         return Err(Errno::EINVAL);
     }
-    Ok(Prot::from_bits_truncate(bits as u32))
+    Ok(mmap_prot(bits))
 }
 
 fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     let [addr, len, prot_bits, flags, fd, off] = a;
-    let prot = prot(prot_bits)?;
+    let prot = mmap_prot(prot_bits);
     match flags & MAP_SHARED_VALIDATE {
         MAP_PRIVATE => {}
         MAP_SHARED | MAP_SHARED_VALIDATE if flags & MAP_ANONYMOUS != 0 => {
@@ -331,7 +352,11 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     use mm::ops::{MmapError, RangeError};
     match ut.process.mm().mmap(addr, len, prot, mflags) {
         Ok(va) => Ok(va.as_u64()),
-        Err(MmapError::BadRange(RangeError::OutOfRange)) if addr < mm::ops::MMAP_MIN_ADDR => {
+        // Only a fixed mapping below `mmap_min_addr` is a permission matter.
+        Err(MmapError::BadRange(RangeError::OutOfRange))
+            if mflags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE)
+                && addr < mm::ops::MMAP_MIN_ADDR =>
+        {
             Err(Errno::EPERM)
         }
         Err(MmapError::BadRange(RangeError::OutOfRange | RangeError::Overflow)) => {
@@ -359,7 +384,7 @@ fn mprotect(ut: &UserThread, addr: u64, len: u64, prot_bits: u64) -> Result {
     if addr & 0xfff != 0 {
         return Err(Errno::EINVAL);
     }
-    let prot = prot(prot_bits)?;
+    let prot = mprotect_prot(prot_bits)?;
     if len == 0 {
         return Ok(0);
     }
