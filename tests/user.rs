@@ -259,3 +259,48 @@ fn every_frame_comes_back_when_a_process_ends() {
         assert_eq!(free_frames(), baseline, "frames leaked by a process");
     }
 }
+
+#[test_case]
+fn user_copies_fail_cleanly_on_bad_pointers() {
+    use kernel::arch::uaccess::{Efault, copy_from_user, copy_to_user, strncpy_from_user};
+    use kernel::process::Process;
+    use mm::ops::MapFlags;
+    use mm::vma::Prot;
+    let p = Process::new("uaccess").expect("process");
+    let mm = p.mm().clone();
+    let code = p
+        .spawn("copier", move || {
+            let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+            let base = mm
+                .mmap(0, 2 * 4096, Prot::READ | Prot::WRITE, flags)
+                .expect("mmap")
+                .as_u64();
+            mm.munmap(base + 4096, 4096).expect("munmap the second page");
+            let mut buf = [0u8; 64];
+            let checks = [
+                // Populated on demand: the copy faults the page in and succeeds.
+                copy_to_user(base, b"hello\0") == Ok(()),
+                copy_from_user(&mut buf[..6], base) == Ok(()) && &buf[..6] == b"hello\0",
+                strncpy_from_user(base, 64) == Ok(Some(b"hello".to_vec())),
+                // Unmapped, kernel half, running into the hole, wrapping around.
+                copy_from_user(&mut buf, base + 4096) == Err(Efault),
+                copy_from_user(&mut buf, 0xffff_8000_0000_0000) == Err(Efault),
+                copy_from_user(&mut buf, kernel::KERNEL_BASE) == Err(Efault),
+                copy_from_user(&mut buf, base + 4096 - 8) == Err(Efault),
+                copy_to_user(u64::MAX - 8, &buf) == Err(Efault),
+                copy_to_user(base + 4096 - 8, &buf) == Err(Efault),
+                // A string that runs into the hole before its NUL.
+                copy_to_user(base + 4096 - 4, b"abcd") == Ok(())
+                    && strncpy_from_user(base + 4096 - 4, 64) == Err(Efault),
+                // No NUL within the limit.
+                strncpy_from_user(base + 4096 - 4, 4) == Ok(None),
+            ];
+            checks
+                .iter()
+                .position(|ok| !ok)
+                .map_or(0, |i| i as i64 + 1)
+        })
+        .expect("spawn")
+        .join();
+    assert_eq!(code, 0, "check {code} (1-based) failed");
+}
