@@ -275,7 +275,8 @@ fn user_copies_fail_cleanly_on_bad_pointers() {
                 .mmap(0, 2 * 4096, Prot::READ | Prot::WRITE, flags)
                 .expect("mmap")
                 .as_u64();
-            mm.munmap(base + 4096, 4096).expect("munmap the second page");
+            mm.munmap(base + 4096, 4096)
+                .expect("munmap the second page");
             let mut buf = [0u8; 64];
             let checks = [
                 // Populated on demand: the copy faults the page in and succeeds.
@@ -295,10 +296,7 @@ fn user_copies_fail_cleanly_on_bad_pointers() {
                 // No NUL within the limit.
                 strncpy_from_user(base + 4096 - 4, 4) == Ok(None),
             ];
-            checks
-                .iter()
-                .position(|ok| !ok)
-                .map_or(0, |i| i as i64 + 1)
+            checks.iter().position(|ok| !ok).map_or(0, |i| i as i64 + 1)
         })
         .expect("spawn")
         .join();

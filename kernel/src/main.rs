@@ -98,6 +98,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// Runs the ramdisk's programs one after the other, each to its end. Returns whether the first
 /// one exited with code 0.
 fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
+    let before = kernel::memory::settled_free_frames();
     let mut first_ok = None;
     for p in programs {
         let status = match spawn_program(p.elf, p.argv.clone()) {
@@ -109,11 +110,19 @@ fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
         };
         first_ok.get_or_insert(status == Some(Status::Exited(0)));
     }
+    // Every process is gone: all their frames (and their threads' stacks) must be back.
+    let after = kernel::memory::settled_free_frames();
     info!(
-        "programs: {} ran; {} frames free",
-        programs.len(),
-        FRAMES.stats().1
+        "programs: {} ran; free frames before {before}, after {after}",
+        programs.len()
     );
+    if after != before {
+        error!(
+            "programs: {} frames not given back",
+            before as i64 - after as i64
+        );
+        return false;
+    }
     first_ok.unwrap_or(false)
 }
 
