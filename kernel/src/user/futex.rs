@@ -9,7 +9,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use spin::Mutex;
 use x86_64::instructions::interrupts;
@@ -33,7 +33,9 @@ pub enum WaitError {
 
 struct Waiter {
     mm: u64,
-    addr: u64,
+    /// The word waited on; `requeue` moves a waiter to another word (and bucket) under both
+    /// buckets' locks.
+    addr: AtomicU64,
     bitset: u32,
     thread: Arc<Thread>,
     /// Set by the waker that took it off the queue.
@@ -61,14 +63,16 @@ pub fn wait(
     let me = sched::current();
     let waiter = Arc::new(Waiter {
         mm: mm.id(),
-        addr,
+        addr: AtomicU64::new(addr),
         bitset,
         thread: me,
         woken: AtomicBool::new(false),
     });
-    let queue = bucket(mm.id(), addr);
     let mut queued = false;
     loop {
+        // The waiter's word, hence its bucket, may change while it is queued (`requeue`), but
+        // only under the bucket's lock: the bucket read here is re-checked under that lock.
+        let queue = current_bucket(mm.id(), &waiter);
         if !queued {
             // Fault the word in where faults may sleep; the check under the lock below then
             // normally finds it mapped.
@@ -76,7 +80,10 @@ pub fn wait(
         }
         let mut outcome: Option<Result<(), WaitError>> = None;
         sched::block_current(deadline, |_| {
-            let mut q = queue.lock();
+            let Some(mut q) = lock_bucket_of(mm.id(), &waiter, queue) else {
+                // Requeued meanwhile: look again.
+                return false;
+            };
             if waiter.woken.load(Ordering::Acquire) {
                 outcome = Some(Ok(()));
                 return false;
@@ -108,15 +115,36 @@ pub fn wait(
         if let Some(result) = outcome {
             if result.is_err() && queued {
                 // Leave the queue, unless a waker took us off meanwhile: then that wake counts.
-                let mut q = queue.lock_irqsafe();
-                if waiter.woken.load(Ordering::Acquire) {
-                    return Ok(());
+                loop {
+                    let queue = current_bucket(mm.id(), &waiter);
+                    let mut q = queue.lock_irqsafe();
+                    if !core::ptr::eq(queue, current_bucket(mm.id(), &waiter)) {
+                        continue;
+                    }
+                    if waiter.woken.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    q.retain(|w| !Arc::ptr_eq(w, &waiter));
+                    break;
                 }
-                q.retain(|w| !Arc::ptr_eq(w, &waiter));
             }
             return result;
         }
     }
+}
+
+fn current_bucket(mm: u64, w: &Waiter) -> &'static Mutex<Vec<Arc<Waiter>>> {
+    bucket(mm, w.addr.load(Ordering::Acquire))
+}
+
+/// Locks `queue` if it is still the waiter's bucket (interrupts are off).
+fn lock_bucket_of<'a>(
+    mm: u64,
+    w: &Waiter,
+    queue: &'a Mutex<Vec<Arc<Waiter>>>,
+) -> Option<spin::MutexGuard<'a, Vec<Arc<Waiter>>>> {
+    let q = queue.lock();
+    core::ptr::eq(queue, current_bucket(mm, w)).then_some(q)
 }
 
 /// Wakes up to `n` waiters on `addr` in `mm` whose bitset shares a bit with `bitset`. Returns how
@@ -127,7 +155,11 @@ pub fn wake(mm: &Mm, addr: u64, n: usize, bitset: u32) -> usize {
         let mut q = queue.lock();
         let mut out = Vec::new();
         q.retain(|w| {
-            if out.len() < n && w.mm == mm.id() && w.addr == addr && w.bitset & bitset != 0 {
+            if out.len() < n
+                && w.mm == mm.id()
+                && w.addr.load(Ordering::Relaxed) == addr
+                && w.bitset & bitset != 0
+            {
                 w.woken.store(true, Ordering::Release);
                 out.push(w.clone());
                 false
@@ -142,6 +174,77 @@ pub fn wake(mm: &Mm, addr: u64, n: usize, bitset: u32) -> usize {
         sched::wake(w.thread.clone());
     }
     count
+}
+
+/// `FUTEX_CMP_REQUEUE` (`expected` given) and `FUTEX_REQUEUE`: wakes up to `n_wake` waiters on
+/// `from`, then moves up to `n_requeue` of the rest to wait on `to`. Returns the number woken
+/// plus (for `CMP_REQUEUE`) the number moved, as Linux does. `EAGAIN` if `from` does not hold
+/// `expected`.
+pub fn requeue(
+    mm: &Mm,
+    from: u64,
+    to: u64,
+    n_wake: usize,
+    n_requeue: usize,
+    expected: Option<u32>,
+) -> Result<usize, WaitError> {
+    let id = mm.id();
+    let (qa, qb) = (bucket(id, from), bucket(id, to));
+    if expected.is_some() {
+        read_user::<u32>(from).map_err(|Efault| WaitError::Fault)?;
+    }
+    let (woken, moved) = interrupts::without_interrupts(|| {
+        // Two buckets in address order, one if they are the same.
+        let (first, second) = if (qa as *const _ as usize) <= (qb as *const _ as usize) {
+            (qa, qb)
+        } else {
+            (qb, qa)
+        };
+        let mut g1 = first.lock();
+        let mut g2 = (!core::ptr::eq(first, second)).then(|| second.lock());
+        if let Some(expected) = expected {
+            match read_user::<u32>(from) {
+                Ok(v) if v == expected => {}
+                Ok(_) => return Err(WaitError::Again),
+                Err(Efault) => return Err(WaitError::Fault),
+            }
+        }
+        let (src, dst): (&mut Vec<Arc<Waiter>>, Option<&mut Vec<Arc<Waiter>>>) =
+            if core::ptr::eq(first, qa) {
+                (&mut g1, g2.as_deref_mut())
+            } else {
+                (g2.as_deref_mut().expect("two buckets"), Some(&mut g1))
+            };
+        let mut woken = Vec::new();
+        let mut moving = Vec::new();
+        src.retain(|w| {
+            if w.mm != id || w.addr.load(Ordering::Relaxed) != from {
+                return true;
+            }
+            if woken.len() < n_wake {
+                w.woken.store(true, Ordering::Release);
+                woken.push(w.clone());
+                false
+            } else if moving.len() < n_requeue {
+                w.addr.store(to, Ordering::Release);
+                moving.push(w.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let moved = moving.len();
+        match dst {
+            Some(dst) => dst.extend(moving),
+            None => src.extend(moving),
+        }
+        Ok((woken, moved))
+    })?;
+    let count = woken.len();
+    for w in woken {
+        sched::wake(w.thread.clone());
+    }
+    Ok(count + if expected.is_some() { moved } else { 0 })
 }
 
 /// A spin lock taken with interrupts off for its whole hold.

@@ -776,11 +776,13 @@ fn clock_nanosleep(ut: &UserThread, clock: u64, flags: u64, req: u64) -> Result 
 fn futex(ut: &UserThread, a: [u64; 6]) -> Result {
     const FUTEX_WAIT: u64 = 0;
     const FUTEX_WAKE: u64 = 1;
+    const FUTEX_REQUEUE: u64 = 3;
+    const FUTEX_CMP_REQUEUE: u64 = 4;
     const FUTEX_WAIT_BITSET: u64 = 9;
     const FUTEX_WAKE_BITSET: u64 = 10;
     const FUTEX_PRIVATE: u64 = 128;
     const FUTEX_CLOCK_REALTIME: u64 = 256;
-    let [addr, op, val, timeout, _uaddr2, val3] = a;
+    let [addr, op, val, timeout, uaddr2, val3] = a;
     let cmd = op & !(FUTEX_PRIVATE | FUTEX_CLOCK_REALTIME);
     if addr & 3 != 0 {
         return Err(Errno::EINVAL);
@@ -834,6 +836,26 @@ fn futex(ut: &UserThread, a: [u64; 6]) -> Result {
                 return Err(Errno::EINVAL);
             }
             Ok(futex::wake(mm, addr, (val as u32).min(i32::MAX as u32) as usize, bitset) as u64)
+        }
+        FUTEX_REQUEUE | FUTEX_CMP_REQUEUE => {
+            // The fourth argument is a count here, not a timeout.
+            let (n_wake, n_requeue) = (val as i32, timeout as i32);
+            if n_wake < 0 || n_requeue < 0 || uaddr2 & 3 != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let expected = (cmd == FUTEX_CMP_REQUEUE).then_some(val3 as u32);
+            match futex::requeue(
+                mm,
+                addr,
+                uaddr2,
+                n_wake as usize,
+                n_requeue as usize,
+                expected,
+            ) {
+                Ok(n) => Ok(n as u64),
+                Err(WaitError::Again) => Err(Errno::EAGAIN),
+                Err(_) => Err(Errno::EFAULT),
+            }
         }
         _ => Err(Errno::ENOSYS),
     }
