@@ -20,7 +20,7 @@ use x86_64::instructions::interrupts;
 use x86_64::structures::idt::PageFaultErrorCode;
 
 use crate::arch::idt::PageFaultHook;
-use crate::arch::trap::{RFLAGS_IF, TrapFrame};
+use crate::arch::trap::{RFLAGS_AC, RFLAGS_IF, TrapFrame};
 
 use crate::memory::stack::StackError;
 use crate::platform::{Mm, memory};
@@ -128,6 +128,16 @@ pub(crate) fn handle_user_fault(
         if frame.from_user() {
             crate::user::segv(frame, addr.as_u64(), "kernel address", access);
         }
+        return false;
+    }
+    if !frame.from_user()
+        && frame.rflags & RFLAGS_AC == 0
+        && crate::arch::trap::SMAP.load(core::sync::atomic::Ordering::Relaxed)
+    {
+        // Kernel code touched user memory with user access closed (SMAP): outside the
+        // user-copy helpers, and outside a kernel thread that works on a process's memory. A
+        // kernel bug, whatever `mm` would say about the page (it may be present and allowed,
+        // and retrying would fault forever): the #PF handler panics.
         return false;
     }
     if crate::arch::percpu::preempt_count() != 0 || frame.rflags & RFLAGS_IF == 0 {

@@ -84,7 +84,7 @@ pub const RFLAGS_AC: u64 = 1 << 18;
 pub const RFLAGS_RESERVED: u64 = 1 << 1;
 
 /// SMAP is on: the entry code closes user access, the user-copy helpers open it.
-pub(crate) static SMAP: AtomicBool = AtomicBool::new(false);
+pub static SMAP: AtomicBool = AtomicBool::new(false);
 
 /// Every stub is 16 bytes apart, the first at `trap_stubs`: vector `v`'s is at `+ 16 * v`. The
 /// vectors whose exceptions push an error code (8, 10-14, 17, 21, 29, 30) get no `push 0`.

@@ -317,6 +317,21 @@ pub fn wake(t: Arc<Thread>) {
     }
 }
 
+/// Makes a thread enter the kernel soon: wakes it if it is blocked, and if it runs on another
+/// CPU, sends that CPU a reschedule IPI (its return to user mode then runs the pending work,
+/// e.g. leaving a killed process). A thread that is just starting or stopping there may miss
+/// the IPI; its next tick does the same.
+pub fn kick(t: Arc<Thread>) {
+    if t.on_cpu.load(Ordering::Acquire) {
+        let cpu = t.last_cpu.load(Ordering::Relaxed);
+        let _np = NoPreempt::new();
+        if cpu != cpu_id() {
+            resched_cpu(cpu);
+        }
+    }
+    wake(t);
+}
+
 /// The CPU a woken thread is queued on: its pinned CPU; else the CPU it last ran on if that
 /// one idles (its caches may still hold the thread's data); else any idle CPU; else the CPU it
 /// last ran on, where it preempts the running thread. Idleness is a racy hint: two wakers may

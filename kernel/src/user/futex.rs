@@ -178,8 +178,9 @@ pub fn wake(mm: &Mm, addr: u64, n: usize, bitset: u32) -> usize {
 
 /// `FUTEX_CMP_REQUEUE` (`expected` given) and `FUTEX_REQUEUE`: wakes up to `n_wake` waiters on
 /// `from`, then moves up to `n_requeue` of the rest to wait on `to`. Returns the number woken
-/// plus (for `CMP_REQUEUE`) the number moved, as Linux does. `EAGAIN` if `from` does not hold
-/// `expected`.
+/// plus the number moved, as Linux does for both (its man page says only the woken count for
+/// `FUTEX_REQUEUE`; the code and the differential test say otherwise). `EAGAIN` if `from` does
+/// not hold `expected`.
 pub fn requeue(
     mm: &Mm,
     from: u64,
@@ -244,7 +245,7 @@ pub fn requeue(
     for w in woken {
         sched::wake(w.thread.clone());
     }
-    Ok(count + if expected.is_some() { moved } else { 0 })
+    Ok(count + moved)
 }
 
 /// A spin lock taken with interrupts off for its whole hold.

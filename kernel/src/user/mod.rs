@@ -159,9 +159,10 @@ impl UserProcess {
         self.killed.store(true, Ordering::Release);
         let threads: Vec<Arc<Thread>> =
             interrupts::without_interrupts(|| self.threads.lock().clone());
-        // A thread running on another CPU leaves at its next kernel entry (a tick at the latest);
-        // a blocked one is woken (its wait re-checks and sees `killed`).
-        threads.into_iter().for_each(sched::wake);
+        // A thread running on another CPU is sent into the kernel (a reschedule IPI), a blocked
+        // one is woken (its wait re-checks and sees `killed`); each leaves at its return to user
+        // mode.
+        threads.into_iter().for_each(sched::kick);
     }
 
     fn is_killed(&self) -> bool {
