@@ -223,7 +223,14 @@ impl Mapping {
         let len = pages.max(1) * PAGE_SIZE;
         // SAFETY: without MAP_FIXED the kernel picks a range that holds nothing.
         let addr = unsafe {
-            mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            mmap(
+                0,
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         }?;
         // INVARIANT: the mapping succeeded, is new and is readable and writable.
         Ok(Mapping { addr, len })

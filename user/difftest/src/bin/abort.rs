@@ -7,7 +7,11 @@ use std::panic;
 
 fn main() {
     panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().copied().unwrap_or("(not a string)");
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .unwrap_or("(not a string)");
         match info.location() {
             Some(l) => eprintln!("panicked at {}:{}: {msg}", l.file(), l.line()),
             None => eprintln!("panicked: {msg}"),

@@ -32,7 +32,10 @@ fn main() {
         }
     };
     let bytes = region.bytes_mut();
-    println!("fresh memory reads zero={}", bytes.iter().step_by(PAGE_SIZE).all(|&b| b == 0));
+    println!(
+        "fresh memory reads zero={}",
+        bytes.iter().step_by(PAGE_SIZE).all(|&b| b == 0)
+    );
     let barrier = Barrier::new(THREADS);
     let part = PAGES_PER_THREAD * PAGE_SIZE;
     let own_checks: Vec<bool> = thread::scope(|s| {
@@ -55,9 +58,10 @@ fn main() {
     for (t, ok) in own_checks.iter().enumerate() {
         println!("disjoint thread {t} own check={ok}");
     }
-    let whole = bytes.chunks(part).enumerate().all(|(t, c)| {
-        c.iter().enumerate().all(|(i, &b)| b == pattern(t, i))
-    });
+    let whole = bytes
+        .chunks(part)
+        .enumerate()
+        .all(|(t, c)| c.iter().enumerate().all(|(i, &b)| b == pattern(t, i)));
     println!("disjoint whole check after join={whole}");
     drop(region);
 
@@ -80,7 +84,10 @@ fn main() {
                     }
                     // Every thread's stores are visible to every thread after the barrier.
                     barrier.wait();
-                    let stored = words.iter().enumerate().all(|(w, x)| x.load(Ordering::Relaxed) == w as u64 + 1);
+                    let stored = words
+                        .iter()
+                        .enumerate()
+                        .all(|(w, x)| x.load(Ordering::Relaxed) == w as u64 + 1);
                     barrier.wait();
                     for _ in 0..ADD_ROUNDS {
                         for word in words {
@@ -93,7 +100,10 @@ fn main() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    println!("interleaved stores seen by every thread={}", sees_all.iter().all(|&b| b));
+    println!(
+        "interleaved stores seen by every thread={}",
+        sees_all.iter().all(|&b| b)
+    );
     let added = ADD_ROUNDS * (1..=THREADS as u64).sum::<u64>();
     let sums_ok = words
         .iter()

@@ -33,7 +33,9 @@ fn main() {
         })
     };
     let t = Instant::now();
-    let (g, r) = cv.wait_timeout_while(lock.lock().unwrap(), LONG, |set| !*set).unwrap();
+    let (g, r) = cv
+        .wait_timeout_while(lock.lock().unwrap(), LONG, |set| !*set)
+        .unwrap();
     println!("condvar notified timed_out={} flag={}", r.timed_out(), *g);
     println!("condvar notified before timeout={}", t.elapsed() < LONG);
     drop(g);
@@ -47,7 +49,10 @@ fn main() {
     thread::current().unpark();
     let t = Instant::now();
     thread::park_timeout(LONG);
-    println!("park after unpark returned before timeout={}", t.elapsed() < LONG);
+    println!(
+        "park after unpark returned before timeout={}",
+        t.elapsed() < LONG
+    );
 
     let t = Instant::now();
     thread::park_timeout(SHORT);
@@ -60,13 +65,19 @@ fn main() {
     });
     let t = Instant::now();
     thread::park_timeout(LONG);
-    println!("park unparked by thread before timeout={}", t.elapsed() < LONG);
+    println!(
+        "park unparked by thread before timeout={}",
+        t.elapsed() < LONG
+    );
     unparker.join().unwrap();
 
     let (tx, rx) = mpsc::channel::<u32>();
     let t = Instant::now();
     let r = rx.recv_timeout(SHORT);
-    println!("recv_timeout empty timeout={}", r == Err(RecvTimeoutError::Timeout));
+    println!(
+        "recv_timeout empty timeout={}",
+        r == Err(RecvTimeoutError::Timeout)
+    );
     println!("recv_timeout empty elapsed>=10ms={}", t.elapsed() >= SHORT);
     let sender = thread::spawn(move || {
         thread::sleep(Duration::from_millis(20));

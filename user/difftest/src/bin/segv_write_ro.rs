@@ -5,13 +5,14 @@ use difftest::sys::{self, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ};
 
 fn main() {
     // SAFETY: without MAP_FIXED the kernel picks a range that holds nothing.
-    let page = match unsafe { sys::mmap(0, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) } {
-        Ok(p) => p,
-        Err(e) => {
-            println!("mmap failed: {e}");
-            std::process::exit(1);
-        }
-    };
+    let page =
+        match unsafe { sys::mmap(0, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) } {
+            Ok(p) => p,
+            Err(e) => {
+                println!("mmap failed: {e}");
+                std::process::exit(1);
+            }
+        };
     // SAFETY: the page is readable and nothing else uses it.
     println!("read-only page reads {}", unsafe { sys::load_byte(page) });
     println!("before");

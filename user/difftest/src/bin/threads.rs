@@ -24,9 +24,12 @@ fn main() {
                 for _ in 0..ROUNDS {
                     sum.fetch_add(i + 1, Ordering::Relaxed);
                     let mut cur = cas.load(Ordering::Relaxed);
-                    while let Err(now) =
-                        cas.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed)
-                    {
+                    while let Err(now) = cas.compare_exchange_weak(
+                        cur,
+                        cur + 1,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
                         cur = now;
                     }
                 }
@@ -45,7 +48,10 @@ fn main() {
     println!("cas total={}", cas.load(Ordering::Relaxed));
     println!("join return sum={returned}");
     println!("mutex vec len={} sum={}", v.len(), v.iter().sum::<u64>());
-    println!("mutex vec each once={}", v.iter().copied().eq(0..THREADS * PUSHES));
+    println!(
+        "mutex vec each once={}",
+        v.iter().copied().eq(0..THREADS * PUSHES)
+    );
     producer_consumer();
 }
 
@@ -59,7 +65,10 @@ struct Queue {
 /// the queue is empty and every producer is done; both sides block on a `Condvar`.
 fn producer_consumer() {
     let q = Arc::new((
-        Mutex::new(Queue { items: VecDeque::new(), producers_left: THREADS / 2 }),
+        Mutex::new(Queue {
+            items: VecDeque::new(),
+            producers_left: THREADS / 2,
+        }),
         Condvar::new(),
         Condvar::new(),
     ));
@@ -105,8 +114,14 @@ fn producer_consumer() {
     for p in producers {
         p.join().unwrap();
     }
-    let mut all: Vec<u64> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let mut all: Vec<u64> = consumers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     all.sort_unstable();
     println!("condvar queue items={}", all.len());
-    println!("condvar queue each once={}", all.iter().copied().eq(0..THREADS / 2 * PUSHES));
+    println!(
+        "condvar queue each once={}",
+        all.iter().copied().eq(0..THREADS / 2 * PUSHES)
+    );
 }
