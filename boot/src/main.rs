@@ -9,6 +9,7 @@
 //! `runner` takes its settings from the environment: `KTEST_SMP` (CPUs, default 8),
 //! `KTEST_TIMEOUT` (seconds, default 300), `KTEST_RESULTS` (a file to append counts to).
 
+mod difftest;
 mod image;
 mod qemu;
 mod suite;
