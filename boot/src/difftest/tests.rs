@@ -65,6 +65,14 @@ fn parse_pid_reuse_is_a_new_process_and_output_before_start_counts() {
 }
 
 #[test]
+fn parse_lines_drops_carriage_returns_of_a_serial_line() {
+    let procs =
+        parse_kernel_lines(["user 1 start a\r", "user 1 out| x\r", "user 1 exit 0\r"]).unwrap();
+    assert_eq!(procs[0].name.as_deref(), Some("a"));
+    assert_eq!(procs[0].outcome, outcome(&["x"], &[], Status::Exit(0)));
+}
+
+#[test]
 fn parse_ignores_lines_not_of_a_process() {
     let log = "user space is up\nusers 1 out| x\n user 1 out| x\nuser -1 out| x\nuser\n";
     assert_eq!(parse_kernel_log(log).unwrap(), Vec::new());
