@@ -16,7 +16,6 @@ pub mod nr {
     pub const MPROTECT: usize = 10;
     pub const MUNMAP: usize = 11;
     pub const BRK: usize = 12;
-    pub const RT_SIGACTION: usize = 13;
     pub const WRITEV: usize = 20;
     pub const NANOSLEEP: usize = 35;
     pub const UNAME: usize = 63;
@@ -24,7 +23,6 @@ pub mod nr {
     pub const GETRANDOM: usize = 318;
 }
 
-pub const PROT_NONE: usize = 0;
 pub const PROT_READ: usize = 1;
 pub const PROT_WRITE: usize = 2;
 pub const PROT_EXEC: usize = 4;
@@ -33,7 +31,6 @@ pub const MAP_PRIVATE: usize = 0x02;
 pub const MAP_FIXED: usize = 0x10;
 pub const MAP_ANONYMOUS: usize = 0x20;
 pub const CLOCK_MONOTONIC: usize = 1;
-pub const SIGSEGV: usize = 11;
 pub const PAGE_SIZE: usize = 4096;
 
 /// The lowest address of the kernel half: nothing at or above it is ever user-accessible.
@@ -189,20 +186,6 @@ pub fn writev_raw(fd: usize, iov: usize, count: usize) -> Result<usize, Errno> {
 pub unsafe fn call_into_unmapped(nr: usize, args: [usize; 6]) -> Result<usize, Errno> {
     // SAFETY: the caller vouches that what the kernel may write is no memory of ours.
     result(unsafe { syscall6(nr, args) })
-}
-
-/// `rt_sigaction(sig, SIG_DFL)`: puts back the default action (terminate) for `sig`.
-pub fn reset_signal(sig: usize) -> Result<usize, Errno> {
-    // The kernel's `struct sigaction`: handler, flags, restorer, mask.
-    let act = [0usize; 4];
-    // SAFETY: `act` is readable for its size; no old action is asked for (null), so the kernel
-    // writes nothing.
-    result(unsafe {
-        syscall6(
-            nr::RT_SIGACTION,
-            [sig, act.as_ptr() as usize, 0, size_of::<u64>(), 0, 0],
-        )
-    })
 }
 
 /// A private anonymous read-write mapping of whole pages, owned by this value and unmapped on
