@@ -24,6 +24,7 @@ KERNEL   = target/$(TARGET)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/kern
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 BENCH_DIR   := target/bench
 FAULT_BENCH := target/user/x86_64-unknown-linux-musl/release/fault_bench
+USER_PROGS   = $(FAULT_BENCH) $(patsubst user/difftest/src/bin/%.rs,target/user/x86_64-unknown-linux-musl/release/%,$(wildcard user/difftest/src/bin/*.rs))
 
 RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
@@ -46,8 +47,9 @@ gdb: setup boot-tool kernel
 	@echo "In another terminal: gdb -ex 'add-symbol-file $(KERNEL) -o 0xffffffff80000000' -ex 'target remote :1234' -ex 'hbreak kernel::init' -ex c"
 	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(PROG_FLAGS) --gdb --timeout 0
 
-## test: every test: host tests of mm/, exec/ and boot/, then the in-QEMU test kernels; one summary line
-test: setup boot-tool
+## test: every test: host tests of mm/, exec/ and boot/, then the in-QEMU test kernels and the
+## differential tests of the user programs (Linux and this kernel); one summary line
+test: setup boot-tool user-progs
 	$(BOOT) test
 
 ## test-long: the host property and fault-injection tests with many more cases (MM_TEST_LONG=1),
@@ -108,6 +110,14 @@ bench-report: toolchain
 	if [ -z "$$logs" ]; then echo "no logs in $(BENCH_DIR): run make bench or make bench-linux" >&2; exit 1; fi; \
 	echo "cargo run -q -p benchreport -- --out $(BENCH_DIR)$$logs"; \
 	cargo run -q -p benchreport -- --out $(BENCH_DIR) $$logs
+
+## user-progs: the static user programs of user/ (the differential test programs of
+## user/difftest, fault_bench) -> target/user/x86_64-unknown-linux-musl/release
+.PHONY: user-progs
+user-progs: user-toolchain
+	cd user && CARGO_TARGET_DIR=$(CURDIR)/target/user cargo build --release
+	@! command -v file >/dev/null || for f in $(USER_PROGS); do \
+	  file $$f | grep -q 'static' || { echo "$$f is not a static binary" >&2; exit 1; }; done
 
 # The stable toolchain with the musl target that user/rust-toolchain.toml names.
 user-toolchain:

@@ -15,6 +15,7 @@
 //! start, in command-line order; `--args` gives the arguments of the `--prog` before it, split
 //! as a shell splits words (argv[0] is the program's file name).
 
+mod difftest;
 mod image;
 mod qemu;
 mod ramdisk;
