@@ -101,8 +101,17 @@ fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
     let before = kernel::memory::settled_free_frames();
     let mut first_ok = None;
     for p in programs {
+        let t0 = apic::now_ns();
         let status = match spawn_program(p.elf, p.argv.clone()) {
-            Ok(process) => Some(process.wait()),
+            Ok(process) => {
+                let status = process.wait();
+                info!(
+                    "{}: {status:?} after {} ms",
+                    p.name,
+                    (apic::now_ns() - t0) / 1_000_000
+                );
+                Some(status)
+            }
             Err(e) => {
                 error!("{}: {e}", p.name);
                 None
