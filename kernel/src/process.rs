@@ -12,9 +12,9 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 
+use mm::AddressSpace;
 use mm::fault::{Access, FaultResult, handle_mm_fault};
 use mm::frame::FrameAllocError;
-use mm::mm::AddressSpace;
 use x86_64::VirtAddr;
 use x86_64::instructions::interrupts;
 use x86_64::registers::rflags::RFlags;

@@ -3,7 +3,7 @@
 //! page tables with a split lock per page-table page.
 //!
 //! `mm` knows nothing of the kernel: all it needs from the machine comes through
-//! [`platform::Platform`], so the same code runs on eight CPUs in QEMU and under `cargo test` on
+//! [`Platform`], so the same code runs on eight CPUs in QEMU and under `cargo test` on
 //! emulated RAM. Lock order and the rules of each field are in `LOCKING.md`.
 
 #![no_std]
@@ -13,16 +13,14 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(not(loom))]
+pub mod address_space;
+#[cfg(not(loom))]
 pub mod fault;
 pub mod frame;
 #[cfg(not(loom))]
 pub mod maple;
 #[cfg(not(loom))]
 pub mod memory;
-#[cfg(not(loom))]
-pub mod mm;
-#[cfg(all(not(loom), any(test, feature = "emulated")))]
-pub mod mmu;
 #[cfg(not(loom))]
 pub mod ops;
 #[cfg(not(loom))]
@@ -34,6 +32,17 @@ pub mod shootdown;
 pub mod stats;
 pub mod sync;
 pub mod vma;
+
+#[cfg(not(loom))]
+pub use address_space::AddressSpace;
+#[cfg(not(loom))]
+pub use fault::{Access, FaultResult, handle_mm_fault};
+#[cfg(not(loom))]
+pub use memory::{FaultPolicy, Memory};
+#[cfg(not(loom))]
+pub use ops::MapFlags;
+pub use platform::Platform;
+pub use vma::Prot;
 
 #[cfg(all(test, loom))]
 mod loom_tests;

@@ -1,4 +1,6 @@
-//! The physical frame allocator over the boot memory map.
+//! [`FramePool`]: the machine's pool of physical frames, over the boot memory map. It is what
+//! `mm`'s `Platform::alloc_frame` draws from; `mm`'s own `FrameAllocator` is a per-CPU cache in
+//! front of it.
 //!
 //! Frames are handed out first by bumping through the usable regions, then from a free list
 //! threaded through the freed frames themselves (the first 8 bytes of a free frame hold the
@@ -42,14 +44,14 @@ const WORDS: usize = 512;
 const LINK_WORD: usize = 0;
 const CHECK_WORD: usize = 1;
 
-/// The global frame allocator.
-pub static FRAMES: FrameAllocator = FrameAllocator {
+/// The machine's frame pool.
+pub static FRAMES: FramePool = FramePool {
     inner: Mutex::new(Inner::EMPTY),
     checked: AtomicU64::new(0),
 };
 
-/// Allocator of 4 KiB physical frames.
-pub struct FrameAllocator {
+/// The pool of every usable 4 KiB physical frame (one lock; `mm` caches per CPU in front of it).
+pub struct FramePool {
     inner: Mutex<Inner>,
     /// Frames whose poison was checked when they were allocated again.
     checked: AtomicU64,
@@ -128,7 +130,7 @@ fn frame_at(pa: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new(pa))
 }
 
-impl FrameAllocator {
+impl FramePool {
     /// Hands the allocator the usable, frame-aligned regions. Runs once.
     pub(super) fn init(&self, regions: &[Range<u64>]) {
         let mut inner = self.inner.lock();
@@ -272,7 +274,7 @@ impl FrameAllocator {
 
 // SAFETY: `alloc` returns each frame at most once until it is freed.
 unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB>
-    for &FrameAllocator
+    for &FramePool
 {
     fn allocate_frame(&mut self) -> Option<PhysFrame> {
         let frame = self.alloc()?;

@@ -12,10 +12,10 @@
 //! otherwise a CPU could see data another wrote to the copy after something published later,
 //! yet read the old value of the page itself.
 
+use crate::address_space::AddressSpace;
 use crate::fault::profile::{self, Stamp};
 use crate::fault::{AccessKind, FaultResult, Outcome};
 use crate::frame::FrameKind;
-use crate::mm::AddressSpace;
 use crate::pgtable::{PteGuard, make_pte, pte_flags, pte_flags_for, pte_frame};
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::stats::Event;

@@ -20,8 +20,8 @@
 mod anon;
 pub mod profile;
 
+use crate::address_space::AddressSpace;
 use crate::memory::FaultPolicy;
-use crate::mm::AddressSpace;
 use crate::pgtable::{USER_END, pte_flags};
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::stats::Event;

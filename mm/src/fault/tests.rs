@@ -1,8 +1,8 @@
 use super::*;
 use crate::frame::FrameKind;
 use crate::memory::FaultPolicy;
-use crate::mmu;
 use crate::pgtable::pte_frame;
+use crate::platform::mmu;
 use crate::tests::tlb::{Pause, on_cpu};
 use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
 

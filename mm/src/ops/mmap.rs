@@ -3,8 +3,8 @@
 use core::ops::Range;
 
 use super::{MMAP_MIN_ADDR, RangeError, TreeOutOfMemory, rewrite, user_range};
+use crate::address_space::AddressSpace;
 use crate::maple::GapDir;
-use crate::mm::AddressSpace;
 use crate::pgtable::USER_END;
 use crate::platform::{Platform, VirtAddr};
 use crate::vma::Prot;

@@ -1,6 +1,6 @@
-//! Address-space operations: [`mmap`](crate::mm::AddressSpace::mmap),
-//! [`munmap`](crate::mm::AddressSpace::munmap), [`mprotect`](crate::mm::AddressSpace::mprotect),
-//! [`madvise`](crate::mm::AddressSpace::madvise).
+//! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
+//! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
+//! [`madvise`](crate::address_space::AddressSpace::madvise).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -35,7 +35,7 @@ pub use mmap::{MapFlags, MmapError};
 pub use mprotect::MprotectError;
 pub use munmap::MunmapError;
 
-use crate::mm::AddressSpace;
+use crate::address_space::AddressSpace;
 use crate::pgtable::USER_END;
 use crate::platform::Platform;
 use crate::sync::MmapWriteGuard;

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::fault::lock_vma_under_rcu;
-use crate::mmu;
 use crate::pgtable::{pte_flags, pte_frame};
 use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, PIC_BASE, SetOnDrop, anon, draw, fixed, picture};
 
 fn scenario(before: &str, op: impl FnOnce(&AddressSpace<Emulated>), after: (&str, &str)) {

@@ -11,6 +11,8 @@
 
 #[cfg(any(test, feature = "emulated"))]
 pub mod emulated;
+#[cfg(all(not(loom), any(test, feature = "emulated")))]
+pub mod mmu;
 #[cfg(all(test, not(loom)))]
 pub(crate) mod probe;
 #[cfg(all(test, not(loom)))]

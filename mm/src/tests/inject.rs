@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use super::prop::{CPUS, Model, WINDOW, addr, check, window_page};
+use crate::address_space::AddressSpace;
 use crate::fault::FaultResult;
 use crate::maple::FailNodeAllocs;
-use crate::mm::AddressSpace;
-use crate::mmu;
 use crate::ops::{MADV_DONTNEED, MadviseError, MmapError, MprotectError, MunmapError};
 use crate::platform::emulated::{Emulated, FailRandomly};
+use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, anon, fixed, prot_of};
 use crate::vma::Prot;
 

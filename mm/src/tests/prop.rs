@@ -13,12 +13,12 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::mm::AddressSpace;
-use crate::mmu;
+use crate::address_space::AddressSpace;
 use crate::ops::MprotectError;
 use crate::pgtable::{PTE_PROTNONE, pte_flags, pte_frame, pte_holds_frame};
 use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, PIC_BASE, anon, fixed, prot_of};
 use crate::vma::Prot;
 

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use crate::mm::AddressSpace;
-use crate::mmu;
+use crate::address_space::AddressSpace;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::stats::Event;
 use crate::testutil::{Env, PAGE, anon, fixed};
 use crate::vma::Prot;

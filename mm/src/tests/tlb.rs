@@ -6,11 +6,11 @@ use std::sync::mpsc;
 use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
+use crate::address_space::AddressSpace;
 use crate::frame::mem;
-use crate::mm::AddressSpace;
-use crate::mmu;
 use crate::pgtable::{pte_flags, pte_frame};
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
 use crate::vma::Prot;

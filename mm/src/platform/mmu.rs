@@ -23,9 +23,9 @@
 
 use core::sync::atomic::{Ordering, fence};
 
+use crate::address_space::AddressSpace;
 use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::frame::{FrameKind, mem};
-use crate::mm::AddressSpace;
 use crate::pgtable::{pte_flags, pte_frame};
 use crate::platform::emulated::{Emulated, Tlb, TlbEntry};
 use crate::platform::{PageTableFlags, PhysFrame, Platform, VirtAddr};
