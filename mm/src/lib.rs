@@ -5,8 +5,15 @@
 //! `mm` knows nothing of the kernel: all it needs from the machine comes through
 //! [`Platform`], so the same code runs on eight CPUs in QEMU and under `cargo test` on
 //! emulated RAM. Lock order and the rules of each field are in `LOCKING.md`.
+//!
+//! The crate denies `unsafe` code except in the leaf modules that carry an
+//! `#[allow(unsafe_code)]`: the platform seam and its emulation, frame memory (`frame::mem`),
+//! the maple tree's nodes, values and their retirement, RCU callbacks, the spinlock, the rwsem's
+//! wait list and the benchmark's floor probe (plus tests that free by hand on purpose).
 
 #![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(any(test, loom, feature = "std"))]
@@ -25,6 +32,8 @@ pub mod memory;
 pub mod ops;
 #[cfg(not(loom))]
 pub mod pgtable;
+// The seam is an unsafe trait, implemented by the emulated platform below it.
+#[allow(unsafe_code)]
 pub mod platform;
 mod primitive;
 pub mod rcu;
@@ -45,6 +54,7 @@ pub use platform::Platform;
 pub use vma::Prot;
 
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)] // `UnsafeCell` accesses: how a model sees a data race
 mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -30,11 +30,17 @@ use crate::platform::Platform;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Stamp {
+    /// The kernel's #PF hook starts: ends exception delivery.
     Entry,
+    /// The lockless walk found the VMA, or the fault falls back to `mmap_lock`.
     Walk,
+    /// The VMA read lock is held, or `mmap_lock` and the lookup.
     Lock,
+    /// The page-table levels exist and the PTE was found empty.
     Pgtable,
+    /// A zeroed frame is allocated.
     Frame,
+    /// The PTE is set and its lock dropped.
     Pte,
 }
 

@@ -9,6 +9,7 @@
 //! Lock order: a cache lock is taken with no other cache lock held, and may be taken under a
 //! PTE lock (class [`LockClass::FrameCache`](crate::sync::LockClass) after `Pte`).
 
+#[allow(unsafe_code)]
 pub mod mem;
 mod meta;
 

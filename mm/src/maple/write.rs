@@ -34,8 +34,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use super::node::{
     INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, MAX_HEIGHT, NodeRef, publish_root,
 };
+use super::value::{clone_word, from_word, into_word};
 use super::walk::slot_for;
-use super::{MapleTree, MapleValue, clone_word, from_word, into_word};
+use super::{MapleTree, MapleValue};
 use crate::platform::Platform;
 
 /// State owned by the writer lock.
@@ -671,11 +672,20 @@ fn free_retired<V: MapleValue>(nodes: Vec<NodeRef>, values: Vec<u64>, count: &At
     }
 }
 
+impl<V: MapleValue, P: Platform> Drop for MapleTree<V, P> {
+    fn drop(&mut self) {
+        // `&mut self`: no reader can hold anything of this tree, so everything goes now.
+        let root = *self.root.get_mut();
+        // SAFETY: `&mut self` proves no reader or writer can reach the tree.
+        unsafe { destroy::<V>(root, &self.nodes) };
+    }
+}
+
 /// Frees a whole tree and drops its values at once.
 ///
 /// # Safety
 /// Nothing else can reach the tree at `root` any more (no reader, no writer).
-pub(super) unsafe fn destroy<V: MapleValue>(root: u64, count: &Arc<AtomicUsize>) {
+unsafe fn destroy<V: MapleValue>(root: u64, count: &Arc<AtomicUsize>) {
     let Some(n) = NodeRef::from_word(root) else {
         return;
     };

@@ -21,6 +21,7 @@
 //! - The kernel half of the root (PML4 entries 256..512) belongs to the kernel: it is copied in
 //!   at creation ([`PageTables::with_kernel_half`]) and never walked or freed here.
 
+#[allow(unsafe_code)]
 mod floor;
 mod install;
 mod zap;

@@ -12,10 +12,12 @@
 #[cfg(any(test, feature = "emulated"))]
 pub mod emulated;
 #[cfg(all(not(loom), any(test, feature = "emulated")))]
+#[deny(unsafe_code)]
 pub mod mmu;
 #[cfg(all(test, not(loom)))]
 pub(crate) mod probe;
 #[cfg(all(test, not(loom)))]
+#[deny(unsafe_code)]
 mod tests;
 
 use core::sync::atomic::AtomicU32;

@@ -37,6 +37,7 @@
 //! Optimistic spinning on a running owner (Linux's `rwsem_optimistic_spin`) is not done: a
 //! waiter queues at once. Readers never steal.
 
+#[allow(unsafe_code)]
 mod wait_list;
 
 #[cfg(all(test, not(loom)))]
@@ -229,8 +230,7 @@ impl<W: Park> RwSemaphore<W> {
                 }
             }
         }
-        let waiter = Waiter::new(Kind::Read, now.saturating_add(RWSEM_WAIT_TIMEOUT_NS));
-        self.queue_and_wait(list, &waiter, now);
+        self.queue_and_wait(list, Kind::Read, now);
     }
 
     #[cold]
@@ -255,17 +255,20 @@ impl<W: Park> RwSemaphore<W> {
                 Err(cur) => s = cur,
             }
         }
-        let waiter = Waiter::new(Kind::Write, now.saturating_add(RWSEM_WAIT_TIMEOUT_NS));
-        self.queue_and_wait(list, &waiter, now);
+        self.queue_and_wait(list, Kind::Write, now);
     }
 
-    /// Queues `waiter` last and returns once it holds the lock.
-    fn queue_and_wait(&self, mut list: super::SpinGuard<'_, WaitList>, waiter: &Waiter, now: u64) {
-        // We return only once the waiter is GRANTED (unlinked by its waker), and `Queued` turns
-        // unwinding before that into an abort.
-        // SAFETY: `waiter` lives in our caller's frame, which does not return before it is unlinked.
-        unsafe { list.push_back(waiter) };
-        let queued = Queued;
+    /// Queues a waiter of `kind` last and returns once it holds the lock.
+    fn queue_and_wait(&self, list: super::SpinGuard<'_, WaitList>, kind: Kind, now: u64) {
+        let deadline = now.saturating_add(RWSEM_WAIT_TIMEOUT_NS);
+        WaitList::queue(list, kind, deadline, |list, waiter| {
+            self.wait_queued(list, waiter, now)
+        });
+        self.note_acquired(kind);
+    }
+
+    /// Waits until `waiter`, just queued on `list`, is granted the lock.
+    fn wait_queued(&self, mut list: super::SpinGuard<'_, WaitList>, waiter: &Waiter, now: u64) {
         // A holder that released before WAITERS became visible saw no waiters and will not wake
         // anyone, so look at the lock ourselves (both are RMWs of `state`: one sees the other).
         self.state.fetch_or(WAITERS, Ordering::Relaxed);
@@ -280,10 +283,8 @@ impl<W: Park> RwSemaphore<W> {
             self.wake_waiters();
         }
         self.wait_granted(waiter);
-        core::mem::forget(queued);
         #[cfg(all(test, not(loom)))]
         self.acquired.record_wait(waiter.kind, seen);
-        self.note_acquired(waiter.kind);
     }
 
     /// Parks until `waiter` is granted the lock; a writer woken at the head takes it itself.
@@ -411,18 +412,5 @@ impl<W: Park> RwSemaphore<W> {
     fn note_acquired(&self, _kind: Kind) {
         #[cfg(all(test, not(loom)))]
         self.acquired.note(_kind);
-    }
-}
-
-/// Alive while a waiter is queued. Unwinding out of the wait (a panicking [`Park`]) would leave
-/// the queue pointing into a dead frame, so dropping this panics, which during unwinding aborts.
-struct Queued;
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        // Under loom, a blocked waiter unwinds only when loom tears down a failed model (a
-        // deadlock), after which nothing touches the queue; aborting would hide the report.
-        #[cfg(not(loom))]
-        panic!("unwound out of an rwsem wait with the waiter still queued");
     }
 }
