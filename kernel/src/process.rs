@@ -90,7 +90,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
         // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on,
         // as the faulting code had them (an interrupt gate turned them off).
         interrupts::enable();
-        let result = handle_mm_fault(mm, addr, access);
+        let result = handle_mm_fault(mm, addr.as_u64(), access);
         interrupts::disable();
         result
     })
@@ -127,7 +127,7 @@ pub(crate) fn handle_user_fault(
         FaultResult::Segv { addr, reason } => {
             crate::warn!(
                 "thread {tid}: segmentation fault at {:#x} ({reason:?}, {access:?}), rip {:#x}; thread ended",
-                addr.as_u64(),
+                addr,
                 frame.instruction_pointer.as_u64()
             );
             interrupts::enable();

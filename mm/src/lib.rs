@@ -6,6 +6,11 @@
 //! [`Platform`], so the same code runs on eight CPUs in QEMU and under `cargo test` on
 //! emulated RAM. Lock order and the rules of each field are in `LOCKING.md`.
 //!
+//! Types: a user virtual address is a `u64` throughout the API (Linux's `unsigned long`; VMA
+//! and maple ranges are `Range<u64>`), a page-table entry a [`pgtable::Pte`], a held frame
+//! reference a [`frame::FrameRef`]. The platform seam speaks the `x86_64` crate's types
+//! (`VirtAddr`, `PhysFrame`), since it is where `mm` meets the hardware.
+//!
 //! The crate denies `unsafe` code except in the leaf modules that carry an
 //! `#[allow(unsafe_code)]`: the platform seam and its emulation, frame memory (`frame::mem`),
 //! the maple tree's nodes, values and their retirement, RCU callbacks, the spinlock, the rwsem's

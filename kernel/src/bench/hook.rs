@@ -66,7 +66,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &InterruptStackF
             return floor(mm, a);
         }
         interrupts::enable();
-        let r = handle_mm_fault(mm, addr, access);
+        let r = handle_mm_fault(mm, a, access);
         interrupts::disable();
         r
     })

@@ -147,7 +147,6 @@ mod imp {
 mod tests {
     use super::*;
     use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
-    use crate::platform::VirtAddr;
     use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
     use crate::vma::Prot;
 
@@ -166,17 +165,14 @@ mod tests {
 
         // Off: nothing is recorded.
         enable(CPU, false);
-        assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), write),
-            FaultResult::Resolved
-        );
+        assert_eq!(handle_mm_fault(&mm, PIC_BASE, write), FaultResult::Resolved);
         assert_eq!(take(CPU).0, [0; 6]);
 
         enable(CPU, true);
         let start = env.p.cycles();
         stamp(&*env.p, Stamp::Entry);
         assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE + PAGE), write),
+            handle_mm_fault(&mm, PIC_BASE + PAGE, write),
             FaultResult::Resolved
         );
         let end = env.p.cycles();
