@@ -189,7 +189,7 @@ MUTANTS = [
     ),
     Mutant(
         "rewrite-detaches-before-tree-write",
-        "mm/src/ops/mod.rs",
+        "mm/src/ops/rewrite.rs",
         "    if mm.tree().store_span(span, entries).is_err() {\n"
         "        return Err(TreeOutOfMemory);\n"
         "    }\n"

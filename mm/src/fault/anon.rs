@@ -5,7 +5,7 @@
 //! that finds the PTE already filled frees its frame and reports success, and the access is
 //! retried against the winner's mapping.
 //!
-//! A copy-on-write replaces the frame behind a present PTE, which other CPUs may have cached. It
+//! A copy-on-write (`wp_page_copy`) replaces the frame behind a present PTE, which other CPUs may have cached. It
 //! goes in Linux's `wp_page_copy` order: copy, lock, re-check, clear the old PTE and shoot it
 //! down (still under the PTE lock, `ptep_clear_flush`), and only then install the new one. Once
 //! any CPU can reach the copy, none can still read the old frame through a stale translation:
@@ -69,13 +69,58 @@ pub(super) fn do_anonymous_page<P: Platform>(
 }
 
 /// `do_wp_page`: a write to a present, read-only PTE in a writable VMA. An anonymous frame
-/// mapped once and owned by nobody else is made writable in place; the zero frame (or a shared
-/// frame) is copied into a new frame.
+/// mapped once and owned by nobody else is made writable in place ([`wp_page_reuse`]); the
+/// zero frame (or a shared frame) is copied into a new frame ([`wp_page_copy`]).
 ///
 /// Locks: on entry the VMA read lock or `mmap_lock` read, and the PTE lock (`pte`, consumed);
-/// on exit the same without the PTE lock. The copy is made with the PTE lock dropped; the
-/// shootdown of the old translation is sent with it held (see the module header).
+/// on exit the same without the PTE lock.
 pub(super) fn do_wp_page<P: Platform>(
+    mm: &AddressSpace<P>,
+    vma: &Vma,
+    addr: u64,
+    pte: PteGuard<'_, P>,
+    orig: Pte,
+) -> Outcome {
+    let frames = mm.memory().frames();
+    let old = orig.frame();
+    if old != frames.zero_frame() {
+        let meta = frames.meta(old);
+        if meta.mapcount() == 1 && meta.refcount() == 1 {
+            return wp_page_reuse(mm, addr, pte, orig);
+        }
+    }
+    wp_page_copy(mm, vma, addr, pte, orig)
+}
+
+/// `wp_page_reuse`: the frame behind `orig` is ours alone, so the PTE is made writable (and
+/// dirty) in place; only this CPU may cache the read-only entry that faulted, so it flushes it
+/// locally.
+///
+/// Locks: as [`do_wp_page`].
+fn wp_page_reuse<P: Platform>(
+    mm: &AddressSpace<P>,
+    addr: u64,
+    pte: PteGuard<'_, P>,
+    orig: Pte,
+) -> Outcome {
+    let mem = mm.memory();
+    let new = orig.with_flags(orig.flags() | PageTableFlags::WRITABLE | PageTableFlags::DIRTY);
+    // If the MMU changed A/D meanwhile the access just faults again.
+    if pte.replace(addr, orig, new).is_ok() {
+        mem.count(Event::WpReuse);
+    }
+    drop(pte);
+    mem.platform().flush_tlb_local(VirtAddr::new(addr), 1);
+    Outcome::Done(FaultResult::Resolved)
+}
+
+/// `wp_page_copy`: copies the frame behind `orig` (zero-fills for the zero frame) into a new
+/// frame and maps that writable in its place, in the order the module header gives. The copy
+/// is made with the PTE lock dropped; the shootdown of the old translation is sent with it
+/// held.
+///
+/// Locks: as [`do_wp_page`]; takes the PTE lock again to install the copy.
+fn wp_page_copy<P: Platform>(
     mm: &AddressSpace<P>,
     vma: &Vma,
     addr: u64,
@@ -84,22 +129,7 @@ pub(super) fn do_wp_page<P: Platform>(
 ) -> Outcome {
     let mem = mm.memory();
     let frames = mem.frames();
-    let old = orig.frame();
-    let zero = frames.zero_frame();
-    if old != zero {
-        let meta = frames.meta(old);
-        if meta.mapcount() == 1 && meta.refcount() == 1 {
-            let new =
-                orig.with_flags(orig.flags() | PageTableFlags::WRITABLE | PageTableFlags::DIRTY);
-            // If the MMU changed A/D meanwhile the access just faults again.
-            if pte.replace(addr, orig, new).is_ok() {
-                mem.count(Event::WpReuse);
-            }
-            drop(pte);
-            mem.platform().flush_tlb_local(VirtAddr::new(addr), 1);
-            return Outcome::Done(FaultResult::Resolved);
-        }
-    }
+    let (old, zero) = (orig.frame(), frames.zero_frame());
     // Keeps the source alive while copying without the lock.
     let src = frames.get(old);
     drop(pte);

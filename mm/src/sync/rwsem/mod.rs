@@ -99,28 +99,42 @@ impl<W: Park> RwSemaphore<W> {
     /// Acquires for reading, waiting while a writer holds the lock or anyone is queued.
     pub fn down_read(&self) {
         if !self.try_down_read() {
-            self.down_read_slowpath();
+            self.down_slowpath(Kind::Read);
         }
     }
 
     /// Acquires for reading if that needs no waiting (no writer holds, nobody is queued).
     pub fn try_down_read(&self) -> bool {
+        let ok = self.try_acquire(Kind::Read, READ_FAILED_MASK);
+        if ok {
+            self.note_acquired(Kind::Read);
+        }
+        ok
+    }
+
+    /// Takes the lock for `kind` unless one of `blockers` is set in the word: a reader adds
+    /// itself to the count, a writer sets `WRITER_LOCKED`, each with a compare-and-swap retried
+    /// while only other bits change. The one loop behind both fast paths and both slow-path
+    /// steals.
+    #[inline(always)]
+    fn try_acquire(&self, kind: Kind, blockers: u32) -> bool {
         let mut s = self.state.load(Ordering::Relaxed);
-        while s & READ_FAILED_MASK == 0 {
-            debug_assert!(
-                s & READER_MASK != READER_MASK,
-                "rwsem reader count overflow"
-            );
-            match self.state.compare_exchange_weak(
-                s,
-                s + READER_BIAS,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.note_acquired(Kind::Read);
-                    return true;
+        while s & blockers == 0 {
+            let new = match kind {
+                Kind::Read => {
+                    debug_assert!(
+                        s & READER_MASK != READER_MASK,
+                        "rwsem reader count overflow"
+                    );
+                    s + READER_BIAS
                 }
+                Kind::Write => s | WRITER_LOCKED,
+            };
+            match self
+                .state
+                .compare_exchange_weak(s, new, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
                 Err(cur) => s = cur,
             }
         }
@@ -141,7 +155,7 @@ impl<W: Park> RwSemaphore<W> {
     /// Acquires for writing, waiting until the lock is free and the writer's turn has come.
     pub fn down_write(&self) {
         if !self.try_down_write() {
-            self.down_write_slowpath();
+            self.down_slowpath(Kind::Write);
         }
     }
 
@@ -207,55 +221,25 @@ impl<W: Park> RwSemaphore<W> {
         self.state.load(Ordering::Relaxed) & HANDOFF != 0
     }
 
+    /// The slow path of `down_read`/`down_write`: under `wait_lock`, takes the lock if this
+    /// kind of locker may still steal it, or else queues and waits.
     #[cold]
-    fn down_read_slowpath(&self) {
+    fn down_slowpath(&self, kind: Kind) {
         let now = self.park.clock_ns();
         let list = self.wait_lock.lock();
-        if list.is_empty() {
+        let stolen = match kind {
             // Nobody queued, so WAITERS and HANDOFF are clear: only a writer keeps us out.
-            let mut s = self.state.load(Ordering::Relaxed);
-            while s & WRITER_LOCKED == 0 {
-                match self.state.compare_exchange_weak(
-                    s,
-                    s + READER_BIAS,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        drop(list);
-                        self.note_acquired(Kind::Read);
-                        return;
-                    }
-                    Err(cur) => s = cur,
-                }
-            }
+            Kind::Read => list.is_empty() && self.try_acquire(Kind::Read, WRITER_LOCKED),
+            // Steal the free lock even though waiters are queued (the head writer has not run
+            // yet), unless the head is owed a handoff.
+            Kind::Write => self.try_acquire(Kind::Write, WRITER_LOCKED | READER_MASK | HANDOFF),
+        };
+        if stolen {
+            drop(list);
+            self.note_acquired(kind);
+            return;
         }
-        self.queue_and_wait(list, Kind::Read, now);
-    }
-
-    #[cold]
-    fn down_write_slowpath(&self) {
-        let now = self.park.clock_ns();
-        let list = self.wait_lock.lock();
-        // Steal the free lock even though waiters are queued (the head writer has not run yet),
-        // unless the head is owed a handoff.
-        let mut s = self.state.load(Ordering::Relaxed);
-        while s & (WRITER_LOCKED | READER_MASK | HANDOFF) == 0 {
-            match self.state.compare_exchange_weak(
-                s,
-                s | WRITER_LOCKED,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    drop(list);
-                    self.note_acquired(Kind::Write);
-                    return;
-                }
-                Err(cur) => s = cur,
-            }
-        }
-        self.queue_and_wait(list, Kind::Write, now);
+        self.queue_and_wait(list, kind, now);
     }
 
     /// Queues a waiter of `kind` last and returns once it holds the lock.
