@@ -5,12 +5,12 @@
 //! that finds the PTE already filled frees its frame and reports success, and the access is
 //! retried against the winner's mapping.
 //!
-//! A copy-on-write (`wp_page_copy`) replaces the frame behind a present PTE, which other CPUs may have cached. It
-//! goes in Linux's `wp_page_copy` order: copy, lock, re-check, clear the old PTE and shoot it
-//! down (still under the PTE lock, `ptep_clear_flush`), and only then install the new one. Once
-//! any CPU can reach the copy, none can still read the old frame through a stale translation:
-//! otherwise a CPU could see data another wrote to the copy after something published later,
-//! yet read the old value of the page itself.
+//! A copy-on-write (`wp_page_copy`) replaces the frame behind a present PTE, which other CPUs
+//! may have cached. It goes in Linux's order: copy, lock, re-check, clear the old PTE and shoot
+//! it down (still under the PTE lock, `ptep_clear_flush`), and only then install the new one.
+//! Once any CPU can reach the copy, none can still read the old frame through a stale
+//! translation: otherwise a CPU could see data another wrote to the copy after something
+//! published later, yet read the old value of the page itself.
 
 use crate::address_space::AddressSpace;
 use crate::fault::profile::{self, Stamp};

@@ -1,7 +1,8 @@
 //! x86-64 4-level page tables in (emulated or real) physical memory.
 //!
-//! Entries use the hardware format ([`PageTableFlags`]) and are atomics, because the MMU sets
-//! Accessed/Dirty bits behind the kernel's back and lockless walkers read them.
+//! Entries use the hardware format ([`PageTableFlags`]) and are atomic words, because the MMU
+//! sets Accessed/Dirty bits behind the kernel's back and lockless walkers read them; the value
+//! one access reads or writes is a [`Pte`].
 //!
 //! # Protocol
 //! - **Upper levels** (PML4, PDPT, PD) are allocated on demand and installed by compare-and-swap
