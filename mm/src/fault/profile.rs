@@ -2,13 +2,13 @@
 //!
 //! The fault path calls [`stamp`] at the boundaries of its phases. With the `fault-profile`
 //! feature, a stamp stores [`Platform::cycles`] into the running CPU's slot if profiling is
-//! switched on for that CPU ([`enable`]); without the feature `stamp` is empty and the fault path
+//! switched on for that CPU (`enable`); without the feature `stamp` is empty and the fault path
 //! pays nothing. A slot is one cache line written only by its own CPU (and by whoever reads it
 //! back on that same CPU), so profiling adds no shared write either.
 //!
 //! The caller that times an access (a benchmark worker pinned to its CPU) reads the counter
-//! before the access, makes it, reads the counter again, and collects the stamps with [`take`];
-//! [`Stamps::phases`] turns the five values into phase lengths. Aggregating them (samples,
+//! before the access, makes it, reads the counter again, and collects the stamps with `take`;
+//! `Stamps::phases` turns the five values into phase lengths. Aggregating them (samples,
 //! medians) is the caller's business: `mm` keeps no buffers.
 //!
 //! ```text

@@ -3,13 +3,13 @@
 //! `lib/maple_tree.c`.
 //!
 //! # Shape
-//! 256-byte nodes ([`node`]): leaves hold up to 16 ranges (15 pivots), internal nodes up to 10
+//! 256-byte nodes (`node`): leaves hold up to 16 ranges (15 pivots), internal nodes up to 10
 //! children with, for each, the largest free range below it. Ranges partition the whole key
 //! space: unmapped stretches are stored as empty slots, never two in a row, so the free range
-//! around any address is one slot and the per-child gaps are exact ([`gap`]).
+//! around any address is one slot and the per-child gaps are exact (`gap`).
 //!
 //! # Concurrency protocol
-//! * **Readers** ([`walk`]) take no lock: under an [`RcuReadGuard`] they load the root and descend
+//! * **Readers** (`walk`) take no lock: under an [`RcuReadGuard`] they load the root and descend
 //!   with acquire loads, and what they return borrows from the guard.
 //! * **One writer at a time** (the caller holds the `mmap_lock` for write; an internal spinlock
 //!   makes a missing caller lock a wait, not a corruption). A write ([`write`]) never changes a
@@ -97,9 +97,9 @@ pub enum StoreSpanError<V> {
 /// A range tree readable under RCU with no lock. See the module documentation.
 ///
 /// # Invariants
-/// `root` is 0 (empty tree) or a [`node::NodeRef`] word of a tree of height `writer.height`
+/// `root` is 0 (empty tree) or a `NodeRef` word of a tree of height `writer.height`
 /// satisfying everything [`MapleTree::validate`] checks; every non-zero leaf slot owns a `V`
-/// (moved in as a [`value::Word`]); `len` counts them; nodes and values removed from the tree are
+/// (moved in as a `value::Word`); `len` counts them; nodes and values removed from the tree are
 /// handed to `rcu.call_rcu` and never touched by the tree again.
 pub struct MapleTree<V: MapleValue, P: Platform> {
     root: AtomicU64,
@@ -323,7 +323,7 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         walk::find_word(self.root.load(Ordering::Relaxed), addr)
     }
 
-    /// Walks under `g` (see [`walk`]); the guard must belong to this tree's RCU domain.
+    /// Walks under `g` (see `walk`); the guard must belong to this tree's RCU domain.
     pub fn walk<'g>(
         &'g self,
         g: &'g RcuReadGuard<'_, P>,

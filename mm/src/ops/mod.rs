@@ -4,9 +4,9 @@
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
-//! rewrite the VMAs around the affected range with [`rewrite`]: it computes the new
+//! rewrite the VMAs around the affected range with `rewrite`: it computes the new
 //! layout (the edit applied, then adjacent VMAs of equal protection merged; a pure function of
-//! the old layout, [`rewrite::plan_rewrite`]), write-locks every
+//! the old layout, `plan_rewrite`), write-locks every
 //! VMA over the edited range and every VMA that changes (`vma_start_write`), replaces the
 //! changed ones in the tree with their replacements (complete and write-locked from birth) in
 //! one tree write, so running out of memory leaves everything as it was, and detaches the old

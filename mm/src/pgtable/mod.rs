@@ -6,14 +6,14 @@
 //!
 //! # Protocol
 //! - **Upper levels** (PML4, PDPT, PD) are allocated on demand and installed by compare-and-swap
-//!   ([`install`]): of two CPUs racing to fill an empty entry, one wins and the other frees its
+//!   (`install`): of two CPUs racing to fill an empty entry, one wins and the other frees its
 //!   table. Upper tables are freed only when the address space is torn down, so a walker may hold
 //!   a reference to one for as long as it borrows the [`PageTables`].
 //! - **PTE tables** (last level) are guarded by the split lock in their frame's metadata:
 //!   [`PageTables::pte_offset_map_lock`] enters an RCU read section, reads the PMD entry, locks
 //!   that table's lock and re-checks that the PMD entry still points to the table. Only then may
 //!   PTEs be changed (through the returned [`PteGuard`]).
-//! - **Zap** ([`zap`]) clears PTEs under the PTE lock and collects the frames in a
+//! - **Zap** (`zap`) clears PTEs under the PTE lock and collects the frames in a
 //!   [`ZapFlush`] token; they are freed only after the TLB shootdown the token performs. A PTE
 //!   table left empty is unhooked from its PMD entry *under its lock* and freed after an RCU grace
 //!   period, so a walker that read the old PMD entry either fails the re-check or finishes with

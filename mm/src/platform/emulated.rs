@@ -140,7 +140,7 @@ pub struct TlbEntry {
 ///
 /// # Invariants
 /// Every entry was filled from a present PTE of address space `asid`, and there are at most
-/// [`TLB_ENTRIES`] of them.
+/// `TLB_ENTRIES` of them.
 #[derive(Debug, Default)]
 pub struct Tlb {
     asid: u64,
