@@ -148,11 +148,13 @@ bench-kernel:
 	BENCH_REPS="$(REPS)" BENCH_ACCEL="$(if $(filter 1,$(KVM)),KVM,TCG)" BENCH_HOST_CORES="$$(nproc)" \
 	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --release --features bench --bin bench
 
-## check: rustfmt (every crate) and clippy with warnings as errors (host crates, the kernel, the
-## bench kernel); CI runs it before the tests
+## check: rustfmt (every crate) and clippy with warnings as errors (host crates, mm with its
+## optional modules, the kernel, the bench kernel; mm's missing docs are warnings too); CI runs
+## it before the tests
 check: setup
 	cargo fmt --all --check
 	cargo clippy -p mm -p exec -p boot -p benchreport --all-targets -- -D warnings
+	cargo clippy -p mm --features emulated,fault-profile -- -D warnings
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
 	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings
 

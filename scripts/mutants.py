@@ -88,9 +88,9 @@ MUTANTS = [
         "mm/src/fault/anon.rs",
         "    let _ = pte.take(addr);\n"
         "    mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);\n"
-        "    pte.set(addr, make_pte(new, flags));\n",
+        "    pte.set(addr, Pte::new(new.into_raw(), flags));\n",
         "    let _ = pte.take(addr);\n"
-        "    pte.set(addr, make_pte(new, flags));\n"
+        "    pte.set(addr, Pte::new(new.into_raw(), flags));\n"
         "    mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);\n",
         "host", "fault::tests::cow",
         "copy-on-write sets the new PTE before the old translation is shot down",
@@ -189,7 +189,7 @@ MUTANTS = [
     ),
     Mutant(
         "rewrite-detaches-before-tree-write",
-        "mm/src/ops/mod.rs",
+        "mm/src/ops/rewrite.rs",
         "    if mm.tree().store_span(span, entries).is_err() {\n"
         "        return Err(TreeOutOfMemory);\n"
         "    }\n"

@@ -31,7 +31,7 @@ use kernel::process::{EXIT_OOM, Process};
 use kernel::serial_println;
 use mm::frame::FrameKind;
 use mm::ops::{MADV_DONTNEED, MapFlags, MmapError, MprotectError, MunmapError};
-use mm::pgtable::{pte_flags, pte_frame, pte_holds_frame};
+use mm::pgtable::Pte;
 use mm::platform::{PageTableFlags, PhysFrame};
 use mm::vma::Prot;
 
@@ -110,31 +110,31 @@ fn check_page_tables(mm: &Mm) {
         let entries = mm::frame::mem::words(&**platform, table);
         let used = if level == 4 { 256 } else { 512 };
         for (i, e) in entries.iter().take(used).enumerate() {
-            let e = e.load(Ordering::Relaxed);
+            let e = Pte::from_bits(e.load(Ordering::Relaxed));
             let addr = base + ((i as u64) << (12 + 9 * (level - 1)));
             if level > 1 {
-                if pte_flags(e).contains(PageTableFlags::PRESENT) {
+                if e.flags().contains(PageTableFlags::PRESENT) {
                     assert_eq!(
-                        frames.meta(pte_frame(e)).kind(),
+                        frames.meta(e.frame()).kind(),
                         FrameKind::PageTable,
                         "table at {addr:#x}"
                     );
-                    stack.push((pte_frame(e), level - 1, addr));
+                    stack.push((e.frame(), level - 1, addr));
                 }
                 continue;
             }
-            if !pte_holds_frame(e) {
+            if !e.holds_frame() {
                 continue;
             }
             let prot = prot_at(&l, addr)
-                .unwrap_or_else(|| panic!("PTE {e:#x} at {addr:#x} outside every VMA"));
-            if pte_flags(e).contains(PageTableFlags::WRITABLE) {
+                .unwrap_or_else(|| panic!("PTE {e:?} at {addr:#x} outside every VMA"));
+            if e.flags().contains(PageTableFlags::WRITABLE) {
                 assert!(
                     prot.contains(Prot::WRITE),
                     "writable PTE at {addr:#x} in a {prot:?} VMA"
                 );
             }
-            let f = pte_frame(e);
+            let f = e.frame();
             if f != frames.zero_frame() {
                 let m = frames.meta(f);
                 assert!(
@@ -227,7 +227,6 @@ fn run_steps(seed: u64) -> (Tally, inject::InjectStats) {
                 match injected(s, &mut injected_total, || mm.mmap(0, len, prot, ANON)) {
                     Ok(a) => {
                         t.ok += 1;
-                        let a = a.as_u64();
                         assert!(
                             (a..a + len)
                                 .step_by(PAGE as usize)

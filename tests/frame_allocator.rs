@@ -1,4 +1,4 @@
-//! The physical frame allocator: frames are distinct, writable, and come back when freed.
+//! The physical frame pool (`FramePool`): frames are distinct, writable, and come back when freed.
 #![no_std]
 #![no_main]
 #![feature(custom_test_frameworks)]

@@ -44,11 +44,7 @@ fn first_touch_is_resolved_under_the_vma_lock() {
     let baseline = free_frames();
     let p = Process::new("touch").expect("process");
     let pages = 64;
-    let base = p
-        .mm()
-        .mmap(0, pages * PAGE, RW, ANON)
-        .expect("mmap")
-        .as_u64();
+    let base = p.mm().mmap(0, pages * PAGE, RW, ANON).expect("mmap");
     let before = memory().stats().snapshot();
     let t = p
         .spawn("toucher", move || {
@@ -79,7 +75,7 @@ fn first_touch_is_resolved_under_the_vma_lock() {
 #[test_case]
 fn a_read_maps_the_zero_page_and_a_write_copies() {
     let p = Process::new("zero").expect("process");
-    let base = p.mm().mmap(0, PAGE, RW, ANON).expect("mmap").as_u64();
+    let base = p.mm().mmap(0, PAGE, RW, ANON).expect("mmap");
     let before = memory().stats().snapshot();
     let t = p
         .spawn("reader-writer", move || {
@@ -105,11 +101,7 @@ fn a_read_maps_the_zero_page_and_a_write_copies() {
 #[test_case]
 fn a_bad_access_ends_only_the_faulting_thread() {
     let p = Process::new("segv").expect("process");
-    let ro = p
-        .mm()
-        .mmap(0, PAGE, Prot::READ, ANON)
-        .expect("mmap")
-        .as_u64();
+    let ro = p.mm().mmap(0, PAGE, Prot::READ, ANON).expect("mmap");
     let unmapped = p.spawn("wild", || {
         // SAFETY: deliberately touches an address no VMA covers; the fault ends this thread.
         unsafe { (0x1234_5000 as *mut u64).write_volatile(1) };
@@ -146,7 +138,7 @@ impl Drop for DropCount {
 fn a_thread_killed_by_a_fault_drops_what_it_captured() {
     let baseline = free_frames();
     let p = Process::new("killed").expect("process");
-    let base = p.mm().mmap(0, 16 * PAGE, RW, ANON).expect("mmap").as_u64();
+    let base = p.mm().mmap(0, 16 * PAGE, RW, ANON).expect("mmap");
     let drops = Arc::new(AtomicU64::new(0));
     let t = {
         // The thread holds the only other reference to its process: leaking it would keep the
@@ -203,7 +195,7 @@ fn worker(p: &Process, id: u64, workers: u64, shared: u64, shared_pages: u64, ro
     let mm = p.mm().clone();
     for round in 0..rounds {
         let base = match mm.mmap(0, PAGES * PAGE, RW, ANON) {
-            Ok(a) => a.as_u64(),
+            Ok(a) => a,
             Err(e) => panic!("worker {id}: mmap failed: {e:?}"),
         };
         let tag = |page: u64| (id << 48) | (round << 24) | page;
@@ -244,11 +236,7 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
     let p = Process::new("stress").expect("process");
     let workers = 2 * online_count() as u64;
     let shared_pages = 8 * workers;
-    let shared = p
-        .mm()
-        .mmap(0, shared_pages * PAGE, RW, ANON)
-        .expect("mmap")
-        .as_u64();
+    let shared = p.mm().mmap(0, shared_pages * PAGE, RW, ANON).expect("mmap");
     let before = memory().stats().snapshot();
     let stop = Arc::new(AtomicBool::new(false));
     // A churner changes the address space under the workers' feet: new VMAs, splits by
@@ -259,10 +247,7 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
         p.spawn("churner", move || {
             let mut ops = 0i64;
             while !stop.load(Ordering::Relaxed) {
-                let a = mm
-                    .mmap(0, 16 * PAGE, RW, ANON)
-                    .expect("churn mmap")
-                    .as_u64();
+                let a = mm.mmap(0, 16 * PAGE, RW, ANON).expect("churn mmap");
                 // SAFETY: just mapped read-write.
                 unsafe { (a as *mut u64).write_volatile(1) };
                 mm.mprotect(a + 4 * PAGE, 4 * PAGE, Prot::READ)
@@ -311,11 +296,7 @@ fn faults_on_every_cpu_race_mmap_munmap_and_mprotect_without_losing_a_write() {
 fn the_mmap_lock_policy_sends_every_fault_to_mmap_lock() {
     let p = Process::new("policy").expect("process");
     let pages = 16;
-    let base = p
-        .mm()
-        .mmap(0, pages * PAGE, RW, ANON)
-        .expect("mmap")
-        .as_u64();
+    let base = p.mm().mmap(0, pages * PAGE, RW, ANON).expect("mmap");
     memory().set_fault_policy(FaultPolicy::MmapLockOnly);
     let before = memory().stats().snapshot();
     let t = p

@@ -45,10 +45,7 @@ const SECOND: u64 = 1_000_000_000;
 /// writer lock, preemption disabled).
 fn churn_slot(p: &Process, pages: u64) {
     let mm = p.mm();
-    let a = mm
-        .mmap(SLOT, pages * PAGE, RW, FIXED)
-        .expect("mmap")
-        .as_u64();
+    let a = mm.mmap(SLOT, pages * PAGE, RW, FIXED).expect("mmap");
     for i in 0..pages {
         // SAFETY: just mapped read-write in this thread's address space.
         unsafe { ((a + i * PAGE) as *mut u64).write_volatile(i) };
@@ -118,7 +115,7 @@ fn a_thread_preempted_while_queuing_a_callback_cannot_hang_its_cpu() {
                         1 => churn_slot(&proc, 4),
                         _ => {
                             let mm = proc.mm();
-                            let a = mm.mmap(0, 8 * PAGE, RW, ANON).expect("mmap").as_u64();
+                            let a = mm.mmap(0, 8 * PAGE, RW, ANON).expect("mmap");
                             mm.munmap(a, 8 * PAGE).expect("munmap");
                         }
                     }

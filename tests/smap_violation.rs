@@ -26,8 +26,7 @@ fn main(boot_info: &'static mut kernel::bootloader_api::BootInfo) -> ! {
             let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
             let a = mm
                 .mmap(0, 4096, Prot::READ | Prot::WRITE, flags)
-                .expect("mmap")
-                .as_u64();
+                .expect("mmap");
             let page = a as *mut u64;
             // SAFETY: our own fresh mapping; this thread runs with user access open.
             unsafe { page.write_volatile(1) };

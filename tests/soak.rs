@@ -171,7 +171,7 @@ fn write(page: u64, tag: u64) {
 
 fn map(mm: &Mm, pages: u64, who: &str) -> u64 {
     match timed(0, || mm.mmap(0, pages * PAGE, RW, ANON)) {
-        Ok(a) => a.as_u64(),
+        Ok(a) => a,
         Err(e) => panic!("{who}: mmap failed: {e:?}"),
     }
 }

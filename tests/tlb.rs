@@ -52,7 +52,7 @@ fn a_cpu_that_left_an_address_space_is_not_shot_down() {
         return;
     }
     let p = Process::new("left").expect("process");
-    let a = p.mm().mmap(0, 4 * PAGE, RW, ANON).expect("mmap").as_u64();
+    let a = p.mm().mmap(0, 4 * PAGE, RW, ANON).expect("mmap");
     let t = p
         .spawn_on(1, "visitor", move || {
             // SAFETY: mapped read-write in this thread's address space.
@@ -80,7 +80,7 @@ fn a_munmap_interrupts_only_the_cpu_running_the_address_space() {
         return;
     }
     let p = Process::new("targeted").expect("process");
-    let b = p.mm().mmap(0, 4 * PAGE, RW, ANON).expect("mmap").as_u64();
+    let b = p.mm().mmap(0, 4 * PAGE, RW, ANON).expect("mmap");
     let stop = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicBool::new(false));
     let cpu = online_count() - 1;

@@ -273,8 +273,7 @@ fn user_copies_fail_cleanly_on_bad_pointers() {
             let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
             let base = mm
                 .mmap(0, 2 * 4096, Prot::READ | Prot::WRITE, flags)
-                .expect("mmap")
-                .as_u64();
+                .expect("mmap");
             mm.munmap(base + 4096, 4096)
                 .expect("munmap the second page");
             let mut buf = [0u8; 64];

@@ -207,8 +207,8 @@ fn faults_demo(policy: FaultPolicy) {
                 let Ok(a) = mm.mmap(0, 16 * 4096, Prot::READ | Prot::WRITE, flags) else {
                     return -1;
                 };
-                let split = mm.mprotect(a.as_u64() + 4 * 4096, 4 * 4096, Prot::READ);
-                let unmapped = mm.munmap(a.as_u64(), 16 * 4096);
+                let split = mm.mprotect(a + 4 * 4096, 4 * 4096, Prot::READ);
+                let unmapped = mm.munmap(a, 16 * 4096);
                 if split.is_err() || unmapped.is_err() {
                     return -1;
                 }
@@ -228,7 +228,7 @@ fn faults_demo(policy: FaultPolicy) {
                     let Ok(a) = mm.mmap(0, PAGES * 4096, Prot::READ | Prot::WRITE, flags) else {
                         return -1;
                     };
-                    let base = a.as_u64();
+                    let base = a;
                     let tag = |i: u64| ((w as u64) << 32) | (round << 16) | i;
                     for i in 0..PAGES {
                         // SAFETY: this thread's own fresh read-write mapping.

@@ -8,8 +8,8 @@
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use mm::AddressSpace;
 use mm::memory::Memory;
-use mm::mm::AddressSpace;
 use mm::platform::{CpuMask, PhysAddr, PhysFrame, Platform, VirtAddr};
 use mm::rcu::Rcu;
 

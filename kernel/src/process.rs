@@ -12,9 +12,9 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 
+use mm::AddressSpace;
 use mm::fault::{Access, FaultResult, handle_mm_fault};
 use mm::frame::FrameAllocError;
-use mm::mm::AddressSpace;
 use x86_64::VirtAddr;
 use x86_64::instructions::interrupts;
 use x86_64::structures::idt::PageFaultErrorCode;
@@ -105,7 +105,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &mut TrapFrame) 
         // The fault may sleep on mmap_lock or wait for a shootdown: run it with interrupts on,
         // as the faulting code had them (an interrupt gate turned them off).
         interrupts::enable();
-        let result = handle_mm_fault(mm, addr, access);
+        let result = handle_mm_fault(mm, addr.as_u64(), access);
         interrupts::disable();
         result
     })
@@ -168,7 +168,7 @@ pub(crate) fn handle_user_fault(
         FaultResult::Segv { addr, reason } => {
             crate::warn!(
                 "thread {tid}: segmentation fault at {:#x} ({reason:?}, {access:?}), rip {:#x}; thread ended",
-                addr.as_u64(),
+                addr,
                 frame.rip
             );
             interrupts::enable();

@@ -4,8 +4,8 @@
 use alloc::string::String;
 use alloc::sync::Arc;
 
+use crate::address_space::AddressSpace;
 use crate::memory::Memory;
-use crate::mm::AddressSpace;
 use crate::ops::MapFlags;
 use crate::platform::emulated::Emulated;
 use crate::vma::Prot;

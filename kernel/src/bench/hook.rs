@@ -70,7 +70,7 @@ fn page_fault(addr: VirtAddr, error: PageFaultErrorCode, frame: &mut TrapFrame) 
             return floor(mm, a);
         }
         interrupts::enable();
-        let r = handle_mm_fault(mm, addr, access);
+        let r = handle_mm_fault(mm, a, access);
         interrupts::disable();
         r
     })

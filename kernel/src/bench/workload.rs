@@ -194,8 +194,7 @@ impl Worker {
             let a = self
                 .mm
                 .mmap(base, len, RW, FIXED)
-                .map_err(WorkerError::Mmap)?
-                .as_u64();
+                .map_err(WorkerError::Mmap)?;
             self.touch_all(a, len);
             self.mm.munmap(a, len).map_err(WorkerError::Munmap)?;
             bump(&self.counters.ops);
@@ -225,10 +224,7 @@ impl Worker {
 pub fn churn(mm: &Mm, ctl: &Control, counters: &Counters, base: u64) -> Result<(), WorkerError> {
     let len = CHURN_PAGES * PAGE;
     while !ctl.stopped() {
-        let a = mm
-            .mmap(base, len, RW, FIXED)
-            .map_err(WorkerError::Mmap)?
-            .as_u64();
+        let a = mm.mmap(base, len, RW, FIXED).map_err(WorkerError::Mmap)?;
         mm.mprotect(a + 4 * PAGE, 4 * PAGE, Prot::READ)
             .map_err(WorkerError::Mprotect)?;
         mm.munmap(a, len).map_err(WorkerError::Munmap)?;

@@ -1,4 +1,6 @@
-//! The physical frame allocator over the boot memory map.
+//! [`FramePool`]: the machine's pool of physical frames, over the boot memory map. It is what
+//! `mm`'s `Platform::alloc_frame` draws from; `mm`'s own `FrameAllocator` is a per-CPU cache in
+//! front of it.
 //!
 //! Frames are handed out first by bumping through the usable regions, then from a free list
 //! threaded through the freed frames themselves (the first 8 bytes of a free frame hold the
@@ -27,7 +29,7 @@ use x86_64::structures::paging::PhysFrame;
 /// Memory below this stays with the SMP trampoline.
 pub const LOW_MEMORY_END: u64 = 0x10_0000;
 
-/// The most usable regions the allocator keeps.
+/// The most usable regions the pool keeps.
 pub const MAX_REGIONS: usize = 256;
 
 /// Whether freed frames are poisoned and checked (the kernel's `poison` feature).
@@ -42,14 +44,14 @@ const WORDS: usize = 512;
 const LINK_WORD: usize = 0;
 const CHECK_WORD: usize = 1;
 
-/// The global frame allocator.
-pub static FRAMES: FrameAllocator = FrameAllocator {
+/// The machine's frame pool.
+pub static FRAMES: FramePool = FramePool {
     inner: Mutex::new(Inner::EMPTY),
     checked: AtomicU64::new(0),
 };
 
-/// Allocator of 4 KiB physical frames.
-pub struct FrameAllocator {
+/// The pool of every usable 4 KiB physical frame (one lock; `mm` caches per CPU in front of it).
+pub struct FramePool {
     inner: Mutex<Inner>,
     /// Frames whose poison was checked when they were allocated again.
     checked: AtomicU64,
@@ -116,7 +118,7 @@ impl fmt::Display for PoisonError {
 /// The words of the frame at `pa`, through the physical-memory mapping.
 ///
 /// # Safety
-/// The allocator owns the frame (on the free list under the lock, or being taken off or put on
+/// The pool owns the frame (on the free list under the lock, or being taken off or put on
 /// it by the only code that knows about it), so no other reference to its memory is used
 /// meanwhile.
 unsafe fn words<'a>(pa: u64) -> &'a mut [u64; WORDS] {
@@ -128,11 +130,11 @@ fn frame_at(pa: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new(pa))
 }
 
-impl FrameAllocator {
-    /// Hands the allocator the usable, frame-aligned regions. Runs once.
+impl FramePool {
+    /// Hands the pool the usable, frame-aligned regions. Runs once.
     pub(super) fn init(&self, regions: &[Range<u64>]) {
         let mut inner = self.inner.lock();
-        assert!(inner.count == 0, "frame allocator initialized twice");
+        assert!(inner.count == 0, "frame pool initialized twice");
         for r in regions.iter().filter(|r| r.start < r.end) {
             let i = inner.count;
             inner.regions[i] = r.clone();
@@ -162,7 +164,7 @@ impl FrameAllocator {
             let mut a = self.inner.lock();
             if a.free_list != 0 {
                 let pa = a.free_list;
-                // SAFETY: free-list frames belong to the allocator, which is locked.
+                // SAFETY: free-list frames belong to the pool, which is locked.
                 let w = unsafe { words(pa) };
                 let link = w[LINK_WORD];
                 if POISONING && w[CHECK_WORD] != link ^ POISON {
@@ -222,7 +224,7 @@ impl FrameAllocator {
         let (lowest, highest) = self.bounds();
         assert!(
             (lowest..highest).contains(&pa),
-            "freeing frame {pa:#x} the allocator never owned"
+            "freeing frame {pa:#x} the pool never owned"
         );
         if POISONING {
             // SAFETY: by the caller's contract the frame is ours now.
@@ -263,7 +265,7 @@ impl FrameAllocator {
         self.checked.load(Ordering::Relaxed)
     }
 
-    /// Physical frame numbers `[first, end)` the allocator can return.
+    /// Physical frame numbers `[first, end)` the pool can return.
     pub fn frame_range(&self) -> (u64, u64) {
         let (lowest, highest) = self.bounds();
         (lowest / 4096, highest / 4096)
@@ -272,7 +274,7 @@ impl FrameAllocator {
 
 // SAFETY: `alloc` returns each frame at most once until it is freed.
 unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB>
-    for &FrameAllocator
+    for &FramePool
 {
     fn allocate_frame(&mut self) -> Option<PhysFrame> {
         let frame = self.alloc()?;
@@ -356,7 +358,7 @@ mod tests {
             }
         );
         // The frame was taken off the list with the error: it goes back poisoned afresh.
-        // SAFETY: the allocator handed it over with the error; nothing uses it.
+        // SAFETY: the pool handed it over with the error; nothing uses it.
         unsafe { FRAMES.free(err.frame) };
         let again = FRAMES.alloc().expect("frame");
         // SAFETY: allocated above, unused.
@@ -377,7 +379,7 @@ mod tests {
         let old = unsafe { core::mem::replace(&mut words(pa)[0], 0xdead_b000) };
         let err = alloc_until_poison_error();
         assert_eq!((err.frame, err.offset, err.found), (f, 8, old ^ POISON));
-        // SAFETY: the frame is still on the free list; this restores the link the allocator
+        // SAFETY: the frame is still on the free list; this restores the link the pool
         // wrote.
         unsafe { words(pa)[0] = old };
         let again = FRAMES.alloc().expect("frame");

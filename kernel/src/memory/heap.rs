@@ -62,7 +62,7 @@ pub(super) struct HeapBlock {
 }
 
 pub(super) fn init(start: VirtAddr, size: usize) {
-    // SAFETY: the block was removed from the memory map handed to the frame allocator, so
+    // SAFETY: the block was removed from the memory map handed to the frame pool, so
     // nothing else uses it, and the physical-memory mapping makes it writable at `start`.
     interrupts::without_interrupts(|| unsafe { ALLOCATOR.0.lock().init(start.as_mut_ptr(), size) });
 }

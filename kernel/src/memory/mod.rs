@@ -1,8 +1,8 @@
-//! Physical memory: the boot memory map, the frame allocator over it, the kernel heap, and
+//! Physical memory: the boot memory map, the frame pool over it, the kernel heap, and
 //! fault injection into both.
 //!
 //! The bootloader maps all physical memory at a fixed offset, so every frame is reachable at
-//! `phys + offset` and neither the heap nor the frame allocator has to create mappings.
+//! `phys + offset` and neither the heap nor the frame pool has to create mappings.
 
 pub mod frame;
 pub mod heap;

@@ -351,7 +351,7 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     }
     use mm::ops::{MmapError, RangeError};
     match ut.process.mm().mmap(addr, len, prot, mflags) {
-        Ok(va) => Ok(va.as_u64()),
+        Ok(va) => Ok(va),
         // Only a fixed mapping below `mmap_min_addr` is a permission matter.
         Err(MmapError::BadRange(RangeError::OutOfRange))
             if mflags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE)

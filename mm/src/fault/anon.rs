@@ -5,18 +5,18 @@
 //! that finds the PTE already filled frees its frame and reports success, and the access is
 //! retried against the winner's mapping.
 //!
-//! A copy-on-write replaces the frame behind a present PTE, which other CPUs may have cached. It
-//! goes in Linux's `wp_page_copy` order: copy, lock, re-check, clear the old PTE and shoot it
-//! down (still under the PTE lock, `ptep_clear_flush`), and only then install the new one. Once
-//! any CPU can reach the copy, none can still read the old frame through a stale translation:
-//! otherwise a CPU could see data another wrote to the copy after something published later,
-//! yet read the old value of the page itself.
+//! A copy-on-write (`wp_page_copy`) replaces the frame behind a present PTE, which other CPUs
+//! may have cached. It goes in Linux's order: copy, lock, re-check, clear the old PTE and shoot
+//! it down (still under the PTE lock, `ptep_clear_flush`), and only then install the new one.
+//! Once any CPU can reach the copy, none can still read the old frame through a stale
+//! translation: otherwise a CPU could see data another wrote to the copy after something
+//! published later, yet read the old value of the page itself.
 
+use crate::address_space::AddressSpace;
 use crate::fault::profile::{self, Stamp};
 use crate::fault::{AccessKind, FaultResult, Outcome};
-use crate::frame::FrameKind;
-use crate::mm::AddressSpace;
-use crate::pgtable::{PteGuard, make_pte, pte_flags, pte_flags_for, pte_frame};
+use crate::frame::{FrameKind, FrameRef};
+use crate::pgtable::{Pte, PteGuard, pte_flags_for};
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::stats::Event;
 use crate::vma::Vma;
@@ -35,132 +35,142 @@ pub(super) fn do_anonymous_page<P: Platform>(
 ) -> Outcome {
     let mem = mm.memory();
     let frames = mem.frames();
-    let zero = frames.zero_frame();
-    let (frame, entry) = if access.kind == AccessKind::Write {
+    let (frame, flags) = if access.kind == AccessKind::Write {
         let Ok(f) = frames.alloc_zeroed(FrameKind::Anon) else {
             return Outcome::Done(FaultResult::Oom);
         };
         let flags =
             pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
-        (f, make_pte(f, flags))
+        (f, flags)
     } else {
-        (
-            zero,
-            make_pte(
-                zero,
-                pte_flags_for(vma.prot(), false) | PageTableFlags::ACCESSED,
-            ),
-        )
+        let flags = pte_flags_for(vma.prot(), false) | PageTableFlags::ACCESSED;
+        (frames.get(frames.zero_frame()), flags)
     };
     profile::stamp(&**mem.platform(), Stamp::Frame);
     // Lock order: VMA read lock / mmap_lock > PTE lock.
     let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
-        frames.put(frame);
         return Outcome::Retry;
     };
-    if pte.get(addr) != 0 {
+    if !pte.get(addr).is_empty() {
         drop(pte);
-        frames.put(frame);
         mem.count(Event::FaultRaceLost);
         return Outcome::Done(FaultResult::Resolved);
     }
-    if frame == zero {
+    if frame.frame() == frames.zero_frame() {
         mem.count(Event::ZeroFrameMapped);
     } else {
-        frames.meta(frame).map();
+        frames.meta(frame.frame()).map();
         mem.count(Event::AnonFrameMapped);
     }
-    pte.set(addr, entry);
+    pte.set(addr, Pte::new(frame.into_raw(), flags));
     drop(pte);
     profile::stamp(&**mem.platform(), Stamp::Pte);
     Outcome::Done(FaultResult::Resolved)
 }
 
 /// `do_wp_page`: a write to a present, read-only PTE in a writable VMA. An anonymous frame
-/// mapped once and owned by nobody else is made writable in place; the zero frame (or a shared
-/// frame) is copied into a new frame.
+/// mapped once and owned by nobody else is made writable in place ([`wp_page_reuse`]); the
+/// zero frame (or a shared frame) is copied into a new frame ([`wp_page_copy`]).
 ///
 /// Locks: on entry the VMA read lock or `mmap_lock` read, and the PTE lock (`pte`, consumed);
-/// on exit the same without the PTE lock. The copy is made with the PTE lock dropped; the
-/// shootdown of the old translation is sent with it held (see the module header).
+/// on exit the same without the PTE lock.
 pub(super) fn do_wp_page<P: Platform>(
     mm: &AddressSpace<P>,
     vma: &Vma,
     addr: u64,
     pte: PteGuard<'_, P>,
-    orig: u64,
+    orig: Pte,
+) -> Outcome {
+    let frames = mm.memory().frames();
+    let old = orig.frame();
+    if old != frames.zero_frame() {
+        let meta = frames.meta(old);
+        if meta.mapcount() == 1 && meta.refcount() == 1 {
+            return wp_page_reuse(mm, addr, pte, orig);
+        }
+    }
+    wp_page_copy(mm, vma, addr, pte, orig)
+}
+
+/// `wp_page_reuse`: the frame behind `orig` is ours alone, so the PTE is made writable (and
+/// dirty) in place; only this CPU may cache the read-only entry that faulted, so it flushes it
+/// locally.
+///
+/// Locks: as [`do_wp_page`].
+fn wp_page_reuse<P: Platform>(
+    mm: &AddressSpace<P>,
+    addr: u64,
+    pte: PteGuard<'_, P>,
+    orig: Pte,
+) -> Outcome {
+    let mem = mm.memory();
+    let new = orig.with_flags(orig.flags() | PageTableFlags::WRITABLE | PageTableFlags::DIRTY);
+    // If the MMU changed A/D meanwhile the access just faults again.
+    if pte.replace(addr, orig, new).is_ok() {
+        mem.count(Event::WpReuse);
+    }
+    drop(pte);
+    mem.platform().flush_tlb_local(VirtAddr::new(addr), 1);
+    Outcome::Done(FaultResult::Resolved)
+}
+
+/// `wp_page_copy`: copies the frame behind `orig` (zero-fills for the zero frame) into a new
+/// frame and maps that writable in its place, in the order the module header gives. The copy
+/// is made with the PTE lock dropped; the shootdown of the old translation is sent with it
+/// held.
+///
+/// Locks: as [`do_wp_page`]; takes the PTE lock again to install the copy.
+fn wp_page_copy<P: Platform>(
+    mm: &AddressSpace<P>,
+    vma: &Vma,
+    addr: u64,
+    pte: PteGuard<'_, P>,
+    orig: Pte,
 ) -> Outcome {
     let mem = mm.memory();
     let frames = mem.frames();
-    let old = pte_frame(orig);
-    let zero = frames.zero_frame();
-    if old != zero {
-        let meta = frames.meta(old);
-        if meta.mapcount() == 1 && meta.refcount() == 1 {
-            let new = orig | (PageTableFlags::WRITABLE | PageTableFlags::DIRTY).bits();
-            // If the MMU changed A/D meanwhile the access just faults again.
-            if pte.replace(addr, orig, new).is_ok() {
-                mem.count(Event::WpReuse);
-            }
-            drop(pte);
-            mem.platform().flush_tlb_local(VirtAddr::new(addr), 1);
-            return Outcome::Done(FaultResult::Resolved);
-        }
-        // Keep the source alive while copying without the lock.
-        meta.get();
-    }
+    let (old, zero) = (orig.frame(), frames.zero_frame());
+    // Keeps the source alive while copying without the lock.
+    let src = frames.get(old);
     drop(pte);
 
-    let put_src = || {
-        if old != zero {
-            frames.put(old);
-        }
-    };
     let new = if old == zero {
         frames.alloc_zeroed(FrameKind::Anon)
     } else {
         frames
             .alloc(FrameKind::Anon)
-            .inspect(|&f| crate::frame::mem::copy(&**mem.platform(), f, old))
+            .inspect(|f| crate::frame::mem::copy(&**mem.platform(), f.frame(), src.frame()))
     };
     let Ok(new) = new else {
-        put_src();
         return Outcome::Done(FaultResult::Oom);
     };
     // Lock order: VMA read lock / mmap_lock > PTE lock.
     let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
-        frames.put(new);
-        put_src();
         return Outcome::Retry;
     };
     let cur = pte.get(addr);
-    if pte_frame(cur) != old
-        || !pte_flags(cur).contains(PageTableFlags::PRESENT)
-        || pte_flags(cur).contains(PageTableFlags::WRITABLE)
-    {
+    if cur.frame() != old || !cur.present() || cur.writable() {
         // Another CPU resolved it first.
         drop(pte);
-        frames.put(new);
-        put_src();
         mem.count(Event::FaultRaceLost);
         return Outcome::Done(FaultResult::Resolved);
     }
     let flags = pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
-    frames.meta(new).map();
+    frames.meta(new.frame()).map();
     // `ptep_clear_flush`: other CPUs may cache the old read-only translation. Until the new PTE
     // is set, they can only read the old data, which nobody can have overwritten yet, and the
     // others fault and wait for this lock. The old entry's A/D bits die with it.
     let _ = pte.take(addr);
     mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);
-    pte.set(addr, make_pte(new, flags));
+    pte.set(addr, Pte::new(new.into_raw(), flags));
+    // The reference the replaced mapping held, dropped once the PTE lock is.
+    let replaced = FrameRef::from_raw(frames, old);
     if old != zero {
         frames.meta(old).unmap();
     }
     drop(pte);
-    if old != zero {
-        frames.put(old); // the reference of the mapping just replaced
-    }
-    put_src();
+    drop(replaced);
+    drop(src);
     mem.count(Event::WpCopy);
     Outcome::Done(FaultResult::Resolved)
 }
@@ -174,12 +184,12 @@ pub(super) fn restore_protnone<P: Platform>(
     vma: &Vma,
     addr: u64,
     pte: PteGuard<'_, P>,
-    orig: u64,
+    orig: Pte,
 ) -> Outcome {
     let _ = pte.replace(
         addr,
         orig,
-        make_pte(pte_frame(orig), pte_flags_for(vma.prot(), false)),
+        orig.with_flags(pte_flags_for(vma.prot(), false)),
     );
     Outcome::Done(FaultResult::Resolved)
 }

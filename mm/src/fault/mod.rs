@@ -20,10 +20,10 @@
 mod anon;
 pub mod profile;
 
+use crate::address_space::AddressSpace;
 use crate::memory::FaultPolicy;
-use crate::mm::AddressSpace;
-use crate::pgtable::{USER_END, pte_flags};
-use crate::platform::{PageTableFlags, Platform, VirtAddr};
+use crate::pgtable::USER_END;
+use crate::platform::{Platform, VirtAddr};
 use crate::stats::Event;
 use crate::vma::{Prot, StartReadError, Vma, VmaReadGuard};
 use profile::Stamp;
@@ -94,7 +94,7 @@ pub enum FaultResult {
     /// The access is illegal.
     Segv {
         /// The faulting address.
-        addr: VirtAddr,
+        addr: u64,
         /// Why.
         reason: SegvReason,
     },
@@ -119,13 +119,12 @@ const MAX_MISS_RETRIES: usize = 8;
 /// exit. Not inside an RCU read section.
 pub fn handle_mm_fault<P: Platform>(
     mm: &AddressSpace<P>,
-    addr: VirtAddr,
+    addr: u64,
     access: Access,
 ) -> FaultResult {
     let mem = mm.memory();
     mem.count(Event::Fault);
-    let a = addr.as_u64();
-    if a >= USER_END {
+    if addr >= USER_END {
         return finish(
             mm,
             FaultResult::Segv {
@@ -135,7 +134,7 @@ pub fn handle_mm_fault<P: Platform>(
         );
     }
     if mem.fault_policy() == FaultPolicy::PerVmaLock
-        && let Some(vma) = lock_vma_under_rcu(mm, a)
+        && let Some(vma) = lock_vma_under_rcu(mm, addr)
     {
         match handle_vma_fault(mm, vma.vma(), addr, access) {
             Outcome::Done(r) => {
@@ -150,7 +149,7 @@ pub fn handle_mm_fault<P: Platform>(
     // Lock order: mmap_lock (read) is the outermost lock.
     let g = mm.mmap_read_lock();
     loop {
-        let Some(vma) = mm.vma_lookup(&g, a) else {
+        let Some(vma) = mm.vma_lookup(&g, addr) else {
             return finish(
                 mm,
                 FaultResult::Segv {
@@ -228,10 +227,10 @@ fn access_allowed(prot: Prot, access: Access) -> bool {
 fn handle_vma_fault<P: Platform>(
     mm: &AddressSpace<P>,
     vma: &Vma,
-    addr: VirtAddr,
+    addr: u64,
     access: Access,
 ) -> Outcome {
-    debug_assert!(vma.contains(addr.as_u64()));
+    debug_assert!(vma.contains(addr));
     debug_assert!(vma.lock().readers() > 0 || mm.mmap_lock().is_locked());
     if !access_allowed(vma.prot(), access) {
         return Outcome::Done(FaultResult::Segv {
@@ -239,7 +238,7 @@ fn handle_vma_fault<P: Platform>(
             reason: SegvReason::AccessDenied,
         });
     }
-    handle_pte_fault(mm, vma, addr.as_u64() & !0xfff, access)
+    handle_pte_fault(mm, vma, addr & !0xfff, access)
 }
 
 /// `handle_pte_fault`: allocates the page-table levels down to the PTE table, then dispatches
@@ -265,18 +264,17 @@ fn handle_pte_fault<P: Platform>(
         return Outcome::Retry;
     };
     let entry = pte.get(addr);
-    if entry == 0 {
+    if entry.is_empty() {
         drop(pte);
         profile::stamp(&**mm.memory().platform(), Stamp::Pgtable);
         return anon::do_anonymous_page(mm, vma, addr, access);
     }
-    let flags = pte_flags(entry);
-    if !flags.contains(PageTableFlags::PRESENT) {
+    if !entry.present() {
         // A PROT_NONE PTE in a VMA that now allows access (mprotect upgrades VMA and PTEs under
         // one write lock, so this is only reached if an upgrade left one behind): restore it.
         return anon::restore_protnone(mm, vma, addr, pte, entry);
     }
-    if access.kind == AccessKind::Write && !flags.contains(PageTableFlags::WRITABLE) {
+    if access.kind == AccessKind::Write && !entry.writable() {
         return anon::do_wp_page(mm, vma, addr, pte, entry);
     }
     drop(pte);

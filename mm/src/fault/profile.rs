@@ -2,13 +2,13 @@
 //!
 //! The fault path calls [`stamp`] at the boundaries of its phases. With the `fault-profile`
 //! feature, a stamp stores [`Platform::cycles`] into the running CPU's slot if profiling is
-//! switched on for that CPU ([`enable`]); without the feature `stamp` is empty and the fault path
+//! switched on for that CPU (`enable`); without the feature `stamp` is empty and the fault path
 //! pays nothing. A slot is one cache line written only by its own CPU (and by whoever reads it
 //! back on that same CPU), so profiling adds no shared write either.
 //!
 //! The caller that times an access (a benchmark worker pinned to its CPU) reads the counter
-//! before the access, makes it, reads the counter again, and collects the stamps with [`take`];
-//! [`Stamps::phases`] turns the five values into phase lengths. Aggregating them (samples,
+//! before the access, makes it, reads the counter again, and collects the stamps with `take`;
+//! `Stamps::phases` turns the five values into phase lengths. Aggregating them (samples,
 //! medians) is the caller's business: `mm` keeps no buffers.
 //!
 //! ```text
@@ -30,11 +30,17 @@ use crate::platform::Platform;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Stamp {
+    /// The kernel's #PF hook starts: ends exception delivery.
     Entry,
+    /// The lockless walk found the VMA, or the fault falls back to `mmap_lock`.
     Walk,
+    /// The VMA read lock is held, or `mmap_lock` and the lookup.
     Lock,
+    /// The page-table levels exist and the PTE was found empty.
     Pgtable,
+    /// A zeroed frame is allocated.
     Frame,
+    /// The PTE is set and its lock dropped.
     Pte,
 }
 
@@ -141,7 +147,6 @@ mod imp {
 mod tests {
     use super::*;
     use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
-    use crate::platform::VirtAddr;
     use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
     use crate::vma::Prot;
 
@@ -160,17 +165,14 @@ mod tests {
 
         // Off: nothing is recorded.
         enable(CPU, false);
-        assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), write),
-            FaultResult::Resolved
-        );
+        assert_eq!(handle_mm_fault(&mm, PIC_BASE, write), FaultResult::Resolved);
         assert_eq!(take(CPU).0, [0; 6]);
 
         enable(CPU, true);
         let start = env.p.cycles();
         stamp(&*env.p, Stamp::Entry);
         assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE + PAGE), write),
+            handle_mm_fault(&mm, PIC_BASE + PAGE, write),
             FaultResult::Resolved
         );
         let end = env.p.cycles();

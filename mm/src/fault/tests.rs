@@ -1,8 +1,8 @@
 use super::*;
 use crate::frame::FrameKind;
 use crate::memory::FaultPolicy;
-use crate::mmu;
-use crate::pgtable::pte_frame;
+use crate::platform::PageTableFlags;
+use crate::platform::mmu;
 use crate::tests::tlb::{Pause, on_cpu};
 use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
 
@@ -18,21 +18,18 @@ fn read_maps_the_zero_frame_and_a_write_copies_it() {
         mm.mmap(PIC_BASE, PAGE, rw(), fixed()).unwrap();
         let read = Access::user(AccessKind::Read);
         assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE + 5), read),
+            handle_mm_fault(&mm, PIC_BASE + 5, read),
             FaultResult::Resolved
         );
         let e = mm.page_tables().lookup_pte(PIC_BASE);
-        assert_eq!(pte_frame(e), env.mem.frames().zero_frame());
-        assert!(!pte_flags(e).contains(PageTableFlags::WRITABLE));
+        assert_eq!(e.frame(), env.mem.frames().zero_frame());
+        assert!(!e.flags().contains(PageTableFlags::WRITABLE));
         let write = Access::user(AccessKind::Write);
-        assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), write),
-            FaultResult::Resolved
-        );
+        assert_eq!(handle_mm_fault(&mm, PIC_BASE, write), FaultResult::Resolved);
         let e = mm.page_tables().lookup_pte(PIC_BASE);
-        let f = pte_frame(e);
+        let f = e.frame();
         assert_ne!(f, env.mem.frames().zero_frame());
-        assert!(pte_flags(e).contains(PageTableFlags::WRITABLE));
+        assert!(e.flags().contains(PageTableFlags::WRITABLE));
         assert_eq!(env.mem.frames().meta(f).kind(), FrameKind::Anon);
         assert_eq!(env.mem.frames().meta(f).mapcount(), 1);
         let s = env.mem.stats().snapshot();
@@ -48,29 +45,23 @@ fn illegal_accesses_are_segv_with_a_reason() {
     let env = Env::new(4, 1);
     let mm = env.mm();
     mm.mmap(PIC_BASE, PAGE, Prot::READ, fixed()).unwrap();
-    let segv = |addr: u64, reason| FaultResult::Segv {
-        addr: VirtAddr::new(addr),
-        reason,
-    };
+    let segv = |addr: u64, reason| FaultResult::Segv { addr, reason };
     let w = Access::user(AccessKind::Write);
     assert_eq!(
-        handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
+        handle_mm_fault(&mm, PIC_BASE, w),
         segv(PIC_BASE, SegvReason::AccessDenied)
     );
     let x = Access::user(AccessKind::Exec);
     assert_eq!(
-        handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), x),
+        handle_mm_fault(&mm, PIC_BASE, x),
         segv(PIC_BASE, SegvReason::AccessDenied)
     );
     let r = Access::kernel(AccessKind::Read);
     let hole = PIC_BASE + PAGE;
-    assert_eq!(
-        handle_mm_fault(&mm, VirtAddr::new(hole), r),
-        segv(hole, SegvReason::NoVma)
-    );
+    assert_eq!(handle_mm_fault(&mm, hole, r), segv(hole, SegvReason::NoVma));
     let high = 0xffff_8000_0000_0000;
     assert_eq!(
-        handle_mm_fault(&mm, VirtAddr::new(high), r),
+        handle_mm_fault(&mm, high, r),
         segv(high, SegvReason::NotUserAddress)
     );
     assert_eq!(env.mem.stats().snapshot().get(Event::Segv), 4);
@@ -93,21 +84,12 @@ fn out_of_memory_is_reported_and_nothing_leaks() {
         env.mem.frames().drain_caches();
         env.p.fail_allocs_after(0);
         let w = Access::user(AccessKind::Write);
-        assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
-            FaultResult::Oom
-        );
+        assert_eq!(handle_mm_fault(&mm, PIC_BASE, w), FaultResult::Oom);
         env.p.fail_allocs_after(3);
         // Three page-table levels succeed, the data frame does not.
-        assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
-            FaultResult::Oom
-        );
+        assert_eq!(handle_mm_fault(&mm, PIC_BASE, w), FaultResult::Oom);
         env.p.fail_allocs_after(u64::MAX);
-        assert_eq!(
-            handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), w),
-            FaultResult::Resolved
-        );
+        assert_eq!(handle_mm_fault(&mm, PIC_BASE, w), FaultResult::Resolved);
         assert_eq!(env.mem.stats().snapshot().get(Event::Oom), 2);
     }
     env.assert_baseline();
@@ -132,7 +114,7 @@ fn two_cpus_faulting_one_page_both_succeed_with_one_frame() {
                         .map(|i| {
                             barrier.wait();
                             let a = PIC_BASE + i * PAGE;
-                            handle_mm_fault(mm, VirtAddr::new(a), Access::user(AccessKind::Write))
+                            handle_mm_fault(mm, a, Access::user(AccessKind::Write))
                         })
                         .collect::<std::vec::Vec<_>>()
                 }));
@@ -148,8 +130,8 @@ fn two_cpus_faulting_one_page_both_succeed_with_one_frame() {
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..pages {
             let e = mm.page_tables().lookup_pte(PIC_BASE + i * PAGE);
-            assert!(pte_flags(e).contains(PageTableFlags::WRITABLE));
-            let f = pte_frame(e);
+            assert!(e.flags().contains(PageTableFlags::WRITABLE));
+            let f = e.frame();
             assert_eq!(env.mem.frames().meta(f).mapcount(), 1);
             assert!(seen.insert(f), "one frame mapped twice");
         }

@@ -6,9 +6,14 @@
 //! [`CACHE_BATCH`]-th allocation goes to the pool. When the pool is empty the allocator takes
 //! frames cached on other CPUs before it reports [`FrameAllocError::OutOfMemory`].
 //!
+//! A reference to a frame is held as a [`FrameRef`], which puts it when dropped, so error paths
+//! free nothing by hand; a PTE that takes over the reference gets the bare frame
+//! ([`FrameRef::into_raw`]).
+//!
 //! Lock order: a cache lock is taken with no other cache lock held, and may be taken under a
 //! PTE lock (class [`LockClass::FrameCache`](crate::sync::LockClass) after `Pte`).
 
+#[allow(unsafe_code)]
 pub mod mem;
 mod meta;
 
@@ -111,17 +116,26 @@ impl<P: Platform> FrameAllocator<P> {
     }
 
     /// A frame for `kind`, contents undefined, with one reference (the caller's).
-    pub fn alloc(&self, kind: FrameKind) -> Result<PhysFrame, FrameAllocError> {
+    pub fn alloc(&self, kind: FrameKind) -> Result<FrameRef<'_, P>, FrameAllocError> {
         let frame = self.alloc_raw()?;
         self.table.get(frame).set_allocated(kind);
-        Ok(frame)
+        Ok(FrameRef::from_raw(self, frame))
     }
 
     /// A zeroed frame for `kind`, with one reference (the caller's).
-    pub fn alloc_zeroed(&self, kind: FrameKind) -> Result<PhysFrame, FrameAllocError> {
+    pub fn alloc_zeroed(&self, kind: FrameKind) -> Result<FrameRef<'_, P>, FrameAllocError> {
         let frame = self.alloc(kind)?;
-        mem::zero(&*self.platform, frame);
+        mem::zero(&*self.platform, frame.frame());
         Ok(frame)
+    }
+
+    /// Another reference to `frame`, which must be in use (`get_page`). The zero frame is not
+    /// counted: its references cost nothing.
+    pub fn get(&self, frame: PhysFrame) -> FrameRef<'_, P> {
+        if frame != self.zero {
+            self.meta(frame).get();
+        }
+        FrameRef::from_raw(self, frame)
     }
 
     /// Drops a reference to `frame` (`put_page`), freeing it on the last. The zero frame is
@@ -205,6 +219,42 @@ impl<P: Platform> FrameAllocator<P> {
     }
 }
 
+/// One reference to a frame, held by whoever has this value (Linux's page pointer after
+/// `get_page`): dropping it drops the reference ([`FrameAllocator::put`]). Two words and no
+/// atomics of its own; what it costs is the `put` a manual error path would make anyway.
+#[must_use = "dropping a FrameRef drops its reference at once"]
+pub struct FrameRef<'a, P: Platform> {
+    frames: &'a FrameAllocator<P>,
+    frame: PhysFrame,
+}
+
+impl<'a, P: Platform> FrameRef<'a, P> {
+    /// Takes over a reference to `frame` that the caller holds as a bare frame (the one a PTE
+    /// held, once the PTE is cleared).
+    pub fn from_raw(frames: &'a FrameAllocator<P>, frame: PhysFrame) -> Self {
+        FrameRef { frames, frame }
+    }
+
+    /// The frame.
+    pub fn frame(&self) -> PhysFrame {
+        self.frame
+    }
+
+    /// Hands the reference over to whatever points to the frame now (a PTE, a table entry):
+    /// it is not dropped.
+    pub fn into_raw(self) -> PhysFrame {
+        let frame = self.frame;
+        core::mem::forget(self);
+        frame
+    }
+}
+
+impl<P: Platform> Drop for FrameRef<'_, P> {
+    fn drop(&mut self) {
+        self.frames.put(self.frame);
+    }
+}
+
 impl<P: Platform> Drop for FrameAllocator<P> {
     fn drop(&mut self) {
         self.drain_caches();
@@ -229,7 +279,7 @@ mod tests {
     fn alloc_zeroed_put_and_drain_restore_the_pool() {
         let (p, a) = setup(1, 2);
         let base = p.free_frames();
-        let f = a.alloc_zeroed(FrameKind::Anon).unwrap();
+        let f = a.alloc_zeroed(FrameKind::Anon).unwrap().into_raw();
         assert!(
             mem::words(&*p, f)
                 .iter()
@@ -248,7 +298,7 @@ mod tests {
         a.put(f);
         assert_eq!(a.meta(f).kind(), FrameKind::Free);
         // The next allocation on this CPU reuses the cached frame, and zeroes it.
-        let g = a.alloc_zeroed(FrameKind::Anon).unwrap();
+        let g = a.alloc_zeroed(FrameKind::Anon).unwrap().into_raw();
         assert_eq!(g, f);
         assert_eq!(mem::words(&*p, g)[7].load(Ordering::Relaxed), 0);
         a.put(g);
@@ -265,13 +315,33 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_ref_drops_its_reference_unless_handed_over() {
+        let (p, a) = setup(1, 1);
+        let base = p.free_frames();
+        let f = a.alloc(FrameKind::Anon).unwrap();
+        let frame = f.frame();
+        let extra = a.get(frame);
+        assert_eq!(a.meta(frame).refcount(), 2);
+        drop(extra);
+        assert_eq!(a.meta(frame).refcount(), 1);
+        let raw = f.into_raw();
+        assert_eq!(a.meta(raw).refcount(), 1, "into_raw dropped the reference");
+        drop(FrameRef::from_raw(&a, raw));
+        assert_eq!(a.meta(raw).kind(), FrameKind::Free);
+        let zero = a.get(a.zero_frame());
+        drop(zero);
+        assert_eq!(a.meta(a.zero_frame()).kind(), FrameKind::Zero);
+        a.drain_caches();
+        assert_eq!(p.free_frames(), base);
+    }
+
+    #[test]
     fn out_of_memory_is_an_error_after_other_caches_are_used() {
         let (p, a) = setup(1, 2);
         // Leave frames in CPU 1's cache, then exhaust the pool from CPU 0.
         std::thread::scope(|s| {
             p.spawn_cpu(s, 1, || {
-                let f = a.alloc(FrameKind::Anon).unwrap();
-                a.put(f);
+                drop(a.alloc(FrameKind::Anon).unwrap());
             });
         });
         let cached_elsewhere = a.cached_frames();
@@ -292,8 +362,6 @@ mod tests {
             "OOM reported with frames still cached"
         );
         assert_eq!(p.free_frames(), 0);
-        for f in got {
-            a.put(f);
-        }
+        drop(got);
     }
 }

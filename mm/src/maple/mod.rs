@@ -3,13 +3,13 @@
 //! `lib/maple_tree.c`.
 //!
 //! # Shape
-//! 256-byte nodes ([`node`]): leaves hold up to 16 ranges (15 pivots), internal nodes up to 10
+//! 256-byte nodes (`node`): leaves hold up to 16 ranges (15 pivots), internal nodes up to 10
 //! children with, for each, the largest free range below it. Ranges partition the whole key
 //! space: unmapped stretches are stored as empty slots, never two in a row, so the free range
-//! around any address is one slot and the per-child gaps are exact ([`gap`]).
+//! around any address is one slot and the per-child gaps are exact (`gap`).
 //!
 //! # Concurrency protocol
-//! * **Readers** ([`walk`]) take no lock: under an [`RcuReadGuard`] they load the root and descend
+//! * **Readers** (`walk`) take no lock: under an [`RcuReadGuard`] they load the root and descend
 //!   with acquire loads, and what they return borrows from the guard.
 //! * **One writer at a time** (the caller holds the `mmap_lock` for write; an internal spinlock
 //!   makes a missing caller lock a wait, not a corruption). A write ([`write`]) never changes a
@@ -26,20 +26,22 @@
 //! See `API.md` beside this file for the contract in short.
 
 mod gap;
+#[allow(unsafe_code)]
 mod node;
 #[cfg(test)]
 pub(crate) use node::inject::FailNodeAllocs;
 #[cfg(test)]
 mod tests;
 mod validate;
+#[allow(unsafe_code)]
+mod value;
 mod walk;
+#[allow(unsafe_code)]
 mod write;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
-use core::mem::ManuallyDrop;
-use core::num::NonZeroUsize;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -48,50 +50,10 @@ use crate::rcu::{Rcu, RcuReadGuard};
 use crate::sync::{LockClass, SpinLock};
 pub use gap::GapDir;
 pub use validate::ValidateError;
+pub use value::MapleValue;
+use value::Word;
 pub use walk::Iter;
 use write::{MAX_PIECES, Piece, WriteOp, Writer};
-
-/// A value the tree can hold in one slot: a non-null pointer-like word.
-///
-/// # Safety
-/// Implementors are exactly one `u64` in size with alignment at most 8, no value of the type is
-/// all-zero bits (0 marks an empty slot), and the type may be moved by copying its bits (so a
-/// slot holding those bits can be borrowed as `&Self`).
-pub unsafe trait MapleValue: Clone + Send + Sync + 'static {}
-
-// SAFETY: an `Arc` is one non-null pointer.
-unsafe impl<T: Send + Sync + 'static> MapleValue for Arc<T> {}
-// SAFETY: a non-zero word.
-unsafe impl MapleValue for NonZeroUsize {}
-// SAFETY: a non-null pointer; shared references are `Copy`.
-unsafe impl<T: Sync + 'static> MapleValue for &'static T {}
-
-/// The value's bits, ownership moving into the word.
-fn into_word<V: MapleValue>(v: V) -> u64 {
-    const { assert!(size_of::<V>() == 8 && align_of::<V>() <= 8) };
-    let v = ManuallyDrop::new(v);
-    // SAFETY: `V` is one word (checked above, promised by `MapleValue`); the bits now own it.
-    unsafe { core::mem::transmute_copy::<V, u64>(&v) }
-}
-
-/// Takes ownership of the value whose bits are `word`.
-///
-/// # Safety
-/// `word` came from [`into_word::<V>`] and this is the one place its ownership goes back to.
-unsafe fn from_word<V: MapleValue>(word: u64) -> V {
-    // SAFETY: same size (checked in `into_word`), bits of a valid `V` by the caller's promise.
-    unsafe { core::mem::transmute_copy::<u64, V>(&word) }
-}
-
-/// A clone of the value stored as `word`, which the tree keeps owning.
-///
-/// # Safety
-/// `word` is the bits of a `V` the tree owns and will not drop during the call.
-unsafe fn clone_word<V: MapleValue>(word: u64) -> V {
-    // SAFETY: by the caller's promise; `ManuallyDrop` keeps the tree's copy alive.
-    let v = ManuallyDrop::new(unsafe { from_word::<V>(word) });
-    V::clone(&v)
-}
 
 /// Why [`MapleTree::insert`] failed; hands the value back.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,9 +97,9 @@ pub enum StoreSpanError<V> {
 /// A range tree readable under RCU with no lock. See the module documentation.
 ///
 /// # Invariants
-/// `root` is 0 (empty tree) or a [`node::NodeRef`] word of a tree of height `writer.height`
+/// `root` is 0 (empty tree) or a `NodeRef` word of a tree of height `writer.height`
 /// satisfying everything [`MapleTree::validate`] checks; every non-zero leaf slot owns a `V`
-/// (moved in with [`into_word`]); `len` counts them; nodes and values removed from the tree are
+/// (moved in as a `value::Word`); `len` counts them; nodes and values removed from the tree are
 /// handed to `rcu.call_rcu` and never touched by the tree again.
 pub struct MapleTree<V: MapleValue, P: Platform> {
     root: AtomicU64,
@@ -199,11 +161,13 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         {
             return Err(InsertError::Overlap(v));
         }
-        let word = into_word(v);
-        match WriteOp::<V, P>::new(self, &mut w).store(s, e, word) {
-            Ok(()) => Ok(()),
-            // SAFETY: a failed write leaves `word`, just made from a `V`, to us.
-            Err(_) => Err(InsertError::NoMemory(unsafe { from_word(word) })),
+        let word = Word::new(v);
+        match WriteOp::<V, P>::new(self, &mut w).store(s, e, word.get()) {
+            Ok(()) => {
+                word.into_tree();
+                Ok(())
+            }
+            Err(_) => Err(InsertError::NoMemory(word.into_value())),
         }
     }
 
@@ -214,11 +178,13 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
             return Err(StoreError::InvalidRange(v));
         }
         let mut w = self.writer.lock();
-        let word = into_word(v);
-        match WriteOp::<V, P>::new(self, &mut w).store(range.start, range.end - 1, word) {
-            Ok(()) => Ok(()),
-            // SAFETY: a failed write leaves `word`, just made from a `V`, to us.
-            Err(_) => Err(StoreError::NoMemory(unsafe { from_word(word) })),
+        let word = Word::new(v);
+        match WriteOp::<V, P>::new(self, &mut w).store(range.start, range.end - 1, word.get()) {
+            Ok(()) => {
+                word.into_tree();
+                Ok(())
+            }
+            Err(_) => Err(StoreError::NoMemory(word.into_value())),
         }
     }
 
@@ -248,7 +214,8 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         let mut pieces = [Piece { hi: 0, word: 0 }; MAX_PIECES];
         let mut n = 0;
         let mut at = span.start;
-        let mut ranges = Vec::new();
+        let mut ranges = Vec::with_capacity(entries.len());
+        let mut words = Vec::with_capacity(entries.len());
         for (r, v) in entries {
             if r.start > at {
                 pieces[n] = Piece {
@@ -257,10 +224,12 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
                 };
                 n += 1;
             }
+            let word = Word::new(v);
             pieces[n] = Piece {
                 hi: r.end - 1,
-                word: into_word(v),
+                word: word.get(),
             };
+            words.push(word);
             n += 1;
             at = r.end;
             ranges.push(r);
@@ -274,13 +243,14 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         }
         let mut w = self.writer.lock();
         match WriteOp::<V, P>::new(self, &mut w).store_pieces(span.start, &pieces[..n]) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                words.into_iter().for_each(Word::into_tree);
+                Ok(())
+            }
             Err(_) => {
-                let words = pieces[..n].iter().filter(|p| p.word != 0);
-                let back = ranges.into_iter().zip(words).map(|(r, p)| {
-                    // SAFETY: a failed write leaves the words, each just made from a `V`, to us.
-                    (r, unsafe { from_word(p.word) })
-                });
+                let back = ranges
+                    .into_iter()
+                    .zip(words.into_iter().map(Word::into_value));
                 Err(StoreSpanError::NoMemory(back.collect()))
             }
         }
@@ -293,11 +263,8 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     /// ran out.
     pub fn erase(&self, addr: u64) -> Option<(Range<u64>, V)> {
         let mut w = self.writer.lock();
-        let (lo, hi, word) = self
-            .find_locked(&w, addr)
-            .filter(|&(lo, _, _)| lo <= addr)?;
-        // SAFETY: `word` is a value the tree owns; the op below retires it only on success.
-        let old = unsafe { clone_word::<V>(word) };
+        // A clone: the op below retires the tree's copy only on success.
+        let (lo, hi, old) = self.entry_cloned(&w, addr)?;
         WriteOp::<V, P>::new(self, &mut w).store(lo, hi, 0).ok()?;
         Some((lo..hi + 1, old))
     }
@@ -305,17 +272,16 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
     /// Gives the range containing `addr` a new value, returning (a clone of) the old one.
     pub fn replace(&self, addr: u64, v: V) -> Result<V, ReplaceError<V>> {
         let mut w = self.writer.lock();
-        let Some((lo, hi, old)) = self.find_locked(&w, addr).filter(|&(lo, _, _)| lo <= addr)
-        else {
+        let Some((lo, hi, old)) = self.entry_cloned(&w, addr) else {
             return Err(ReplaceError::NotFound(v));
         };
-        // SAFETY: as in `erase`.
-        let old = unsafe { clone_word::<V>(old) };
-        let word = into_word(v);
-        match WriteOp::<V, P>::new(self, &mut w).store(lo, hi, word) {
-            Ok(()) => Ok(old),
-            // SAFETY: a failed write leaves `word`, just made from a `V`, to us.
-            Err(_) => Err(ReplaceError::NoMemory(unsafe { from_word(word) })),
+        let word = Word::new(v);
+        match WriteOp::<V, P>::new(self, &mut w).store(lo, hi, word.get()) {
+            Ok(()) => {
+                word.into_tree();
+                Ok(old)
+            }
+            Err(_) => Err(ReplaceError::NoMemory(word.into_value())),
         }
     }
 
@@ -357,7 +323,7 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
         walk::find_word(self.root.load(Ordering::Relaxed), addr)
     }
 
-    /// Walks under `g` (see [`walk`]); the guard must belong to this tree's RCU domain.
+    /// Walks under `g` (see `walk`); the guard must belong to this tree's RCU domain.
     pub fn walk<'g>(
         &'g self,
         g: &'g RcuReadGuard<'_, P>,
@@ -390,24 +356,5 @@ impl<V: MapleValue, P: Platform> MapleTree<V, P> {
             core::ptr::eq(g.rcu(), &*self.rcu),
             "RCU guard of another domain"
         );
-    }
-
-    /// Borrows the value in a leaf slot for as long as the guard lives.
-    fn borrow<'g>(&'g self, slot: *const u64, _g: &'g RcuReadGuard<'_, P>) -> &'g V {
-        // `slot` is a non-empty slot of a leaf reached under `_g`: it holds the bits of a `V`
-        // (type invariant), never rewritten while the leaf lives (published leaf slots are
-        // immutable); `MapleValue` allows borrowing the bits.
-        // SAFETY: neither the leaf nor the value is freed before a grace period that cannot end
-        // while `_g` lives.
-        unsafe { &*(slot as *const V) }
-    }
-}
-
-impl<V: MapleValue, P: Platform> Drop for MapleTree<V, P> {
-    fn drop(&mut self) {
-        // `&mut self`: no reader can hold anything of this tree, so everything goes now.
-        let root = *self.root.get_mut();
-        // SAFETY: `&mut self` proves no reader or writer can reach the tree.
-        unsafe { write::destroy::<V>(root, &self.nodes) };
     }
 }

@@ -1,7 +1,9 @@
 //! Maple nodes: 256-byte, 256-byte-aligned blocks of 32 words, and the tagged words that point to
-//! them. Node memory is allocated, published and freed here; `mod.rs` and `write.rs` hold
-//! the rest of the tree's `unsafe` (values read and moved through slot pointers), each block with
-//! its `SAFETY` comment.
+//! them. Node memory is allocated, published and freed here; `value.rs` (values moved into and
+//! out of words, borrowed through slot pointers) and `write.rs` with `write/publish.rs` (a value
+//! cloned to split an entry; retired nodes and values freed) hold the rest of the tree's
+//! `unsafe`, each block with its `SAFETY` comment. The other maple modules are safe code
+//! (`#[allow(unsafe_code)]` is on `node`, `value` and `write` only).
 //!
 //! Layout (word 0 is `meta`: slot count, kind, dead and poison marks):
 //! ```text

@@ -4,37 +4,74 @@
 use super::node::{INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, NodeRef};
 use super::write::range_size;
 
-/// The first broken invariant found; `min` is the first key of the node where it was found.
+/// The first broken invariant found, with where it was found: `min` is the first key of the
+/// node, `slot` the index of the offending slot in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ValidateError {
     /// The root and the recorded height disagree.
-    BadRoot { height: usize },
+    BadRoot {
+        /// The recorded height.
+        height: usize,
+    },
     /// An empty tree must have no root node.
     EmptyRootLeaf,
     /// A leaf above the bottom level, or an internal node at it (leaves must all be level).
-    BadHeight { min: u64 },
+    BadHeight {
+        /// The node's first key.
+        min: u64,
+    },
     /// A node holds fewer slots than a node of its kind may (the root: 1 entry or 2 children)
     /// or more than fit.
-    BadFill { min: u64, end: usize },
+    BadFill {
+        /// The node's first key.
+        min: u64,
+        /// How many slots it holds.
+        end: usize,
+    },
     /// A pivot is not above the previous one or not below the node's maximum.
-    BadPivot { min: u64, slot: usize },
+    BadPivot {
+        /// The node's first key.
+        min: u64,
+        /// The pivot's index.
+        slot: usize,
+    },
     /// An internal slot in use holds no child.
-    MissingChild { min: u64, slot: usize },
+    MissingChild {
+        /// The node's first key.
+        min: u64,
+        /// The empty slot's index.
+        slot: usize,
+    },
     /// The gap recorded for a child is not the largest empty range below it.
     BadGap {
+        /// The parent's first key.
         min: u64,
+        /// The child's slot index.
         slot: usize,
+        /// The gap the parent records.
         recorded: u64,
+        /// The largest empty range found below the child.
         actual: u64,
     },
     /// Two empty ranges touch (they must be one slot, or gaps would be understated).
-    AdjacentEmpty { at: u64 },
+    AdjacentEmpty {
+        /// Where the second empty range starts.
+        at: u64,
+    },
     /// An entry contains the last key, which no `[start, end)` range can.
     EntryAtMax,
     /// A dead (replaced) or freed node is reachable.
-    DeadNode { min: u64 },
+    DeadNode {
+        /// The node's first key.
+        min: u64,
+    },
     /// The number of entries differs from the recorded length.
-    BadLen { counted: usize, recorded: usize },
+    BadLen {
+        /// Entries found by walking the tree.
+        counted: usize,
+        /// The length the tree records.
+        recorded: usize,
+    },
 }
 
 struct State {

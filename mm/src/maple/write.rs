@@ -22,20 +22,23 @@
 //! other node in the replaced range is retired with its whole subtree, skipping opened nodes
 //! inside it.
 //!
-//! Nothing visible changes until that single store; on allocation failure all new nodes are
-//! freed and the tree is as it was.
+//! Nothing visible changes until that single store ([`publish`]); on allocation failure all new
+//! nodes are freed and the tree is as it was.
+//!
+//! [`WriteOp::build`] is the loop over heights; per height, [`WriteOp::widen`] absorbs
+//! neighbours (step 1's absorption, and any level's underflow), [`WriteOp::pack`] makes the
+//! nodes (step 2), and [`WriteOp::ascend`] opens the parents of the span's ends.
 
-use alloc::boxed::Box;
-use alloc::sync::Arc;
+mod publish;
+
 use alloc::vec::Vec;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
-use super::node::{
-    INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, MAX_HEIGHT, NodeRef, publish_root,
-};
+use super::node::{INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, NodeRef};
+use super::value::{clone_word, into_word};
 use super::walk::slot_for;
-use super::{MapleTree, MapleValue, clone_word, from_word, into_word};
+use super::{MapleTree, MapleValue};
 use crate::platform::Platform;
 
 /// State owned by the writer lock.
@@ -132,6 +135,15 @@ struct Located {
     node: NodeRef,
     min: u64,
     max: u64,
+}
+
+/// The run of adjacent nodes of one height being replaced, covering `[lo, hi]`: the items that
+/// will fill their replacements, and the nodes of this height whose slots were taken into them.
+struct Span {
+    lo: u64,
+    hi: u64,
+    items: Items,
+    opened: Vec<NodeRef>,
 }
 
 /// How the new version becomes visible.
@@ -241,75 +253,32 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         }
     }
 
+    /// Builds the new version bottom-up, one height per turn: the span at height `h` is widened
+    /// until its items make well-filled nodes, packed, and then either published (one node in
+    /// place of one, or a new root) or carried up into the parents of its ends.
     fn build(&mut self, s: u64, e: u64, pieces: &[Piece]) -> Result<Publish, NoMemory> {
-        let mut items = Items::new();
-        let mut opened: Vec<NodeRef> = Vec::new();
-        let mut placed = false;
-        let (mut lo, mut hi);
-        if self.w.height == 0 {
-            (lo, hi) = (0, u64::MAX);
-            self.cut(&mut items, 0, u64::MAX, 0, s, e, pieces, &mut placed)?;
-        } else {
-            let l = self.locate(1, s);
-            let r = self.locate(1, e);
-            (lo, hi) = (l.min, r.max);
-            let both = [l, r];
-            for leaf in &both[..if l.node == r.node { 1 } else { 2 }] {
-                self.open(&mut opened, leaf.node)?;
-                let (n, end) = (leaf.node, leaf.node.end());
-                let mut elo = leaf.min;
-                for i in 0..end {
-                    let ehi = if i == end - 1 { leaf.max } else { n.pivot(i) };
-                    self.cut(&mut items, elo, ehi, n.slot(i), s, e, pieces, &mut placed)?;
-                    elo = ehi.wrapping_add(1);
-                }
-            }
-        }
+        let mut span = self.open_leaves(s, e, pieces)?;
         self.added += pieces.iter().filter(|p| p.word != 0).count();
         let mut h = 1;
         loop {
             if h == 1 {
-                items.merge_nulls();
+                span.items.merge_nulls();
             }
-            let whole = lo == 0 && hi == u64::MAX;
-            if whole && !opened.is_empty() {
+            let whole = span.lo == 0 && span.hi == u64::MAX;
+            if whole && !span.opened.is_empty() {
                 // The span covers every node of this level: the new version is built from the
                 // items alone, so everything of the old tree not opened into them goes (the
                 // levels above, and the nodes of this level between the span's ends with all
                 // below them).
                 let root = self.root;
                 self.retire_subtree(root)?;
-                opened.clear();
+                span.opened.clear();
             }
-            if !whole {
-                let (first, last) = (items.get()[0], items.get()[items.len - 1]);
-                if h == 1 && first.word == 0 && lo > 0 {
-                    let n = self.locate(1, lo - 1);
-                    if n.node.slot(n.node.end() - 1) == 0 {
-                        lo = self.absorb(&mut items, &mut opened, n, true)?;
-                        continue;
-                    }
-                }
-                if h == 1 && last.word == 0 && hi < u64::MAX {
-                    let n = self.locate(1, hi + 1);
-                    if n.node.slot(0) == 0 {
-                        hi = self.absorb(&mut items, &mut opened, n, false)?;
-                        continue;
-                    }
-                }
-                if items.len < min_fill(h) {
-                    if lo > 0 {
-                        let n = self.locate(h, lo - 1);
-                        lo = self.absorb(&mut items, &mut opened, n, true)?;
-                    } else {
-                        let n = self.locate(h, hi + 1);
-                        hi = self.absorb(&mut items, &mut opened, n, false)?;
-                    }
-                    continue;
-                }
+            if !whole && self.widen(&mut span, h)? {
+                continue;
             }
-            if whole && items.len == 1 {
-                let only = items.get()[0];
+            if whole && span.items.len == 1 {
+                let only = span.items.get()[0];
                 if h == 1 && only.word == 0 {
                     return Ok(Publish::Root(0, 0));
                 }
@@ -318,66 +287,146 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
                     return Ok(Publish::Root(only.word, h - 1));
                 }
             }
-            let built = self.pack(&items, h, lo)?;
+            let built = self.pack(&span.items, h, span.lo)?;
             if whole {
                 if built.len == 1 {
                     return Ok(Publish::Root(built.get()[0].word, h));
                 }
                 // The root split: build a level above it.
-                items = built;
-                opened.clear();
+                span.items = built;
+                span.opened.clear();
                 h += 1;
                 continue;
             }
-            if built.len == 1 && opened.len() == 1 {
+            if built.len == 1 && span.opened.len() == 1 {
                 return Ok(Publish::Slot {
                     height: h + 1,
-                    key: lo,
+                    key: span.lo,
                     child: built.get()[0],
                 });
             }
-            // Replace the parents of the span's ends.
-            let pl = self.locate(h + 1, lo);
-            let pr = self.locate(h + 1, hi);
-            let mut up = Items::new();
-            let both = [pl, pr];
-            let parents = &both[..if pl.node == pr.node { 1 } else { 2 }];
-            let mut kept_after = Items::new();
-            for p in parents {
-                let mut children = Items::new();
-                for_each_slot(p.node, p.min, p.max, |_, chi, w, g| {
-                    children.push(Item {
-                        hi: chi,
-                        word: w,
-                        gap: g,
-                    })
-                });
-                let mut clo = p.min;
-                for c in children.get() {
-                    if c.hi < lo {
-                        up.push(*c);
-                    } else if clo > hi {
-                        kept_after.push(*c);
-                    } else {
-                        self.retire_subtree(c.word)?;
-                    }
-                    clo = c.hi.wrapping_add(1);
-                }
-            }
-            for c in built.get() {
-                up.push(*c);
-            }
-            for c in kept_after.get() {
-                up.push(*c);
-            }
-            opened.clear();
-            for p in parents {
-                self.open(&mut opened, p.node)?;
-            }
-            (lo, hi) = (pl.min, pr.max);
-            items = up;
+            span = self.ascend(&span, built, h)?;
             h += 1;
         }
+    }
+
+    /// The leaf-level span of a store of `pieces` over `[s, e]`: the leaves holding `s` and `e`
+    /// opened, their entries cut around the pieces (or, in an empty tree, the whole key space).
+    fn open_leaves(&mut self, s: u64, e: u64, pieces: &[Piece]) -> Result<Span, NoMemory> {
+        let mut span = Span {
+            lo: 0,
+            hi: u64::MAX,
+            items: Items::new(),
+            opened: Vec::new(),
+        };
+        let mut placed = false;
+        if self.w.height == 0 {
+            self.cut(&mut span.items, 0, u64::MAX, 0, s, e, pieces, &mut placed)?;
+            return Ok(span);
+        }
+        let l = self.locate(1, s);
+        let r = self.locate(1, e);
+        (span.lo, span.hi) = (l.min, r.max);
+        let both = [l, r];
+        for leaf in &both[..if l.node == r.node { 1 } else { 2 }] {
+            self.open(&mut span.opened, leaf.node)?;
+            let (n, end) = (leaf.node, leaf.node.end());
+            let mut elo = leaf.min;
+            for i in 0..end {
+                let ehi = if i == end - 1 { leaf.max } else { n.pivot(i) };
+                self.cut(
+                    &mut span.items,
+                    elo,
+                    ehi,
+                    n.slot(i),
+                    s,
+                    e,
+                    pieces,
+                    &mut placed,
+                )?;
+                elo = ehi.wrapping_add(1);
+            }
+        }
+        Ok(span)
+    }
+
+    /// Absorbs one neighbour of the span at height `h` if it needs one (Linux's rebalancing):
+    /// a leaf neighbour whose empty slot would touch an empty end of the span, or any
+    /// neighbour when the span holds too few items for a node. Returns whether it did.
+    fn widen(&mut self, span: &mut Span, h: usize) -> Result<bool, NoMemory> {
+        let (first, last) = (span.items.get()[0], span.items.get()[span.items.len - 1]);
+        if h == 1 && first.word == 0 && span.lo > 0 {
+            let n = self.locate(1, span.lo - 1);
+            if n.node.slot(n.node.end() - 1) == 0 {
+                span.lo = self.absorb(&mut span.items, &mut span.opened, n, true)?;
+                return Ok(true);
+            }
+        }
+        if h == 1 && last.word == 0 && span.hi < u64::MAX {
+            let n = self.locate(1, span.hi + 1);
+            if n.node.slot(0) == 0 {
+                span.hi = self.absorb(&mut span.items, &mut span.opened, n, false)?;
+                return Ok(true);
+            }
+        }
+        if span.items.len >= min_fill(h) {
+            return Ok(false);
+        }
+        if span.lo > 0 {
+            let n = self.locate(h, span.lo - 1);
+            span.lo = self.absorb(&mut span.items, &mut span.opened, n, true)?;
+        } else {
+            let n = self.locate(h, span.hi + 1);
+            span.hi = self.absorb(&mut span.items, &mut span.opened, n, false)?;
+        }
+        Ok(true)
+    }
+
+    /// The span one height up, with `built` (the new nodes of height `h`) in place of `span`:
+    /// the parents of the span's ends are opened, their children left and right of it kept,
+    /// and every child in between retired.
+    fn ascend(&mut self, span: &Span, built: Items, h: usize) -> Result<Span, NoMemory> {
+        let (lo, hi) = (span.lo, span.hi);
+        let pl = self.locate(h + 1, lo);
+        let pr = self.locate(h + 1, hi);
+        let mut up = Items::new();
+        let both = [pl, pr];
+        let parents = &both[..if pl.node == pr.node { 1 } else { 2 }];
+        let mut kept_after = Items::new();
+        for p in parents {
+            let mut children = Items::new();
+            for_each_slot(p.node, p.min, p.max, |_, chi, w, g| {
+                children.push(Item {
+                    hi: chi,
+                    word: w,
+                    gap: g,
+                })
+            });
+            let mut clo = p.min;
+            for c in children.get() {
+                if c.hi < lo {
+                    up.push(*c);
+                } else if clo > hi {
+                    kept_after.push(*c);
+                } else {
+                    self.retire_subtree(c.word)?;
+                }
+                clo = c.hi.wrapping_add(1);
+            }
+        }
+        for c in built.get().iter().chain(kept_after.get()) {
+            up.push(*c);
+        }
+        let mut opened = Vec::new();
+        for p in parents {
+            self.open(&mut opened, p.node)?;
+        }
+        Ok(Span {
+            lo: pl.min,
+            hi: pr.max,
+            items: up,
+            opened,
+        })
     }
 
     /// Adds the pieces of entry `[elo, ehi] -> w` that survive a store of `pieces` over
@@ -568,130 +617,4 @@ impl<'a, V: MapleValue, P: Platform> WriteOp<'a, V, P> {
         self.tree.nodes.fetch_add(1, Ordering::Relaxed);
         Ok(n)
     }
-
-    fn commit(mut self, p: Publish) {
-        match p {
-            Publish::Root(word, height) => {
-                publish_root(&self.tree.root, word);
-                self.w.height = height;
-            }
-            Publish::Slot { height, key, child } => self.publish_slot(height, key, child),
-        }
-        self.fresh.clear();
-        for n in &self.dead_nodes {
-            n.mark_dead();
-        }
-        let removed = self.dead_values.len();
-        self.clone = None;
-        let len = &self.tree.len;
-        len.store(
-            len.load(Ordering::Relaxed) + self.added - removed,
-            Ordering::Relaxed,
-        );
-        if self.dead_nodes.is_empty() && self.dead_values.is_empty() {
-            return;
-        }
-        let (nodes, values) = (
-            core::mem::take(&mut self.dead_nodes),
-            core::mem::take(&mut self.dead_values),
-        );
-        let count = self.tree.nodes.clone();
-        self.tree
-            .rcu
-            .call_rcu(Box::new(move || free_retired::<V>(nodes, values, &count)));
-    }
-
-    /// Each node is retired at most once (twice would be a double free). Values cannot be
-    /// checked the same way: two slots may hold equal words (a split `Arc` is one pointer).
-    #[cfg(debug_assertions)]
-    fn assert_retired_once(&self) {
-        let mut nodes: Vec<u64> = self.dead_nodes.iter().map(|n| n.word()).collect();
-        nodes.sort_unstable();
-        assert!(
-            nodes.windows(2).all(|w| w[0] != w[1]),
-            "maple: a node retired twice"
-        );
-    }
-
-    /// Stores `child` into the slot covering `key` of the live node at height `height`, then
-    /// brings the gaps on the path up to date.
-    fn publish_slot(&mut self, height: usize, key: u64, child: Item) {
-        let mut path = [(NodeRef::from_word(self.root), 0usize); MAX_HEIGHT];
-        let mut node = NodeRef::from_word(self.root).expect("slot publish in a non-empty tree");
-        let (mut min, mut max) = (0, u64::MAX);
-        let mut depth = 0;
-        loop {
-            let (i, lo, hi) = slot_for(node, min, max, key);
-            path[depth] = (Some(node), i);
-            depth += 1;
-            if self.w.height + 1 - depth == height {
-                break;
-            }
-            node = NodeRef::from_word(node.slot(i)).expect("internal slots hold children");
-            (min, max) = (lo, hi);
-        }
-        let (parent, slot) = path[depth - 1];
-        let parent = parent.expect("path entries are set");
-        parent.publish_slot(slot, NodeRef::from_word(child.word).expect("a new node"));
-        let mut gap = child.gap;
-        for &(n, slot) in path[..depth].iter().rev() {
-            let n = n.expect("path entries are set");
-            if n.gap(slot) == gap {
-                break;
-            }
-            n.set_gap(slot, gap);
-            gap = (0..n.end()).map(|i| n.gap(i)).max().unwrap_or(0);
-        }
-    }
-
-    fn abort(&mut self) {
-        for n in self.fresh.drain(..) {
-            // SAFETY: allocated by this write and never published.
-            unsafe { n.free() };
-            self.tree.nodes.fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some(c) = self.clone.take() {
-            // SAFETY: the clone was made by this write and never published.
-            drop(unsafe { from_word::<V>(c) });
-        }
-    }
-}
-
-/// The callback run a grace period after a write: no reader can hold these nodes or values.
-fn free_retired<V: MapleValue>(nodes: Vec<NodeRef>, values: Vec<u64>, count: &AtomicUsize) {
-    for w in values {
-        // SAFETY: the tree owned this value and gave it up when the write was published; the
-        // grace period has passed, so no reader still borrows it.
-        drop(unsafe { from_word::<V>(w) });
-    }
-    count.fetch_sub(nodes.len(), Ordering::Relaxed);
-    for n in nodes {
-        // SAFETY: unlinked when the write was published, and a grace period has passed.
-        unsafe { n.free() };
-    }
-}
-
-/// Frees a whole tree and drops its values at once.
-///
-/// # Safety
-/// Nothing else can reach the tree at `root` any more (no reader, no writer).
-pub(super) unsafe fn destroy<V: MapleValue>(root: u64, count: &Arc<AtomicUsize>) {
-    let Some(n) = NodeRef::from_word(root) else {
-        return;
-    };
-    for i in 0..n.end() {
-        let w = n.slot(i);
-        if n.is_leaf() {
-            if w != 0 {
-                // SAFETY: the tree owns its values and no one else can see them (caller).
-                drop(unsafe { from_word::<V>(w) });
-            }
-        } else {
-            // SAFETY: a child of an unreachable tree is unreachable.
-            unsafe { destroy::<V>(w, count) };
-        }
-    }
-    count.fetch_sub(1, Ordering::Relaxed);
-    // SAFETY: unreachable (caller), and freed once: each node has one parent.
-    unsafe { n.free() };
 }

@@ -28,8 +28,8 @@
 use core::ops::Range;
 
 use super::{MMAP_MIN_ADDR, PAGE, RangeError};
+use crate::address_space::AddressSpace;
 use crate::fault::lock_vma_under_rcu;
-use crate::mm::AddressSpace;
 use crate::pgtable::{USER_END, ZapFlush};
 use crate::platform::Platform;
 use crate::stats::Event;

@@ -13,14 +13,15 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::address_space::AddressSpace;
 use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::frame::{FrameKind, mem};
 use crate::memory::Memory;
-use crate::mmu;
-use crate::pgtable::{USER_END, pte_flags, pte_frame};
+use crate::pgtable::{Pte, USER_END};
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::platform::probe::Probe;
-use crate::platform::{CpuMask, PageTableFlags, Platform, VirtAddr};
+use crate::platform::{CpuMask, PageTableFlags, Platform};
 use crate::stats::{Event, StatsSnapshot};
 use crate::testutil::{Env, PAGE, PIC_BASE, draw, fixed, picture, prot_of};
 use crate::vma::Prot;
@@ -75,7 +76,7 @@ fn dontneed_zeroes_the_range_frees_exactly_its_frames_and_keeps_the_vmas() {
         );
         assert_eq!(picture(&mm, 6), ("AAAAAA".into(), "wwwwww".into()));
         for i in 1..4 {
-            assert_eq!(mm.page_tables().lookup_pte(page(i)), 0);
+            assert_eq!(mm.page_tables().lookup_pte(page(i)), Pte::EMPTY);
         }
         for i in 0..6 {
             let want = if (1..4).contains(&i) { 0 } else { 100 + i };
@@ -123,7 +124,7 @@ fn dontneed_across_vmas_and_holes_applies_to_the_mapped_parts() {
         assert_eq!(mm.madvise(page(4), 2 * PAGE, MADV_DONTNEED), Ok(()));
         assert_eq!(dontneed_counts(&before, &env), (0, 1));
         for i in [1, 3, 4, 5] {
-            assert_eq!(mm.page_tables().lookup_pte(page(i)), 0, "page {i}");
+            assert_eq!(mm.page_tables().lookup_pte(page(i)), Pte::EMPTY, "page {i}");
         }
         assert_eq!(mmu::load(&mm, page(0) + 8, true), Ok(100));
         assert_eq!(mmu::load(&mm, page(8) + 8, true), Ok(108));
@@ -248,7 +249,7 @@ fn frames_are_freed_only_after_the_shootdown_to_every_cpu_that_ran_the_mm() {
             });
         });
         let frames: Vec<_> = (0..4)
-            .map(|i| pte_frame(mm.page_tables().lookup_pte(page(i))))
+            .map(|i| mm.page_tables().lookup_pte(page(i)).frame())
             .collect();
         // Per shootdown: its targets and the kinds of the zapped frames at that moment.
         type Seen = Vec<(CpuMask, Vec<FrameKind>)>;
@@ -325,11 +326,11 @@ fn locked_access<P: Platform>(mm: &AddressSpace<P>, addr: u64, store: Option<u64
     loop {
         if let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) {
             let e = pte.get(addr);
-            let f = pte_flags(e);
+            let f = e.flags();
             if f.contains(PageTableFlags::PRESENT)
                 && (store.is_none() || f.contains(PageTableFlags::WRITABLE))
             {
-                let word = &mem::words(&**platform, pte_frame(e))[((addr & 0xfff) / 8) as usize];
+                let word = &mem::words(&**platform, e.frame())[((addr & 0xfff) / 8) as usize];
                 return match store {
                     Some(v) => {
                         word.store(v, Ordering::Relaxed);
@@ -339,7 +340,7 @@ fn locked_access<P: Platform>(mm: &AddressSpace<P>, addr: u64, store: Option<u64
                 };
             }
         }
-        let r = handle_mm_fault(mm, VirtAddr::new(addr), Access::user(kind));
+        let r = handle_mm_fault(mm, addr, Access::user(kind));
         assert_eq!(r, FaultResult::Resolved, "fault at {addr:#x}");
     }
 }
@@ -429,7 +430,7 @@ fn faults_racing_dontneed_on_the_same_vma_lose_nothing() {
         let zero = env.mem.frames().zero_frame();
         let mapped = (0..RACE_PAGES)
             .map(|p| mm.page_tables().lookup_pte(RACE_BASE + p * PAGE))
-            .filter(|&e| e != 0 && pte_frame(e) != zero)
+            .filter(|&e| !e.is_empty() && e.frame() != zero)
             .count();
         env.mem.quiesce();
         assert_eq!(
@@ -571,7 +572,11 @@ fn apply(env: &Env, mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
                 for p in pages.clone() {
                     if let Some((_, v)) = model.get_mut(&p) {
                         *v = 0;
-                        assert_eq!(mm.page_tables().lookup_pte(at(p)), 0, "page {p} not zapped");
+                        assert_eq!(
+                            mm.page_tables().lookup_pte(at(p)),
+                            Pte::EMPTY,
+                            "page {p} not zapped"
+                        );
                     }
                 }
                 // One VMA holds the range iff its pages are all mapped with one protection

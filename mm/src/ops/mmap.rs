@@ -3,10 +3,10 @@
 use core::ops::Range;
 
 use super::{MMAP_MIN_ADDR, RangeError, TreeOutOfMemory, rewrite, user_range};
+use crate::address_space::AddressSpace;
 use crate::maple::GapDir;
-use crate::mm::AddressSpace;
 use crate::pgtable::USER_END;
-use crate::platform::{Platform, VirtAddr};
+use crate::platform::Platform;
 use crate::vma::Prot;
 
 bitflags::bitflags! {
@@ -50,13 +50,7 @@ impl<P: Platform> AddressSpace<P> {
     /// Locks: takes `mmap_lock` for write; may block after releasing it.
     ///
     /// [`Rcu::throttle`]: crate::rcu::Rcu::throttle
-    pub fn mmap(
-        &self,
-        addr: u64,
-        len: u64,
-        prot: Prot,
-        flags: MapFlags,
-    ) -> Result<VirtAddr, MmapError> {
+    pub fn mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags) -> Result<u64, MmapError> {
         if !Prot::all().contains(prot) {
             return Err(MmapError::BadProt);
         }
@@ -109,6 +103,6 @@ impl<P: Platform> AddressSpace<P> {
         zap.flush(self.memory(), self.cpus());
         drop(g);
         self.memory().rcu().throttle();
-        Ok(VirtAddr::new(range.start))
+        Ok(range.start)
     }
 }

@@ -1,11 +1,12 @@
-//! Address-space operations: [`mmap`](crate::mm::AddressSpace::mmap),
-//! [`munmap`](crate::mm::AddressSpace::munmap), [`mprotect`](crate::mm::AddressSpace::mprotect),
-//! [`madvise`](crate::mm::AddressSpace::madvise).
+//! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
+//! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
+//! [`madvise`](crate::address_space::AddressSpace::madvise).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
-//! rewrite the VMAs around the affected range with [`rewrite`]: it computes the new
-//! layout (the edit applied, then adjacent VMAs of equal protection merged), write-locks every
+//! rewrite the VMAs around the affected range with `rewrite`: it computes the new
+//! layout (the edit applied, then adjacent VMAs of equal protection merged; a pure function of
+//! the old layout, `plan_rewrite`), write-locks every
 //! VMA over the edited range and every VMA that changes (`vma_start_write`), replaces the
 //! changed ones in the tree with their replacements (complete and write-locked from birth) in
 //! one tree write, so running out of memory leaves everything as it was, and detaches the old
@@ -22,9 +23,8 @@ mod madvise;
 mod mmap;
 mod mprotect;
 mod munmap;
+mod rewrite;
 
-use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::ops::Range;
 
 pub use madvise::{
@@ -34,12 +34,9 @@ pub use madvise::{
 pub use mmap::{MapFlags, MmapError};
 pub use mprotect::MprotectError;
 pub use munmap::MunmapError;
+pub(crate) use rewrite::{TreeOutOfMemory, rewrite};
 
-use crate::mm::AddressSpace;
 use crate::pgtable::USER_END;
-use crate::platform::Platform;
-use crate::sync::MmapWriteGuard;
-use crate::vma::{Prot, Vma};
 
 /// The lowest address a mapping may start at (page 0 stays unmapped to catch null pointers).
 pub const MMAP_MIN_ADDR: u64 = 0x1000;
@@ -72,110 +69,6 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
         return Err(RangeError::OutOfRange);
     }
     Ok(addr..end)
-}
-
-/// The tree could not allocate a node while VMAs were being replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TreeOutOfMemory;
-
-/// Gives `edit` the protection `new` (`None`: unmapped), merging with neighbours of equal
-/// protection, as described in the module header. Returns the VMAs that were replaced (already
-/// write-locked and detached).
-///
-/// Locks: `mmap_lock` for write (`g`) on entry and exit; write-locks every VMA over `edit`
-/// (the caller changes its pages next) and every VMA it replaces, until `g` drops.
-pub(crate) fn rewrite<P: Platform>(
-    mm: &AddressSpace<P>,
-    g: &MmapWriteGuard<'_, P>,
-    edit: Range<u64>,
-    new: Option<Prot>,
-) -> Result<Vec<Arc<Vma>>, TreeOutOfMemory> {
-    debug_assert!(g.holds(mm.mmap_lock()));
-    let window = edit.start.saturating_sub(PAGE)..edit.end.saturating_add(PAGE).min(USER_END);
-    let old = mm.vmas_in(window);
-    for v in old
-        .iter()
-        .filter(|v| v.start() < edit.end && v.end() > edit.start)
-    {
-        // Lock order: mmap_lock (write) > VMA write lock.
-        v.start_write(g);
-    }
-
-    // The new layout of the area the old VMAs and the edit cover.
-    let mut segs: Vec<(Range<u64>, Prot)> = Vec::with_capacity(old.len() + 2);
-    for v in &old {
-        if v.start() < edit.start {
-            segs.push((v.start()..v.end().min(edit.start), v.prot()));
-        }
-        if v.end() > edit.end {
-            segs.push((v.start().max(edit.end)..v.end(), v.prot()));
-        }
-    }
-    if let Some(p) = new {
-        segs.push((edit.clone(), p));
-    }
-    segs.sort_by_key(|(r, _)| r.start);
-    let mut merged: Vec<(Range<u64>, Prot)> = Vec::with_capacity(segs.len());
-    for (r, p) in segs {
-        match merged.last_mut() {
-            Some((last, lp)) if last.end == r.start && *lp == p => last.end = r.end,
-            _ => merged.push((r, p)),
-        }
-    }
-
-    // Keep VMAs the rewrite leaves exactly as they were; build the others.
-    let mut removed: Vec<Arc<Vma>> = Vec::new();
-    let mut kept = Vec::new();
-    for v in old {
-        if merged
-            .iter()
-            .any(|(r, p)| *r == v.range() && *p == v.prot())
-        {
-            kept.push(v.range());
-        } else {
-            removed.push(v);
-        }
-    }
-    let added: Vec<Arc<Vma>> = merged
-        .into_iter()
-        .filter(|(r, _)| !kept.contains(r))
-        .map(|(r, p)| Vma::new_locked(g, mm.id(), r, p))
-        .collect();
-    if removed.is_empty() && added.is_empty() {
-        return Ok(removed);
-    }
-    // What changes is one run of addresses: the edit, the VMAs it replaces (whole) and their
-    // replacements. No kept VMA overlaps it (a kept VMA that met the edit would contain it and
-    // have its protection, and then nothing changes at all).
-    let span = removed
-        .iter()
-        .chain(added.iter())
-        .map(|v| v.range())
-        .fold(edit.clone(), |a, r| a.start.min(r.start)..a.end.max(r.end));
-    debug_assert!(
-        kept.iter()
-            .all(|k| k.end <= span.start || k.start >= span.end)
-    );
-
-    for v in &removed {
-        // Lock order: mmap_lock (write) > VMA write lock.
-        v.start_write(g);
-    }
-    for v in &added {
-        // Complete and write-locked (stamped by `new_locked`) before the tree can show it.
-        v.lock().mark_attached(g);
-    }
-    // One tree write: if it runs out of memory nothing changed, and the removed VMAs, still in
-    // the tree and attached, are only write-locked until `g` drops. The tree drops its copies of
-    // the removed VMAs after a grace period.
-    let entries = added.into_iter().map(|v| (v.range(), v)).collect();
-    if mm.tree().store_span(span, entries).is_err() {
-        return Err(TreeOutOfMemory);
-    }
-    for v in &removed {
-        v.lock().mark_detached(g);
-    }
-    Ok(removed)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -1,7 +1,7 @@
 //! `mprotect`: changes the protection of a mapped range.
 
 use super::{RangeError, TreeOutOfMemory, rewrite, user_range};
-use crate::mm::AddressSpace;
+use crate::address_space::AddressSpace;
 use crate::platform::Platform;
 use crate::vma::Prot;
 

@@ -1,7 +1,7 @@
 //! `munmap`: removes any sub-range of the mappings.
 
 use super::{RangeError, TreeOutOfMemory, rewrite, user_range};
-use crate::mm::AddressSpace;
+use crate::address_space::AddressSpace;
 use crate::platform::Platform;
 
 /// Why `munmap` failed.

@@ -7,11 +7,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::address_space::AddressSpace;
 use crate::fault::lock_vma_under_rcu;
-use crate::mmu;
-use crate::pgtable::{pte_flags, pte_frame};
+use crate::vma::Prot;
+
 use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, PIC_BASE, SetOnDrop, anon, draw, fixed, picture};
 
 fn scenario(before: &str, op: impl FnOnce(&AddressSpace<Emulated>), after: (&str, &str)) {
@@ -176,13 +178,10 @@ fn hint_is_used_when_free_and_gap_search_otherwise() {
     let env = Env::new(4, 1);
     let mm = env.mm();
     let rw = Prot::READ | Prot::WRITE;
-    assert_eq!(
-        mm.mmap(page(4), PAGE, rw, anon()).unwrap().as_u64(),
-        page(4)
-    );
-    let other = mm.mmap(page(4), PAGE, rw, anon()).unwrap().as_u64();
+    assert_eq!(mm.mmap(page(4), PAGE, rw, anon()).unwrap(), page(4));
+    let other = mm.mmap(page(4), PAGE, rw, anon()).unwrap();
     assert_ne!(other, page(4));
-    let top = mm.mmap(0, 3 * PAGE, rw, anon()).unwrap().as_u64();
+    let top = mm.mmap(0, 3 * PAGE, rw, anon()).unwrap();
     assert!(top + 3 * PAGE <= USER_END && top > page(4));
     mm.validate().unwrap();
 }
@@ -340,7 +339,7 @@ fn map_fixed_over_part_of_a_vma_waits_for_its_readers() {
             }
             let seen = (
                 done.load(Ordering::SeqCst),
-                mm.page_tables().lookup_pte(page(1)) == 0,
+                mm.page_tables().lookup_pte(page(1)).is_empty(),
                 draining,
             );
             // Released before anything is asserted, so a failure cannot leave the writer waiting.
@@ -415,11 +414,11 @@ fn pages_stay_mapped_under_a_vma_read_lock_while_map_fixed_runs() {
                     thread::yield_now();
                     let after = mm.page_tables().lookup_pte(page(i));
                     drop(reader);
-                    if pte_flags(before).contains(PageTableFlags::PRESENT) {
+                    if before.flags().contains(PageTableFlags::PRESENT) {
                         assert!(
-                            pte_flags(after).contains(PageTableFlags::PRESENT)
-                                && pte_frame(after) == pte_frame(before),
-                            "page {i} zapped under the VMA read lock: PTE {before:#x} -> {after:#x}"
+                            after.flags().contains(PageTableFlags::PRESENT)
+                                && after.frame() == before.frame(),
+                            "page {i} zapped under the VMA read lock: PTE {before:?} -> {after:?}"
                         );
                         checked += 1;
                     }

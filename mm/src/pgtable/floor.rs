@@ -7,7 +7,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::{PageTables, index, make_pte, pte_frame};
+use super::{PageTables, Pte, index};
 use crate::fault::profile::{self, Stamp};
 use crate::frame::{FrameAllocError, FrameKind};
 use crate::platform::{PageTableFlags, Platform};
@@ -33,26 +33,28 @@ impl<P: Platform> PageTables<P> {
         let pmd = self.pmd_alloc(addr)?;
         self.pte_alloc(pmd)?;
         // Acquire: the table's zeroed contents, published by the CAS that installed it.
-        let table = self.table(pte_frame(pmd.load(Ordering::Acquire)));
+        let table = self.table(Pte::from_bits(pmd.load(Ordering::Acquire)).frame());
         let slot = &table[index(addr, 1)];
         let platform = &**self.mem.platform();
         profile::stamp(platform, Stamp::Pgtable);
         let frames = self.mem.frames();
         let frame = frames.alloc_zeroed(FrameKind::Anon)?;
         profile::stamp(platform, Stamp::Frame);
-        frames.meta(frame).map();
+        frames.meta(frame.frame()).map();
         // Release: the zeroed frame is visible to whoever sees the entry.
         let installed = slot
             .compare_exchange(
                 0,
-                make_pte(frame, flags),
+                Pte::new(frame.frame(), flags).bits(),
                 Ordering::Release,
                 Ordering::Relaxed,
             )
             .is_ok();
-        if !installed {
-            frames.meta(frame).unmap();
-            frames.put(frame);
+        if installed {
+            // The PTE holds the reference now.
+            let _ = frame.into_raw();
+        } else {
+            frames.meta(frame.frame()).unmap();
         }
         profile::stamp(platform, Stamp::Pte);
         Ok(installed)
@@ -62,8 +64,8 @@ impl<P: Platform> PageTables<P> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
-    use crate::pgtable::{pte_flags, pte_flags_for, pte_frame};
-    use crate::platform::{PageTableFlags, VirtAddr};
+    use crate::pgtable::{Pte, pte_flags_for};
+    use crate::platform::PageTableFlags;
     use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
     use crate::vma::Prot;
 
@@ -81,17 +83,14 @@ mod tests {
             // SAFETY: as above.
             assert_eq!(unsafe { pt.floor_map_anon(PIC_BASE, flags) }, Ok(false));
             let e = pt.lookup_pte(PIC_BASE);
-            assert!(pte_flags(e).contains(PageTableFlags::WRITABLE));
-            assert_eq!(env.mem.frames().meta(pte_frame(e)).mapcount(), 1);
+            assert!(e.flags().contains(PageTableFlags::WRITABLE));
+            assert_eq!(env.mem.frames().meta(e.frame()).mapcount(), 1);
             // The normal fault path sees a present, writable page: nothing to do.
             let write = Access::user(AccessKind::Write);
-            assert_eq!(
-                handle_mm_fault(&mm, VirtAddr::new(PIC_BASE), write),
-                FaultResult::Resolved
-            );
-            assert_eq!(pte_frame(pt.lookup_pte(PIC_BASE)), pte_frame(e));
+            assert_eq!(handle_mm_fault(&mm, PIC_BASE, write), FaultResult::Resolved);
+            assert_eq!(pt.lookup_pte(PIC_BASE).frame(), e.frame());
             mm.munmap(PIC_BASE, 4 * PAGE).unwrap();
-            assert_eq!(pt.lookup_pte(PIC_BASE), 0);
+            assert_eq!(pt.lookup_pte(PIC_BASE), Pte::EMPTY);
         }
         env.assert_baseline();
     }

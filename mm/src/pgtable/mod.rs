@@ -1,18 +1,19 @@
 //! x86-64 4-level page tables in (emulated or real) physical memory.
 //!
-//! Entries use the hardware format ([`PageTableFlags`]) and are atomics, because the MMU sets
-//! Accessed/Dirty bits behind the kernel's back and lockless walkers read them.
+//! Entries use the hardware format ([`PageTableFlags`]) and are atomic words, because the MMU
+//! sets Accessed/Dirty bits behind the kernel's back and lockless walkers read them; the value
+//! one access reads or writes is a [`Pte`].
 //!
 //! # Protocol
 //! - **Upper levels** (PML4, PDPT, PD) are allocated on demand and installed by compare-and-swap
-//!   ([`install`]): of two CPUs racing to fill an empty entry, one wins and the other frees its
+//!   (`install`): of two CPUs racing to fill an empty entry, one wins and the other frees its
 //!   table. Upper tables are freed only when the address space is torn down, so a walker may hold
 //!   a reference to one for as long as it borrows the [`PageTables`].
 //! - **PTE tables** (last level) are guarded by the split lock in their frame's metadata:
 //!   [`PageTables::pte_offset_map_lock`] enters an RCU read section, reads the PMD entry, locks
 //!   that table's lock and re-checks that the PMD entry still points to the table. Only then may
 //!   PTEs be changed (through the returned [`PteGuard`]).
-//! - **Zap** ([`zap`]) clears PTEs under the PTE lock and collects the frames in a
+//! - **Zap** (`zap`) clears PTEs under the PTE lock and collects the frames in a
 //!   [`ZapFlush`] token; they are freed only after the TLB shootdown the token performs. A PTE
 //!   table left empty is unhooked from its PMD entry *under its lock* and freed after an RCU grace
 //!   period, so a walker that read the old PMD entry either fails the re-check or finishes with
@@ -21,8 +22,10 @@
 //! - The kernel half of the root (PML4 entries 256..512) belongs to the kernel: it is copied in
 //!   at creation ([`PageTables::with_kernel_half`]) and never walked or freed here.
 
+#[allow(unsafe_code)]
 mod floor;
 mod install;
+mod pte;
 mod zap;
 
 use alloc::sync::Arc;
@@ -31,11 +34,12 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use install::Installed;
+pub use pte::{PTE_PROTNONE, Pte};
 pub use zap::{ProtectFlush, ZapFlush, ZapPagesLock, pte_flags_for};
 
 use crate::frame::{FrameAllocError, FrameKind, mem};
 use crate::memory::Memory;
-use crate::platform::{PageTableFlags, PhysAddr, PhysFrame, Platform};
+use crate::platform::{PageTableFlags, PhysFrame, Platform};
 use crate::rcu::RcuReadGuard;
 use crate::stats::Event;
 use crate::sync::RawSpinGuard;
@@ -46,34 +50,10 @@ pub const USER_END: u64 = 0x0000_8000_0000_0000;
 pub const USER_PML4_ENTRIES: usize = 256;
 /// Bytes mapped by one PTE table.
 pub const PMD_SIZE: u64 = 1 << 21;
-/// Physical-address bits of an entry.
-const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-/// Software bit: a non-present PTE that still owns its frame (a `PROT_NONE` mapping).
-pub const PTE_PROTNONE: PageTableFlags = PageTableFlags::BIT_9;
 /// Flags of an upper-level entry: permissions are decided at the last level.
 const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT
     .union(PageTableFlags::WRITABLE)
     .union(PageTableFlags::USER_ACCESSIBLE);
-
-/// The flags of an entry.
-pub fn pte_flags(entry: u64) -> PageTableFlags {
-    PageTableFlags::from_bits_truncate(entry)
-}
-
-/// The frame an entry points to (meaningful when it is present or `PROT_NONE`).
-pub fn pte_frame(entry: u64) -> PhysFrame {
-    PhysFrame::containing_address(PhysAddr::new(entry & ADDR_MASK))
-}
-
-/// An entry pointing to `frame` with `flags`.
-pub fn make_pte(frame: PhysFrame, flags: PageTableFlags) -> u64 {
-    frame.start_address().as_u64() | flags.bits()
-}
-
-/// Whether an entry maps (or, `PROT_NONE`, holds) a frame.
-pub fn pte_holds_frame(entry: u64) -> bool {
-    pte_flags(entry).intersects(PageTableFlags::PRESENT | PTE_PROTNONE)
-}
 
 /// The index of `addr` in its table at `level` (4 = PML4 ... 1 = PTE table).
 fn index(addr: u64, level: u32) -> usize {
@@ -94,7 +74,7 @@ pub struct PageTables<P: Platform> {
 impl<P: Platform> PageTables<P> {
     /// Empty tables (no kernel half).
     pub fn new(mem: Arc<Memory<P>>) -> Result<Self, FrameAllocError> {
-        let root = mem.frames().alloc_zeroed(FrameKind::PageTable)?;
+        let root = mem.frames().alloc_zeroed(FrameKind::PageTable)?.into_raw();
         // INVARIANT: an empty root owns nothing.
         Ok(PageTables { mem, root })
     }
@@ -135,7 +115,7 @@ impl<P: Platform> PageTables<P> {
         for level in [4, 3] {
             let slot = &table[index(addr, level)];
             let e = self.ensure_table(slot)?;
-            table = self.table(pte_frame(e));
+            table = self.table(e.frame());
         }
         Ok(&table[index(addr, 2)])
     }
@@ -147,33 +127,33 @@ impl<P: Platform> PageTables<P> {
 
     /// The present entry in `slot`, installing a fresh zeroed table if it is empty
     /// ([`install`] has the protocol).
-    fn ensure_table(&self, slot: &AtomicU64) -> Result<u64, FrameAllocError> {
+    fn ensure_table(&self, slot: &AtomicU64) -> Result<Pte, FrameAllocError> {
         let frames = self.mem.frames();
         let got = install::ensure_table(slot, || {
             frames
                 .alloc_zeroed(FrameKind::PageTable)
-                .map(|new| make_pte(new, TABLE_FLAGS))
+                .map(|new| Pte::new(new.into_raw(), TABLE_FLAGS).bits())
         })?;
         match got {
             Installed::Present(_) => {}
             Installed::Ours(_) => self.mem.count(Event::PgtableAlloc),
             Installed::Theirs { discarded, .. } => {
                 self.mem.count(Event::PgtableInstallRaceLost);
-                frames.put(pte_frame(discarded));
+                frames.put(Pte::from_bits(discarded).frame());
             }
         }
-        Ok(got.entry())
+        Ok(Pte::from_bits(got.entry()))
     }
 
     /// The PMD entry covering `addr` if the upper levels exist (no allocation).
     fn pmd_lookup(&self, addr: u64) -> Option<&AtomicU64> {
         let mut table = self.table(self.root);
         for level in [4, 3] {
-            let e = table[index(addr, level)].load(Ordering::Acquire);
-            if e & PageTableFlags::PRESENT.bits() == 0 {
+            let e = Pte::from_bits(table[index(addr, level)].load(Ordering::Acquire));
+            if !e.present() {
                 return None;
             }
-            table = self.table(pte_frame(e));
+            table = self.table(e.frame());
         }
         Some(&table[index(addr, 2)])
     }
@@ -187,10 +167,10 @@ impl<P: Platform> PageTables<P> {
         let pmd = self.pmd_lookup(addr)?;
         loop {
             let e = pmd.load(Ordering::Acquire);
-            if e & PageTableFlags::PRESENT.bits() == 0 {
+            if !Pte::from_bits(e).present() {
                 return None;
             }
-            let frame = pte_frame(e);
+            let frame = Pte::from_bits(e).frame();
             #[cfg(test)]
             tests::before_pte_lock();
             // Lock order: PTE lock (innermost but the frame caches).
@@ -211,22 +191,22 @@ impl<P: Platform> PageTables<P> {
         }
     }
 
-    /// The PTE for `addr` as the MMU would see it now (0 if any level is missing). Lockless, for
-    /// the emulated MMU and for checks.
-    pub fn lookup_pte(&self, addr: u64) -> u64 {
-        self.with_pte(addr, |pte| pte.load(Ordering::Acquire))
-            .unwrap_or(0)
+    /// The PTE for `addr` as the MMU would see it now (empty if any level is missing).
+    /// Lockless, for the emulated MMU and for checks.
+    pub fn lookup_pte(&self, addr: u64) -> Pte {
+        self.with_pte(addr, |pte| Pte::from_bits(pte.load(Ordering::Acquire)))
+            .unwrap_or(Pte::EMPTY)
     }
 
     /// Runs `f` on the PTE slot for `addr`, as a hardware walk would reach it (no lock; under
     /// RCU, so the PTE table is not reused meanwhile). `None` if any level is missing.
     pub fn with_pte<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
         let _rcu = self.mem.rcu().read_lock();
-        let e = self.pmd_lookup(addr)?.load(Ordering::Acquire);
-        if e & PageTableFlags::PRESENT.bits() == 0 {
+        let e = Pte::from_bits(self.pmd_lookup(addr)?.load(Ordering::Acquire));
+        if !e.present() {
             return None;
         }
-        Some(f(&self.table(pte_frame(e))[index(addr, 1)]))
+        Some(f(&self.table(e.frame())[index(addr, 1)]))
     }
 
     /// Page-table frames currently reachable from the user half, root included (for checks).
@@ -239,9 +219,12 @@ impl<P: Platform> PageTables<P> {
             };
             let mut total = 1;
             if level > 1 {
-                for e in slots.iter().map(|e| e.load(Ordering::Relaxed)) {
-                    if e & PageTableFlags::PRESENT.bits() != 0 {
-                        total += walk(pt, pte_frame(e), level - 1);
+                for e in slots
+                    .iter()
+                    .map(|e| Pte::from_bits(e.load(Ordering::Relaxed)))
+                {
+                    if e.present() {
+                        total += walk(pt, e.frame(), level - 1);
                     }
                 }
             }
@@ -266,17 +249,17 @@ impl<P: Platform> PageTables<P> {
         };
         let frames = self.mem.frames();
         for slot in slots {
-            let e = slot.swap(0, Ordering::Relaxed);
+            let e = Pte::from_bits(slot.swap(0, Ordering::Relaxed));
             if level == 1 {
-                if pte_holds_frame(e) {
-                    let f = pte_frame(e);
+                if e.holds_frame() {
+                    let f = e.frame();
                     if f != frames.zero_frame() {
                         frames.meta(f).unmap();
                     }
                     frames.put(f);
                 }
-            } else if e & PageTableFlags::PRESENT.bits() != 0 {
-                let child = pte_frame(e);
+            } else if e.present() {
+                let child = e.frame();
                 self.free_level(child, level - 1);
                 frames.put(child);
             }
@@ -315,25 +298,28 @@ impl<P: Platform> PteGuard<'_, P> {
     }
 
     /// The PTE for `addr`.
-    pub fn get(&self, addr: u64) -> u64 {
-        self.slot(addr).load(Ordering::Relaxed)
+    pub fn get(&self, addr: u64) -> Pte {
+        Pte::from_bits(self.slot(addr).load(Ordering::Relaxed))
     }
 
     /// Sets the PTE for `addr` (not-present to present needs no TLB flush).
-    pub fn set(&self, addr: u64, entry: u64) {
+    pub fn set(&self, addr: u64, entry: Pte) {
         // Release: the frame's contents (zeroed, copied) are visible to whoever sees the entry.
-        self.slot(addr).store(entry, Ordering::Release);
+        self.slot(addr).store(entry.bits(), Ordering::Release);
     }
 
-    /// Replaces the PTE for `addr` if it is still `old` (the MMU may have set A/D meanwhile).
-    pub fn replace(&self, addr: u64, old: u64, new: u64) -> Result<u64, u64> {
+    /// Replaces the PTE for `addr` if it is still `old` (the MMU may have set A/D meanwhile);
+    /// on failure, returns what it holds now.
+    pub fn replace(&self, addr: u64, old: Pte, new: Pte) -> Result<Pte, Pte> {
         self.slot(addr)
-            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(old.bits(), new.bits(), Ordering::AcqRel, Ordering::Relaxed)
+            .map(Pte::from_bits)
+            .map_err(Pte::from_bits)
     }
 
     /// Clears the PTE for `addr`, returning what it held (with any A/D bits the MMU set).
-    pub fn take(&self, addr: u64) -> u64 {
-        self.slot(addr).swap(0, Ordering::AcqRel)
+    pub fn take(&self, addr: u64) -> Pte {
+        Pte::from_bits(self.slot(addr).swap(0, Ordering::AcqRel))
     }
 
     /// Whether every PTE of the table is empty.

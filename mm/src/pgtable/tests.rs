@@ -20,13 +20,13 @@ fn map(pt: &PageTables<Emulated>, addr: u64, writable: bool) -> PhysFrame {
     let pmd = pt.pmd_alloc(addr).unwrap();
     pt.pte_alloc(pmd).unwrap();
     let frames = pt.memory().frames();
-    let f = frames.alloc_zeroed(FrameKind::Anon).unwrap();
+    let f = frames.alloc_zeroed(FrameKind::Anon).unwrap().into_raw();
     frames.meta(f).map();
     let pte = pt.pte_offset_map_lock(addr).unwrap();
-    assert_eq!(pte.get(addr), 0);
+    assert_eq!(pte.get(addr), Pte::EMPTY);
     pte.set(
         addr,
-        make_pte(f, pte_flags_for(Prot::READ | Prot::WRITE, writable)),
+        Pte::new(f, pte_flags_for(Prot::READ | Prot::WRITE, writable)),
     );
     f
 }
@@ -45,15 +45,15 @@ fn map_walk_zap_and_teardown_return_every_frame() {
         // A second 2 MiB region: a second PTE table under the same PMD table.
         map(&pt, a + PMD_SIZE, true);
         assert_eq!(pt.count_tables(), 5);
-        assert_eq!(pte_frame(pt.lookup_pte(a)), f);
-        assert!(pte_flags(pt.lookup_pte(a)).contains(PageTableFlags::WRITABLE));
-        assert_eq!(pt.lookup_pte(a + 0x2000), 0);
+        assert_eq!(pt.lookup_pte(a).frame(), f);
+        assert!(pt.lookup_pte(a).flags().contains(PageTableFlags::WRITABLE));
+        assert_eq!(pt.lookup_pte(a + 0x2000), Pte::EMPTY);
 
         let g = lock.write();
         let z = pt.zap(&g, a..a + 0x1000);
         assert_eq!(z.cleared(), 1);
         z.flush(&mem, CpuMask::first(2));
-        assert_eq!(pt.lookup_pte(a), 0);
+        assert_eq!(pt.lookup_pte(a), Pte::EMPTY);
         assert_eq!(pt.count_tables(), 5, "a table with a PTE left was freed");
         // Emptying the first PTE table unhooks it; it is freed after a grace period.
         let z = pt.zap(&g, a..a + PMD_SIZE);
@@ -118,20 +118,20 @@ fn change_protection_downgrades_and_keeps_prot_none_frames() {
     let fl = pt.change_protection(&g, a..a + 0x1000, Prot::READ);
     assert!(fl.needs_shootdown());
     fl.flush(&*p, CpuMask::first(1));
-    assert!(!pte_flags(pt.lookup_pte(a)).contains(PageTableFlags::WRITABLE));
+    assert!(!pt.lookup_pte(a).flags().contains(PageTableFlags::WRITABLE));
     let fl = pt.change_protection(&g, a..a + 0x1000, Prot::empty());
     assert!(fl.needs_shootdown());
     fl.flush(&*p, CpuMask::first(1));
     let e = pt.lookup_pte(a);
-    assert!(!pte_flags(e).contains(PageTableFlags::PRESENT));
-    assert_eq!(pte_frame(e), f, "PROT_NONE lost the frame");
+    assert!(!e.flags().contains(PageTableFlags::PRESENT));
+    assert_eq!(e.frame(), f, "PROT_NONE lost the frame");
     // Upgrading never adds write permission eagerly.
     let fl = pt.change_protection(&g, a..a + 0x1000, Prot::READ | Prot::WRITE);
     assert!(!fl.needs_shootdown());
     fl.flush(&*p, CpuMask::first(1));
     let e = pt.lookup_pte(a);
-    assert!(pte_flags(e).contains(PageTableFlags::PRESENT));
-    assert!(!pte_flags(e).contains(PageTableFlags::WRITABLE));
+    assert!(e.flags().contains(PageTableFlags::PRESENT));
+    assert!(!e.flags().contains(PageTableFlags::WRITABLE));
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn emptied_pte_table_is_freed_only_after_a_grace_period() {
     let pt = PageTables::new(mem.clone()).unwrap();
     let a = 0x40_0000;
     map(&pt, a, true);
-    let table = pte_frame(pt.pmd_lookup(a).unwrap().load(Ordering::Acquire));
+    let table = Pte::from_bits(pt.pmd_lookup(a).unwrap().load(Ordering::Acquire)).frame();
     let (in_tx, in_rx) = mpsc::channel();
     let (leave_tx, leave_rx) = mpsc::channel::<()>();
     let kept = std::thread::scope(|s| {

@@ -15,7 +15,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use super::{PTE_PROTNONE, PageTables, pmd_chunks, pte_flags, pte_frame, pte_holds_frame};
+use super::{PTE_PROTNONE, PageTables, Pte, pmd_chunks};
 use crate::memory::Memory;
 use crate::platform::{CpuMask, PageTableFlags, PhysFrame, Platform, VirtAddr};
 use crate::stats::Event;
@@ -192,12 +192,12 @@ impl<P: Platform> PageTables<P> {
             };
             for addr in chunk.step_by(4096) {
                 let e = pte.take(addr);
-                if e == 0 {
+                if e.is_empty() {
                     continue;
                 }
                 out.cleared += 1;
-                if pte_holds_frame(e) {
-                    let f = pte_frame(e);
+                if e.holds_frame() {
+                    let f = e.frame();
                     if f != frames.zero_frame() {
                         frames.meta(f).unmap();
                     }
@@ -234,16 +234,16 @@ impl<P: Platform> PageTables<P> {
             for addr in chunk.step_by(4096) {
                 let mut old = pte.get(addr);
                 loop {
-                    if !pte_holds_frame(old) {
+                    if !old.holds_frame() {
                         break;
                     }
-                    let of = pte_flags(old);
+                    let of = old.flags();
                     let nf = if prot.is_empty() {
                         PTE_PROTNONE
                     } else {
                         pte_flags_for(prot, of.contains(PageTableFlags::WRITABLE)) | (of & keep)
                     };
-                    let new = super::make_pte(pte_frame(old), nf);
+                    let new = Pte::new(old.frame(), nf);
                     if new == old {
                         break;
                     }

@@ -2,7 +2,7 @@
 //! frames (page tables live in it in the real x86-64 entry format), and std threads stand in for
 //! CPUs. A thread becomes CPU `n` with [`Emulated::bind_cpu`] or [`Emulated::spawn_cpu`].
 //!
-//! Each CPU has a software TLB ([`Tlb`]), which the emulated MMU (`crate::mmu`) fills and uses as
+//! Each CPU has a software TLB ([`Tlb`]), which the emulated MMU ([`mmu`](super::mmu)) fills and uses as
 //! x86 hardware does, so a missing or late flush shows up as a stale read or write in host tests.
 //! A TLB is behind a lock that the MMU holds for one whole access (lookup or walk, then the data
 //! access) and that `flush_tlb_local` and `shootdown` take to flush it: like an IPI taken between
@@ -140,7 +140,7 @@ pub struct TlbEntry {
 ///
 /// # Invariants
 /// Every entry was filled from a present PTE of address space `asid`, and there are at most
-/// [`TLB_ENTRIES`] of them.
+/// `TLB_ENTRIES` of them.
 #[derive(Debug, Default)]
 pub struct Tlb {
     asid: u64,

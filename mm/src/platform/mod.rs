@@ -3,7 +3,7 @@
 //! Everything `mm` needs from hardware comes through [`Platform`]: where a physical frame lives in
 //! the kernel's address space, raw frames from the boot memory map, TLB maintenance, which CPU is
 //! running, blocking and waking, and a clock. The kernel implements it on real x86-64; host tests
-//! use [`emulated::Emulated`] (RAM in a host buffer, std threads standing in for CPUs), so the same
+//! use `emulated::Emulated` (RAM in a host buffer, std threads standing in for CPUs), so the same
 //! code runs under `cargo test` and on eight CPUs in QEMU.
 //!
 //! `mm` code is generic over `P: Platform` and holds a `&'static P` or an `Arc<P>`; the kernel's
@@ -11,9 +11,13 @@
 
 #[cfg(any(test, feature = "emulated"))]
 pub mod emulated;
+#[cfg(all(not(loom), any(test, feature = "emulated")))]
+#[deny(unsafe_code)]
+pub mod mmu;
 #[cfg(all(test, not(loom)))]
 pub(crate) mod probe;
 #[cfg(all(test, not(loom)))]
+#[deny(unsafe_code)]
 mod tests;
 
 use core::sync::atomic::AtomicU32;

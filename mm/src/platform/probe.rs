@@ -53,7 +53,7 @@ impl Probe {
     }
 }
 
-impl crate::mmu::HasTlb for Probe {
+impl crate::platform::mmu::HasTlb for Probe {
     fn emulated(&self) -> &Emulated {
         &self.inner
     }

@@ -9,10 +9,10 @@ use std::vec::Vec;
 
 use super::Platform;
 use super::probe::Probe;
+use crate::address_space::AddressSpace;
 use crate::memory::Memory;
-use crate::mm::AddressSpace;
-use crate::mmu;
 use crate::ops::MapFlags;
+use crate::platform::mmu;
 use crate::stats::Event;
 use crate::vma::Prot;
 

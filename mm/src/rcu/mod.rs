@@ -51,11 +51,15 @@
 //! writer to force a barrier on other CPUs (IPI or membarrier), which the platform cannot yet do.
 //! See `LOCKING.md` for the rules users follow.
 
+#[allow(unsafe_code)]
 mod callbacks;
+// The tests free objects by hand to show that readers never see them freed.
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)]
 mod loom_tests;
 mod percpu;
 #[cfg(all(test, not(loom)))]
+#[allow(unsafe_code)]
 mod tests;
 
 use alloc::boxed::Box;

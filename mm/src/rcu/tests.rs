@@ -315,7 +315,7 @@ fn barrier_waits_for_callbacks_another_cpu_is_running() {
 /// each operation must still keep the backlog, and the frames it holds, bounded.
 #[test]
 fn the_backlog_stays_bounded_with_busy_cpus_that_never_switch() {
-    use crate::mmu;
+    use crate::platform::mmu;
     use crate::testutil::{Env, PAGE, fixed};
     use crate::vma::Prot;
 

@@ -17,10 +17,12 @@
 //! frame cache lock.
 
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)] // `UnsafeCell` accesses: how a model sees a data race
 mod loom_tests;
 mod mmap_lock;
 mod park;
 mod rwsem;
+#[allow(unsafe_code)]
 mod spinlock;
 
 pub use mmap_lock::{MmapLock, MmapReadGuard, MmapWriteGuard};

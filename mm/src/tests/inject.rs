@@ -17,12 +17,13 @@ use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use super::prop::{CPUS, Model, WINDOW, addr, check, window_page};
+use crate::address_space::AddressSpace;
 use crate::fault::FaultResult;
 use crate::maple::FailNodeAllocs;
-use crate::mm::AddressSpace;
-use crate::mmu;
 use crate::ops::{MADV_DONTNEED, MadviseError, MmapError, MprotectError, MunmapError};
+use crate::pgtable::Pte;
 use crate::platform::emulated::{Emulated, FailRandomly};
+use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, anon, fixed, prot_of};
 use crate::vma::Prot;
 
@@ -136,7 +137,6 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: Op) -> Outcome {
             let flags = if is_fixed { fixed() } else { anon() };
             match mm.mmap(addr(first), n * PAGE, prot_of(prot), flags) {
                 Ok(got) => {
-                    let got = got.as_u64();
                     if is_fixed || (first..first + n).all(|p| !model.contains_key(&p)) {
                         assert_eq!(got, addr(first), "a free hint was not used");
                     }
@@ -251,7 +251,7 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: Op) -> Outcome {
 #[derive(Debug, PartialEq, Eq)]
 struct Snapshot {
     vmas: Vec<(usize, u64, u64, Prot)>,
-    ptes: BTreeMap<u64, u64>,
+    ptes: BTreeMap<u64, Pte>,
 }
 
 fn snapshot(mm: &AddressSpace<Emulated>, model: &Model) -> Snapshot {

@@ -13,12 +13,12 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::mm::AddressSpace;
-use crate::mmu;
+use crate::address_space::AddressSpace;
 use crate::ops::MprotectError;
-use crate::pgtable::{PTE_PROTNONE, pte_flags, pte_frame, pte_holds_frame};
+use crate::pgtable::{PTE_PROTNONE, Pte};
 use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, PIC_BASE, anon, fixed, prot_of};
 use crate::vma::Prot;
 
@@ -99,8 +99,7 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
             let flags = if is_fixed { fixed() } else { anon() };
             let got = mm
                 .mmap(addr(first), n * PAGE, prot_of(prot), flags)
-                .unwrap()
-                .as_u64();
+                .unwrap();
             if is_fixed || (first..first + n).all(|p| !model.contains_key(&p)) {
                 assert_eq!(got, addr(first), "a free hint was not used");
             }
@@ -169,10 +168,10 @@ fn check_tlbs(env: &Env, mm: &AddressSpace<Emulated>) {
         }
         for (a, cached) in tlb.entries() {
             let e = mm.page_tables().lookup_pte(a);
-            let (now, then) = (grants(pte_flags(e)), grants(cached.flags));
+            let (now, then) = (grants(e.flags()), grants(cached.flags));
             assert!(
-                pte_frame(e) == cached.frame && then.iter().zip(now).all(|(&t, n)| !t || n),
-                "CPU {cpu} still caches {a:#x} -> {cached:?}, but the PTE is {e:#x}: a flush \
+                e.frame() == cached.frame && then.iter().zip(now).all(|(&t, n)| !t || n),
+                "CPU {cpu} still caches {a:#x} -> {cached:?}, but the PTE is {e:?}: a flush \
                  is missing"
             );
         }
@@ -203,24 +202,24 @@ pub(super) fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
     for p in window.clone().chain(outside) {
         let e = mm.page_tables().lookup_pte(addr(p));
         match model.get(&p) {
-            None => assert_eq!(e, 0, "PTE left behind at page {p:#x}"),
+            None => assert_eq!(e, Pte::EMPTY, "PTE left behind at page {p:#x}"),
             Some(&(prot, byte)) => {
-                if e == 0 {
+                if e.is_empty() {
                     assert_eq!(byte, 0, "written page {p:#x} lost its frame");
                     continue;
                 }
-                assert!(pte_holds_frame(e));
-                let f = pte_flags(e);
+                assert!(e.holds_frame());
+                let f = e.flags();
                 if prot.is_empty() {
                     assert!(f.contains(PTE_PROTNONE) && !f.contains(PageTableFlags::PRESENT));
                 } else {
                     assert!(f.contains(PageTableFlags::PRESENT));
                 }
                 if f.contains(PageTableFlags::WRITABLE) {
-                    assert!(prot.contains(Prot::WRITE) && pte_frame(e) != zero);
+                    assert!(prot.contains(Prot::WRITE) && e.frame() != zero);
                 }
                 if byte != 0 {
-                    assert_ne!(pte_frame(e), zero);
+                    assert_ne!(e.frame(), zero);
                 }
             }
         }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use crate::mm::AddressSpace;
-use crate::mmu;
+use crate::address_space::AddressSpace;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::stats::Event;
 use crate::testutil::{Env, PAGE, anon, fixed};
 use crate::vma::Prot;
@@ -93,7 +93,7 @@ fn churner(mm: &AddressSpace<Emulated>, stop: &AtomicBool) -> u64 {
         }
         // Anywhere-mappings exercise the gap search.
         if seed.is_multiple_of(7) {
-            let a = mm.mmap(0, 4 * PAGE, Prot::READ, anon()).unwrap().as_u64();
+            let a = mm.mmap(0, 4 * PAGE, Prot::READ, anon()).unwrap();
             mm.munmap(a, 4 * PAGE).unwrap();
         }
         mm.memory().rcu().quiescent_state();

@@ -6,11 +6,12 @@ use std::sync::mpsc;
 use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
+use crate::address_space::AddressSpace;
 use crate::frame::mem;
-use crate::mm::AddressSpace;
-use crate::mmu;
-use crate::pgtable::{pte_flags, pte_frame};
+
+use crate::pgtable::Pte;
 use crate::platform::emulated::Emulated;
+use crate::platform::mmu;
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::testutil::{Env, PAGE, PIC_BASE, fixed};
 use crate::vma::Prot;
@@ -68,12 +69,12 @@ impl Pause {
 
 /// Maps P writable with `value` in it (CPU 0), then clears its Accessed and Dirty bits as
 /// reclaim's `ptep_test_and_clear_young` would, and shoots the translation down.
-fn clean_page(env: &Env, mm: &AddressSpace<Emulated>, value: u64) -> u64 {
+fn clean_page(env: &Env, mm: &AddressSpace<Emulated>, value: u64) -> Pte {
     mm.mmap(P, PAGE, rw(), fixed()).unwrap();
     mmu::store(mm, P, value, true).unwrap();
     let pte = mm.page_tables().pte_offset_map_lock(P).unwrap();
     let e = pte.get(P);
-    let clean = e & !(PageTableFlags::ACCESSED | PageTableFlags::DIRTY).bits();
+    let clean = e.with_flags(e.flags() - PageTableFlags::ACCESSED - PageTableFlags::DIRTY);
     pte.replace(P, e, clean).unwrap();
     drop(pte);
     env.p.shootdown(mm.cpus(), VirtAddr::new(P), 1);
@@ -81,16 +82,16 @@ fn clean_page(env: &Env, mm: &AddressSpace<Emulated>, value: u64) -> u64 {
 }
 
 /// Clears P's PTE as a zap does (the shootdown and the frame's release come later).
-fn zap_pte(mm: &AddressSpace<Emulated>) -> u64 {
+fn zap_pte(mm: &AddressSpace<Emulated>) -> Pte {
     mm.page_tables().pte_offset_map_lock(P).unwrap().take(P)
 }
 
 /// Finishes what `zap_pte` started: shootdown, then the mapping's reference.
-fn finish_zap(env: &Env, mm: &AddressSpace<Emulated>, e: u64) {
+fn finish_zap(env: &Env, mm: &AddressSpace<Emulated>, e: Pte) {
     env.p.shootdown(mm.cpus(), VirtAddr::new(P), 1);
     let frames = env.mem.frames();
-    frames.meta(pte_frame(e)).unmap();
-    frames.put(pte_frame(e));
+    frames.meta(e.frame()).unmap();
+    frames.put(e.frame());
 }
 
 /// The MMU walked to P's PTE and is about to set Accessed when the PTE is zapped: the update
@@ -113,7 +114,11 @@ fn setting_accessed_never_resurrects_a_zapped_pte() {
         });
         assert_eq!(zapped, clean, "the hook ran before the Accessed update");
         assert!(got.is_err(), "read through a zapped PTE: {got:?}");
-        assert_eq!(mm.page_tables().lookup_pte(P), 0, "zapped PTE came back");
+        assert_eq!(
+            mm.page_tables().lookup_pte(P),
+            Pte::EMPTY,
+            "zapped PTE came back"
+        );
         finish_zap(&env, &mm, zapped);
         // The page faults in afresh (the zero frame).
         assert_eq!(mmu::load(&mm, P, true), Ok(0));
@@ -147,10 +152,17 @@ fn setting_dirty_through_a_cached_clean_entry_rechecks_the_pte() {
             drop(resume);
             (writer.join().unwrap(), zapped)
         });
-        assert_eq!(zapped, clean | PageTableFlags::ACCESSED.bits());
+        assert_eq!(
+            zapped,
+            clean.with_flags(clean.flags() | PageTableFlags::ACCESSED)
+        );
         assert!(got.is_err(), "write through a zapped PTE: {got:?}");
-        assert_eq!(mm.page_tables().lookup_pte(P), 0, "zapped PTE came back");
-        let frame = pte_frame(zapped);
+        assert_eq!(
+            mm.page_tables().lookup_pte(P),
+            Pte::EMPTY,
+            "zapped PTE came back"
+        );
+        let frame = zapped.frame();
         assert_eq!(
             mem::words(&*env.p, frame)[0].load(std::sync::atomic::Ordering::Relaxed),
             5,
@@ -165,7 +177,7 @@ fn setting_dirty_through_a_cached_clean_entry_rechecks_the_pte() {
             assert_eq!(mmu::load(&mm, P, true), Ok(5));
             mmu::store(&mm, P, 9, true).unwrap();
         });
-        let f = pte_flags(mm.page_tables().lookup_pte(P));
+        let f = mm.page_tables().lookup_pte(P).flags();
         assert!(f.contains(PageTableFlags::ACCESSED | PageTableFlags::DIRTY));
         mm.munmap(P, PAGE).unwrap();
     }

@@ -46,7 +46,7 @@ pub enum StartReadError {
 ///
 /// # Invariants
 /// `vm_refcnt` is 0 iff the VMA is detached; otherwise it counts the attach reference, the
-/// readers, and [`VMA_LOCK_OFFSET`] while a writer is excluding readers. A reader's reference is
+/// readers, and `VMA_LOCK_OFFSET` while a writer is excluding readers. A reader's reference is
 /// taken only when `vm_refcnt` is in `1..VMA_REF_LIMIT`. `vm_lock_seq` is written only with the
 /// owning `mmap_lock` held for write.
 pub struct VmaLock {

@@ -3,7 +3,7 @@
 //! A [`Vma`] is immutable apart from its lock: splitting, merging or changing the protection of
 //! an area builds new VMAs (complete and write-locked before they are inserted) and detaches the
 //! old ones. So a lockless reader that found a VMA can never see it half-changed; the per-VMA
-//! lock (see [`lock`]) still orders faults against the page-table changes a writer makes while
+//! lock (see `lock`) still orders faults against the page-table changes a writer makes while
 //! the VMA is locked, and detaching tells a reader that its VMA went away.
 
 mod lock;

@@ -5,6 +5,7 @@ extern crate std;
 
 mod concurrent;
 mod picture;
+#[allow(unsafe_code)] // a counting `MapleValue`
 mod prop;
 
 use alloc::sync::Arc;

@@ -37,6 +37,7 @@
 //! Optimistic spinning on a running owner (Linux's `rwsem_optimistic_spin`) is not done: a
 //! waiter queues at once. Readers never steal.
 
+#[allow(unsafe_code)]
 mod wait_list;
 
 #[cfg(all(test, not(loom)))]
@@ -98,28 +99,42 @@ impl<W: Park> RwSemaphore<W> {
     /// Acquires for reading, waiting while a writer holds the lock or anyone is queued.
     pub fn down_read(&self) {
         if !self.try_down_read() {
-            self.down_read_slowpath();
+            self.down_slowpath(Kind::Read);
         }
     }
 
     /// Acquires for reading if that needs no waiting (no writer holds, nobody is queued).
     pub fn try_down_read(&self) -> bool {
+        let ok = self.try_acquire(Kind::Read, READ_FAILED_MASK);
+        if ok {
+            self.note_acquired(Kind::Read);
+        }
+        ok
+    }
+
+    /// Takes the lock for `kind` unless one of `blockers` is set in the word: a reader adds
+    /// itself to the count, a writer sets `WRITER_LOCKED`, each with a compare-and-swap retried
+    /// while only other bits change. The one loop behind both fast paths and both slow-path
+    /// steals.
+    #[inline(always)]
+    fn try_acquire(&self, kind: Kind, blockers: u32) -> bool {
         let mut s = self.state.load(Ordering::Relaxed);
-        while s & READ_FAILED_MASK == 0 {
-            debug_assert!(
-                s & READER_MASK != READER_MASK,
-                "rwsem reader count overflow"
-            );
-            match self.state.compare_exchange_weak(
-                s,
-                s + READER_BIAS,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.note_acquired(Kind::Read);
-                    return true;
+        while s & blockers == 0 {
+            let new = match kind {
+                Kind::Read => {
+                    debug_assert!(
+                        s & READER_MASK != READER_MASK,
+                        "rwsem reader count overflow"
+                    );
+                    s + READER_BIAS
                 }
+                Kind::Write => s | WRITER_LOCKED,
+            };
+            match self
+                .state
+                .compare_exchange_weak(s, new, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
                 Err(cur) => s = cur,
             }
         }
@@ -140,7 +155,7 @@ impl<W: Park> RwSemaphore<W> {
     /// Acquires for writing, waiting until the lock is free and the writer's turn has come.
     pub fn down_write(&self) {
         if !self.try_down_write() {
-            self.down_write_slowpath();
+            self.down_slowpath(Kind::Write);
         }
     }
 
@@ -206,66 +221,38 @@ impl<W: Park> RwSemaphore<W> {
         self.state.load(Ordering::Relaxed) & HANDOFF != 0
     }
 
+    /// The slow path of `down_read`/`down_write`: under `wait_lock`, takes the lock if this
+    /// kind of locker may still steal it, or else queues and waits.
     #[cold]
-    fn down_read_slowpath(&self) {
+    fn down_slowpath(&self, kind: Kind) {
         let now = self.park.clock_ns();
         let list = self.wait_lock.lock();
-        if list.is_empty() {
+        let stolen = match kind {
             // Nobody queued, so WAITERS and HANDOFF are clear: only a writer keeps us out.
-            let mut s = self.state.load(Ordering::Relaxed);
-            while s & WRITER_LOCKED == 0 {
-                match self.state.compare_exchange_weak(
-                    s,
-                    s + READER_BIAS,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        drop(list);
-                        self.note_acquired(Kind::Read);
-                        return;
-                    }
-                    Err(cur) => s = cur,
-                }
-            }
+            Kind::Read => list.is_empty() && self.try_acquire(Kind::Read, WRITER_LOCKED),
+            // Steal the free lock even though waiters are queued (the head writer has not run
+            // yet), unless the head is owed a handoff.
+            Kind::Write => self.try_acquire(Kind::Write, WRITER_LOCKED | READER_MASK | HANDOFF),
+        };
+        if stolen {
+            drop(list);
+            self.note_acquired(kind);
+            return;
         }
-        let waiter = Waiter::new(Kind::Read, now.saturating_add(RWSEM_WAIT_TIMEOUT_NS));
-        self.queue_and_wait(list, &waiter, now);
+        self.queue_and_wait(list, kind, now);
     }
 
-    #[cold]
-    fn down_write_slowpath(&self) {
-        let now = self.park.clock_ns();
-        let list = self.wait_lock.lock();
-        // Steal the free lock even though waiters are queued (the head writer has not run yet),
-        // unless the head is owed a handoff.
-        let mut s = self.state.load(Ordering::Relaxed);
-        while s & (WRITER_LOCKED | READER_MASK | HANDOFF) == 0 {
-            match self.state.compare_exchange_weak(
-                s,
-                s | WRITER_LOCKED,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    drop(list);
-                    self.note_acquired(Kind::Write);
-                    return;
-                }
-                Err(cur) => s = cur,
-            }
-        }
-        let waiter = Waiter::new(Kind::Write, now.saturating_add(RWSEM_WAIT_TIMEOUT_NS));
-        self.queue_and_wait(list, &waiter, now);
+    /// Queues a waiter of `kind` last and returns once it holds the lock.
+    fn queue_and_wait(&self, list: super::SpinGuard<'_, WaitList>, kind: Kind, now: u64) {
+        let deadline = now.saturating_add(RWSEM_WAIT_TIMEOUT_NS);
+        WaitList::queue(list, kind, deadline, |list, waiter| {
+            self.wait_queued(list, waiter, now)
+        });
+        self.note_acquired(kind);
     }
 
-    /// Queues `waiter` last and returns once it holds the lock.
-    fn queue_and_wait(&self, mut list: super::SpinGuard<'_, WaitList>, waiter: &Waiter, now: u64) {
-        // We return only once the waiter is GRANTED (unlinked by its waker), and `Queued` turns
-        // unwinding before that into an abort.
-        // SAFETY: `waiter` lives in our caller's frame, which does not return before it is unlinked.
-        unsafe { list.push_back(waiter) };
-        let queued = Queued;
+    /// Waits until `waiter`, just queued on `list`, is granted the lock.
+    fn wait_queued(&self, mut list: super::SpinGuard<'_, WaitList>, waiter: &Waiter, now: u64) {
         // A holder that released before WAITERS became visible saw no waiters and will not wake
         // anyone, so look at the lock ourselves (both are RMWs of `state`: one sees the other).
         self.state.fetch_or(WAITERS, Ordering::Relaxed);
@@ -280,10 +267,8 @@ impl<W: Park> RwSemaphore<W> {
             self.wake_waiters();
         }
         self.wait_granted(waiter);
-        core::mem::forget(queued);
         #[cfg(all(test, not(loom)))]
         self.acquired.record_wait(waiter.kind, seen);
-        self.note_acquired(waiter.kind);
     }
 
     /// Parks until `waiter` is granted the lock; a writer woken at the head takes it itself.
@@ -411,18 +396,5 @@ impl<W: Park> RwSemaphore<W> {
     fn note_acquired(&self, _kind: Kind) {
         #[cfg(all(test, not(loom)))]
         self.acquired.note(_kind);
-    }
-}
-
-/// Alive while a waiter is queued. Unwinding out of the wait (a panicking [`Park`]) would leave
-/// the queue pointing into a dead frame, so dropping this panics, which during unwinding aborts.
-struct Queued;
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        // Under loom, a blocked waiter unwinds only when loom tears down a failed model (a
-        // deadlock), after which nothing touches the queue; aborting would hide the report.
-        #[cfg(not(loom))]
-        panic!("unwound out of an rwsem wait with the waiter still queued");
     }
 }

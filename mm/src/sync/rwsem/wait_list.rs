@@ -3,11 +3,15 @@
 //! `sem->wait_list`). Only the holder of the semaphore's `wait_lock` touches the list and the
 //! links; a waiter's owner reads its `status` without the lock.
 //!
+//! A waiter lives in the frame of [`WaitList::queue`], which does not return before the waiter
+//! has left the queue, so the list never points into a dead frame.
+//!
 //! A waiter leaves the queue only by being granted the lock: whoever grants it (a waker, or the
 //! head writer itself) unlinks it and stores [`GRANTED`] as the very last access to the node,
 //! since the owner may return and free the node as soon as it sees that.
 
 use core::cell::Cell;
+use core::ops::DerefMut;
 use core::ptr::NonNull;
 
 use crate::primitive::{AtomicU32, Ordering};
@@ -40,7 +44,7 @@ pub(super) struct Waiter {
 }
 
 impl Waiter {
-    pub(super) fn new(kind: Kind, deadline: u64) -> Self {
+    fn new(kind: Kind, deadline: u64) -> Self {
         Waiter {
             kind,
             deadline,
@@ -97,6 +101,30 @@ impl WaitList {
         self.iter().count()
     }
 
+    /// Queues a new waiter of `kind` last on `list` and runs `wait` with the list (still
+    /// locked) and the waiter; `wait` returns once the waiter is [`GRANTED`], and so does this.
+    pub(super) fn queue<G: DerefMut<Target = WaitList>>(
+        mut list: G,
+        kind: Kind,
+        deadline: u64,
+        wait: impl FnOnce(G, &Waiter),
+    ) {
+        let waiter = Waiter::new(kind, deadline);
+        // We return only once the waiter is GRANTED, i.e. unlinked (checked below), and `Queued`
+        // turns unwinding before that into an abort.
+        // SAFETY: `waiter` lives in this frame, which does not end before it is unlinked.
+        unsafe { list.push_back(&waiter) };
+        let queued = Queued;
+        wait(list, &waiter);
+        // A failure panics with `queued` alive: an abort.
+        assert_eq!(
+            waiter.status.load(Ordering::Relaxed),
+            GRANTED,
+            "an rwsem wait returned with its waiter still queued"
+        );
+        core::mem::forget(queued);
+    }
+
     /// Queues `w` last.
     ///
     /// # Safety
@@ -105,7 +133,7 @@ impl WaitList {
     ///
     /// [`grant_front`]: Self::grant_front
     /// [`grant_readers`]: Self::grant_readers
-    pub(super) unsafe fn push_back(&mut self, w: &Waiter) {
+    unsafe fn push_back(&mut self, w: &Waiter) {
         w.next.set(None);
         let p = NonNull::from(w);
         match self.tail {
@@ -192,5 +220,18 @@ impl WaitList {
             // so while the list is borrowed.
             w.next.get().map(|p| unsafe { p.as_ref() })
         })
+    }
+}
+
+/// Alive while a waiter is queued. Unwinding out of the wait (a panicking `Park`) would leave
+/// the queue pointing into a dead frame, so dropping this panics, which during unwinding aborts.
+struct Queued;
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        // Under loom, a blocked waiter unwinds only when loom tears down a failed model (a
+        // deadlock), after which nothing touches the queue; aborting would hide the report.
+        #[cfg(not(loom))]
+        panic!("unwound out of an rwsem wait with the waiter still queued");
     }
 }

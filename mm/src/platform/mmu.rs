@@ -23,12 +23,13 @@
 
 use core::sync::atomic::{Ordering, fence};
 
+use crate::address_space::AddressSpace;
 use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::frame::{FrameKind, mem};
-use crate::mm::AddressSpace;
-use crate::pgtable::{pte_flags, pte_frame};
+use crate::pgtable::Pte;
+
 use crate::platform::emulated::{Emulated, Tlb, TlbEntry};
-use crate::platform::{PageTableFlags, PhysFrame, Platform, VirtAddr};
+use crate::platform::{PageTableFlags, PhysFrame, Platform};
 
 /// A platform whose CPUs are [`Emulated`]'s, with their software TLBs (the emulated platform
 /// itself, or a test platform built on it).
@@ -47,7 +48,7 @@ impl HasTlb for Emulated {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageFault {
     /// The faulting address (CR2).
-    pub addr: VirtAddr,
+    pub addr: u64,
     /// What the access tried.
     pub access: Access,
 }
@@ -130,10 +131,7 @@ fn access_once<P: HasTlb>(
         "emulated accesses are aligned words"
     );
     let platform = mm.memory().platform();
-    let fault = PageFault {
-        addr: VirtAddr::new(addr),
-        access,
-    };
+    let fault = PageFault { addr, access };
     // Held to the end of the access: a shootdown waits for it (see the module header).
     let mut tlb = platform.emulated().tlb();
     switch_to(mm, &mut tlb);
@@ -182,7 +180,7 @@ fn allows(flags: PageTableFlags, access: Access) -> bool {
 }
 
 enum Step {
-    Done(u64),
+    Done(Pte),
     Fault,
     Again,
 }
@@ -196,26 +194,27 @@ fn walk<P: HasTlb>(mm: &AddressSpace<P>, addr: u64, access: Access) -> Option<Tl
     }
     loop {
         let step = mm.page_tables().with_pte(addr, |slot| {
-            let e = slot.load(Ordering::Acquire);
-            if !allows(pte_flags(e), access) {
+            let e = Pte::from_bits(slot.load(Ordering::Acquire));
+            if !allows(e.flags(), access) {
                 return Step::Fault;
             }
-            if pte_flags(e).contains(need) {
+            if e.flags().contains(need) {
                 return Step::Done(e);
             }
             mm.memory().platform().emulated().before_ad_update();
             // The locked A/D update: only onto the entry just walked. A PTE changed meanwhile
             // (zapped, downgraded) must not get bits back; walk it again instead.
-            match slot.compare_exchange(e, e | need.bits(), Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => Step::Done(e | need.bits()),
+            let new = e.with_flags(e.flags() | need);
+            match slot.compare_exchange(e.bits(), new.bits(), Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => Step::Done(new),
                 Err(_) => Step::Again,
             }
         });
         match step {
             Some(Step::Done(e)) => {
                 return Some(TlbEntry {
-                    frame: pte_frame(e),
-                    flags: pte_flags(e),
+                    frame: e.frame(),
+                    flags: e.flags(),
                 });
             }
             Some(Step::Again) => {}

@@ -44,11 +44,22 @@ pub enum MmValidateError {
     /// The tree's own invariants fail.
     Tree(ValidateError),
     /// A VMA is stored under a range other than its own.
-    RangeMismatch { stored: Range<u64>, vma: Range<u64> },
+    RangeMismatch {
+        /// The range the tree maps to the VMA.
+        stored: Range<u64>,
+        /// The VMA's own `[vm_start, vm_end)`.
+        vma: Range<u64>,
+    },
     /// A VMA is detached, belongs to another mm, or lies outside the user half.
-    BadVma { vma: Range<u64> },
+    BadVma {
+        /// The offending VMA's range.
+        vma: Range<u64>,
+    },
     /// Two adjacent VMAs with the same protection were not merged.
-    Unmerged { at: u64 },
+    Unmerged {
+        /// The address where the first ends and the second starts.
+        at: u64,
+    },
 }
 
 impl<P: Platform> AddressSpace<P> {
