@@ -86,9 +86,8 @@ RUNS ?= 1
 mutants: setup
 	python3 scripts/mutants.py --runs $(RUNS)
 
-## user: the Linux programs in user/, static musl builds in target/user/ (FAULT_BENCH is one)
-user: user-toolchain
-	cd user && CARGO_TARGET_DIR=$(CURDIR)/target/user cargo build --release
+## user: the same as user-progs
+user: user-progs
 
 ## bench-linux: the benchmark's workloads on this machine's Linux -> target/bench/linux.log, then
 ## the report (THREADS=1,2 WORKLOADS=page_fault1,pft,churn REPS=3)

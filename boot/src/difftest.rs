@@ -15,10 +15,10 @@
 //!
 //! Other lines carry their own prefixes and are skipped. Programs run one at a time, in the
 //! table's order, so the n-th process of the log is the n-th program.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the QEMU half of the differential test calls it")
-)]
+//!
+//! The QEMU half, [`run`], packs every program into one ramdisk, boots the kernel with it on 1, 2
+//! and 8 CPUs, and compares each run with the host's outcomes; each run also checks that every
+//! frame came back once all the processes were gone (the kernel's `programs:` line).
 
 use std::fmt;
 use std::io::{self, Read};
@@ -177,6 +177,20 @@ pub const PROGRAMS: &[Program] = &[
         args: &[],
         compare: ALL,
         expect: Status::Exit(42),
+        note: "",
+    },
+    Program {
+        name: "exit_group_threads",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(3),
+        note: "",
+    },
+    Program {
+        name: "futex_requeue",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
         note: "",
     },
     Program {
@@ -588,6 +602,126 @@ pub fn check_run(programs: &[Program], host: &[Outcome], kernel: &[KernelProcess
         });
     }
     verdicts
+}
+
+/// CPU counts every kernel run of the programs is made with.
+pub const SMPS: [u32; 3] = [1, 2, 8];
+
+/// How long one kernel run of all the programs may take.
+const KERNEL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One check of a run: a program's comparison, or the run's frame accounting.
+pub struct Check {
+    pub smp: u32,
+    pub name: String,
+    pub result: Result<(), String>,
+}
+
+/// The QEMU half: every program on this host, then the kernel (`kernel`, a plain kernel ELF)
+/// with all of them in its ramdisk on each of [`SMPS`] CPUs. One [`Check`] per program per run,
+/// and one for each run's frame accounting.
+pub fn run(kernel: &Path) -> Result<Vec<Check>, String> {
+    let dir = programs_dir();
+    let mut host = Vec::new();
+    for p in PROGRAMS {
+        let args: Vec<&str> = p.args.to_vec();
+        let outcome = run_on_host(&dir.join(p.name), &args).map_err(|e| e.to_string())?;
+        if outcome.status != p.expect {
+            return Err(format!(
+                "{} ends with {:?} on this Linux, not {:?}: the program is broken",
+                p.name, outcome.status, p.expect
+            ));
+        }
+        host.push(outcome);
+    }
+    let progs: Vec<crate::ramdisk::Prog> = PROGRAMS
+        .iter()
+        .map(|p| crate::ramdisk::Prog {
+            path: dir.join(p.name),
+            args: p.args.iter().map(|a| a.to_string()).collect(),
+        })
+        .collect();
+    let ramdisk = crate::ramdisk::pack(&progs)?;
+    let image = crate::image::build(kernel, crate::image::Firmware::Bios, Some(&ramdisk))?;
+    let mut checks = Vec::new();
+    for smp in SMPS {
+        let opts = crate::qemu::Options {
+            smp,
+            timeout: Some(KERNEL_TIMEOUT),
+            ..Default::default()
+        };
+        let out = crate::qemu::run(&image, &opts)?;
+        let log = out.log.join("\n");
+        let verdicts = match parse_kernel_log(&log) {
+            Ok(procs) => check_run(PROGRAMS, &host, &procs),
+            Err(e) => PROGRAMS
+                .iter()
+                .map(|p| Verdict {
+                    name: p.name,
+                    result: Err(format!("the kernel log is malformed: {e}")),
+                })
+                .collect(),
+        };
+        let ok = verdicts.iter().filter(|v| v.result.is_ok()).count();
+        let accounting = frame_accounting(&out.log);
+        println!(
+            "difftest smp={smp}: {ok} of {} programs match Linux, frames {} ({}, {:.1} s)",
+            verdicts.len(),
+            if accounting.is_ok() {
+                "all back"
+            } else {
+                "LOST"
+            },
+            out.reason,
+            out.elapsed.as_secs_f64()
+        );
+        for v in verdicts {
+            if let Err(e) = &v.result {
+                println!("difftest smp={smp} {}: FAILED\n{e}", v.name);
+                if let Some(p) = PROGRAMS
+                    .iter()
+                    .find(|p| p.name == v.name && !p.note.is_empty())
+                {
+                    println!("  (note: {})", p.note);
+                }
+            }
+            checks.push(Check {
+                smp,
+                name: v.name.to_string(),
+                result: v.result,
+            });
+        }
+        if let Err(e) = &accounting {
+            println!("difftest smp={smp} frame accounting: FAILED: {e}");
+        }
+        checks.push(Check {
+            smp,
+            name: "frame accounting".into(),
+            result: accounting,
+        });
+    }
+    Ok(checks)
+}
+
+/// The kernel's `programs: N ran; free frames before B, after A` line, with `B == A`.
+fn frame_accounting(log: &[String]) -> Result<(), String> {
+    let line = log
+        .iter()
+        .find_map(|l| l.split_once("programs: ").map(|(_, rest)| rest))
+        .ok_or("the kernel printed no `programs:` line (it did not finish)")?;
+    let number = |key: &str| -> Option<u64> {
+        let (_, rest) = line.split_once(key)?;
+        rest.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    match (number("before"), number("after")) {
+        (Some(b), Some(a)) if a == b => Ok(()),
+        (Some(b), Some(a)) => Err(format!("{b} frames free before the programs, {a} after")),
+        _ => Err(format!("cannot read the line `programs: {line}`")),
+    }
 }
 
 #[cfg(test)]

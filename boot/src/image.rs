@@ -65,7 +65,7 @@ pub fn build(elf: &Path, firmware: Firmware, ramdisk: Option<&[u8]>) -> Result<P
 }
 
 /// `llvm-objcopy --strip-debug` from the pinned toolchain's `llvm-tools`, else binutils' objcopy.
-fn strip(elf: &Path, out: &Path) -> Result<(), String> {
+pub fn strip(elf: &Path, out: &Path) -> Result<(), String> {
     let mut tried = Vec::new();
     for tool in objcopy_candidates() {
         match Command::new(&tool)

@@ -1,6 +1,7 @@
 //! Programs for the kernel to start -> the ramdisk (format: `exec::initrd`). Each ELF is checked
 //! here with the kernel's own loader, so a dynamically linked or broken program is refused
-//! before QEMU starts.
+//! before QEMU starts, and packed without its debug information: the BIOS stage loads the
+//! ramdisk at a few seconds per megabyte under TCG, and Rust programs carry megabytes of it.
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +19,7 @@ pub struct Prog {
 pub fn pack(progs: &[Prog]) -> Result<Vec<u8>, String> {
     let mut programs = Vec::with_capacity(progs.len());
     for prog in progs {
-        let elf = std::fs::read(&prog.path)
-            .map_err(|e| format!("cannot read program {}: {e}", prog.path.display()))?;
+        let elf = stripped(&prog.path)?;
         exec::elf::plan(&elf, exec::elf::PIE_BASE)
             .map_err(|e| format!("program {} cannot be loaded: {e}", prog.path.display()))?;
         let name = file_name(&prog.path)?;
@@ -29,6 +29,25 @@ pub fn pack(progs: &[Prog]) -> Result<Vec<u8>, String> {
         programs.push(HostProgram { name, argv, elf });
     }
     exec::initrd::write(&programs).map_err(|e| format!("cannot pack the programs: {e}"))
+}
+
+/// The program's bytes without debug information.
+fn stripped(path: &Path) -> Result<Vec<u8>, String> {
+    if !path.is_file() {
+        return Err(format!(
+            "cannot read program {}: no such file",
+            path.display()
+        ));
+    }
+    let out = std::env::temp_dir().join(format!(
+        "mmkernel-prog-{}-{}",
+        std::process::id(),
+        fingerprint(path.as_os_str().as_encoded_bytes())
+    ));
+    crate::image::strip(path, &out)?;
+    let bytes = std::fs::read(&out);
+    let _ = std::fs::remove_file(&out);
+    bytes.map_err(|e| format!("cannot read program {}: {e}", path.display()))
 }
 
 fn file_name(path: &Path) -> Result<String, String> {

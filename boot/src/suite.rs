@@ -153,8 +153,60 @@ pub fn all() -> Result<bool, String> {
     );
     total += kernel;
 
+    let diff = differential(&root);
+    println!(
+        "== differential tests (Linux and the kernel on {:?} CPUs): {} passed, {} failed",
+        crate::difftest::SMPS,
+        diff.passed,
+        diff.failed
+    );
+    total += diff;
+
     println!("{} passed, {} failed", total.passed, total.failed);
     Ok(total.failed == 0)
+}
+
+/// The differential tests (`difftest::run`) with the plain kernel, built here in release. A
+/// failure to get that far counts as one failed test.
+fn differential(root: &Path) -> Counts {
+    let built = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "build",
+            "-p",
+            "kernel",
+            "--target",
+            "x86_64-unknown-none",
+            "--release",
+        ])
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        println!("difftest: cannot build the kernel");
+        return Counts {
+            passed: 0,
+            failed: 1,
+        };
+    }
+    let kernel = root.join("target/x86_64-unknown-none/release/kernel");
+    match crate::difftest::run(&kernel) {
+        Ok(checks) => {
+            for c in checks.iter().filter(|c| c.result.is_err()) {
+                println!("difftest: failed: {} on {} CPUs", c.name, c.smp);
+            }
+            let failed = checks.iter().filter(|c| c.result.is_err()).count() as u64;
+            Counts {
+                passed: checks.len() as u64 - failed,
+                failed,
+            }
+        }
+        Err(e) => {
+            println!("difftest: {e}");
+            Counts {
+                passed: 0,
+                failed: 1,
+            }
+        }
+    }
 }
 
 /// Builds a host `cargo test`, then runs it under the deadline, echoing its output, and counts

@@ -364,3 +364,20 @@ fn host_outputs_of_hello_efault_and_abort() {
         o.stderr
     );
 }
+
+#[test]
+fn frame_accounting_reads_the_kernels_programs_line() {
+    let log = |line: &str| vec!["[INFO  cpu0] booted".to_string(), line.to_string()];
+    assert!(
+        frame_accounting(&log(
+            "[INFO  cpu1] programs: 15 ran; free frames before 242067, after 242067"
+        ))
+        .is_ok()
+    );
+    let lost = frame_accounting(&log(
+        "[INFO  cpu1] programs: 2 ran; free frames before 100, after 98",
+    ));
+    assert!(lost.is_err_and(|e| e.contains("100") && e.contains("98")));
+    assert!(frame_accounting(&log("[INFO  cpu0] something else")).is_err());
+    assert!(frame_accounting(&log("[INFO  cpu0] programs: 2 ran; garbled")).is_err());
+}
