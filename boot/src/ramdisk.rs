@@ -19,9 +19,16 @@ pub struct Prog {
 pub fn pack(progs: &[Prog]) -> Result<Vec<u8>, String> {
     let mut programs = Vec::with_capacity(progs.len());
     for prog in progs {
-        let elf = stripped(&prog.path)?;
+        let elf = std::fs::read(&prog.path)
+            .map_err(|e| format!("cannot read program {}: {e}", prog.path.display()))?;
         exec::elf::plan(&elf, exec::elf::PIE_BASE)
             .map_err(|e| format!("program {} cannot be loaded: {e}", prog.path.display()))?;
+        // Without an objcopy (or debug information to drop: objcopy may even grow a small file)
+        // the program goes in as it is.
+        let elf = match stripped(&prog.path) {
+            Ok(small) if small.len() < elf.len() => small,
+            _ => elf,
+        };
         let name = file_name(&prog.path)?;
         let argv = std::iter::once(name.clone())
             .chain(prog.args.iter().cloned())
@@ -153,9 +160,12 @@ mod tests {
         assert_eq!(programs.len(), 2);
         assert_eq!(programs[0].argv, ["static-pie", "a b", "c"]);
         assert_eq!(programs[1].argv, ["static-pie"]);
+        // Packed without debug information: no larger, and still the same program.
+        let original = include_bytes!("../../exec/tests/data/static-pie");
+        assert!(programs[0].elf.len() <= original.len());
         assert_eq!(
-            programs[0].elf,
-            include_bytes!("../../exec/tests/data/static-pie")
+            exec::elf::plan(programs[0].elf, exec::elf::PIE_BASE).map(|p| p.entry),
+            exec::elf::plan(original, exec::elf::PIE_BASE).map(|p| p.entry)
         );
 
         let err = pack(&[prog(&bad, &[])]).unwrap_err();
