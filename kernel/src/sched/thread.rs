@@ -272,6 +272,11 @@ impl Thread {
         }
     }
 
+    /// Whether the thread waits (a snapshot: a waker may move it on at once).
+    pub fn is_blocked(&self) -> bool {
+        self.state() == State::Blocked
+    }
+
     pub(super) fn state(&self) -> State {
         match self.state.load(Ordering::Acquire) {
             0 => State::Running,
@@ -310,6 +315,11 @@ impl JoinHandle {
     /// The thread's id.
     pub fn id(&self) -> u64 {
         self.thread.id
+    }
+
+    /// The thread (to change its affinity, say).
+    pub fn thread(&self) -> &Arc<Thread> {
+        &self.thread
     }
 
     /// Gives up waiting for the thread (it runs on; its exit code is not wanted).
