@@ -56,7 +56,7 @@ pub(super) fn sched_setaffinity(ut: &UserThread, pid: u64, len: u64, mask: u64) 
 pub(super) fn sched_getaffinity(ut: &UserThread, pid: u64, len: u64, mask: u64) -> Result {
     // Linux: the buffer must hold a bit for every possible CPU and be a whole number of words.
     let possible = crate::arch::percpu::MAX_CPUS as u64;
-    if len.saturating_mul(8) < possible || len % 8 != 0 {
+    if len.saturating_mul(8) < possible || !len.is_multiple_of(8) {
         return Err(Errno::EINVAL);
     }
     let t = target(ut, pid)?;
