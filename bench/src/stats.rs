@@ -297,17 +297,22 @@ impl Dataset {
     }
 
     /// A series' name in plots and tables: `workload/policy`, with the CPU count when the
-    /// same workload and policy ran on several.
+    /// same workload and policy ran on several, then what measured it (`mmkernel, kernel
+    /// threads`, `mmkernel, user program`, `Linux`).
     pub fn label(&self, s: &Series) -> String {
         let several = self
             .series_of(&s.key.workload)
             .filter(|o| o.key.policy == s.key.policy)
             .count()
             > 1;
+        let system = s.key.policy.system();
         if several {
-            format!("{}/{}@{}cpu", s.key.workload, s.key.policy, s.key.cpus)
+            format!(
+                "{}/{}@{}cpu ({system})",
+                s.key.workload, s.key.policy, s.key.cpus
+            )
         } else {
-            format!("{}/{}", s.key.workload, s.key.policy)
+            format!("{}/{} ({system})", s.key.workload, s.key.policy)
         }
     }
 }

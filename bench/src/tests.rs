@@ -262,7 +262,14 @@ fn kernel_and_linux_on_different_cpu_counts() {
     );
     // Same workload and policy on two CPU counts: labels say which.
     let labels: Vec<String> = data.series.iter().map(|s| data.label(s)).collect();
-    assert_eq!(labels, ["pft/vma@2cpu", "pft/vma@8cpu", "pft/linux"]);
+    assert_eq!(
+        labels,
+        [
+            "pft/vma@2cpu (mmkernel, kernel threads)",
+            "pft/vma@8cpu (mmkernel, kernel threads)",
+            "pft/linux (Linux)"
+        ]
+    );
 }
 
 #[test]
