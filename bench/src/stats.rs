@@ -127,9 +127,12 @@ impl Series {
         self.points.iter().find(|p| p.threads == threads)
     }
 
-    /// Median faults/s at `threads` over the median at one thread.
+    /// Median faults/s at `threads` over the median at one thread (none if that is 0: a
+    /// series whose threads did not fault has nothing to scale from).
     pub fn scaling(&self, threads: u64) -> Option<f64> {
-        Some(self.at(threads)?.rate.median / self.at(1)?.rate.median)
+        let base = self.at(1)?.rate.median;
+        let at = self.at(threads)?.rate.median;
+        (base > 0.0).then(|| at / base)
     }
 }
 
