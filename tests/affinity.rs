@@ -36,7 +36,11 @@ fn a_thread_that_confines_itself_runs_only_there() {
         for round in 0..3 {
             for cpu in 0..n {
                 set_affinity(&me, 1 << cpu).expect("an online CPU");
-                assert_eq!(cpu_id(), cpu, "round {round}: still elsewhere after the call");
+                assert_eq!(
+                    cpu_id(),
+                    cpu,
+                    "round {round}: still elsewhere after the call"
+                );
                 // Through ticks, yields and sleeps it stays there.
                 spin_for(25, || assert_eq!(cpu_id(), cpu));
                 for _ in 0..20 {

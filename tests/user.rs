@@ -275,7 +275,8 @@ fn user_copies_fail_cleanly_on_bad_pointers() {
                 .mmap(0, 2 * 4096, Prot::READ | Prot::WRITE, flags)
                 .expect("mmap")
                 .as_u64();
-            mm.munmap(base + 4096, 4096).expect("munmap the second page");
+            mm.munmap(base + 4096, 4096)
+                .expect("munmap the second page");
             let mut buf = [0u8; 64];
             let checks = [
                 // Populated on demand: the copy faults the page in and succeeds.
@@ -295,10 +296,7 @@ fn user_copies_fail_cleanly_on_bad_pointers() {
                 // No NUL within the limit.
                 strncpy_from_user(base + 4096 - 4, 4) == Ok(None),
             ];
-            checks
-                .iter()
-                .position(|ok| !ok)
-                .map_or(0, |i| i as i64 + 1)
+            checks.iter().position(|ok| !ok).map_or(0, |i| i as i64 + 1)
         })
         .expect("spawn")
         .join();
@@ -424,10 +422,19 @@ fn sched_setaffinity_checks_its_arguments_as_linux_does() {
     }
     assert_eq!(call_with_mask(1, SET, [Num(0), Num(0), At(0)]), err(EINVAL));
     // No such thread.
-    assert_eq!(call_with_mask(1, SET, [Num(99_999), Num(8), At(0)]), err(ESRCH));
+    assert_eq!(
+        call_with_mask(1, SET, [Num(99_999), Num(8), At(0)]),
+        err(ESRCH)
+    );
     // CPU 0 alone; a longer mask is read up to the CPUs there are.
-    assert_eq!(call_with_mask(1, SET, [Num(0), Num(8), At(0)]), Status::Exited(0));
-    assert_eq!(call_with_mask(1, SET, [Num(0), Num(128), At(0)]), Status::Exited(0));
+    assert_eq!(
+        call_with_mask(1, SET, [Num(0), Num(8), At(0)]),
+        Status::Exited(0)
+    );
+    assert_eq!(
+        call_with_mask(1, SET, [Num(0), Num(128), At(0)]),
+        Status::Exited(0)
+    );
 }
 
 #[test_case]
@@ -438,14 +445,20 @@ fn sched_getaffinity_reports_what_setaffinity_set() {
     let last = 63 - online.leading_zeros() as u64;
     // Too short for every possible CPU, or not whole words: EINVAL; a bad buffer: EFAULT.
     for len in [4, 12] {
-        assert_eq!(call_with_mask(0, GET, [Num(0), Num(len), At(0)]), err(EINVAL));
+        assert_eq!(
+            call_with_mask(0, GET, [Num(0), Num(len), At(0)]),
+            err(EINVAL)
+        );
     }
     assert_eq!(
         call_with_mask(0, GET, [Num(0), Num(8), Num(0x1000_0000)]),
         err(EFAULT)
     );
     // Returns the bytes of its mask.
-    assert_eq!(call_with_mask(0, GET, [Num(0), Num(16), At(0)]), Status::Exited(8));
+    assert_eq!(
+        call_with_mask(0, GET, [Num(0), Num(16), At(0)]),
+        Status::Exited(8)
+    );
     // Confined to the last CPU: the mask read back is that CPU's bit (exit code: the mask
     // shifted down to bit 0, so 1).
     let code = program(&[
@@ -464,7 +477,11 @@ fn sched_getaffinity_reports_what_setaffinity_set() {
         &scratch::store(16, online),
         &scratch::exit_with_difference(8, 16),
     ]);
-    assert_eq!(run(&code), Status::Exited(0), "a new process may use every CPU");
+    assert_eq!(
+        run(&code),
+        Status::Exited(0),
+        "a new process may use every CPU"
+    );
 }
 
 #[test_case]
@@ -492,7 +509,10 @@ fn getrusage_counts_each_fault_of_the_thread() {
         &scratch::exit_with(MINFLT),
     ]);
     assert_eq!(run(&code), Status::Exited(0));
-    assert_eq!(call_with_mask(0, GETRUSAGE, [Num(2), At(0), Num(0)]), err(EINVAL));
+    assert_eq!(
+        call_with_mask(0, GETRUSAGE, [Num(2), At(0), Num(0)]),
+        err(EINVAL)
+    );
     assert_eq!(
         call_with_mask(0, GETRUSAGE, [Num(0), Num(0x1000_0000), Num(0)]),
         err(EFAULT)
@@ -504,7 +524,10 @@ fn sysinfo_reports_the_frame_allocators_memory() {
     const SYSINFO: u64 = 99;
     const TOTALRAM: u32 = 32;
     const MEM_UNIT: u32 = 104;
-    assert_eq!(call_with_mask(0, SYSINFO, [Num(0), Num(0), Num(0)]), err(EFAULT));
+    assert_eq!(
+        call_with_mask(0, SYSINFO, [Num(0), Num(0), Num(0)]),
+        err(EFAULT)
+    );
     let total = kernel::memory::FRAMES.stats().0 * 4096;
     // totalram minus what the allocator counts: 0.
     let code = program(&[

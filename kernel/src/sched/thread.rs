@@ -258,7 +258,9 @@ impl Thread {
     /// The CPU running the thread switches to it at `now`.
     pub(super) fn account_switch_in(&self, now: u64) {
         // 0 means "not running": a switch at time 0 counts from 1 ns later.
-        self.stats.running_since.store(now.max(1), Ordering::Relaxed);
+        self.stats
+            .running_since
+            .store(now.max(1), Ordering::Relaxed);
     }
 
     /// The CPU running the thread switches away from it at `now`.

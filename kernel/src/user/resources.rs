@@ -17,7 +17,7 @@
 use alloc::sync::Arc;
 
 use super::syscall::Errno;
-use super::{UserThread, Usage};
+use super::{Usage, UserThread};
 use crate::arch::uaccess::{copy_from_user, copy_to_user, write_user};
 use crate::sched::{self, AffinityError, Thread};
 use x86_64::structures::paging::PageSize;
