@@ -32,7 +32,7 @@ RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
 PROG_FLAGS = $(if $(PROG),--prog '$(PROG)' $(if $(ARGS),--args '$(subst ','\'',$(ARGS))'))
 
 .PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom mutants check setup toolchain qemu ovmf boot-tool kernel clean \
-        bench bench-kernel bench-linux bench-report user user-toolchain
+        bench bench-kernel bench-linux bench-user bench-report user user-toolchain
 
 all: kernel
 
@@ -102,11 +102,11 @@ bench-linux: user
 	$(MAKE) --no-print-directory bench-report
 
 ## bench-report: report.md and SVG plots in target/bench from the logs there: serial.log (make
-## bench), linux.log (make bench-linux), either or both
+## bench), user.log (make bench USER=1), linux.log (make bench-linux), any of them
 bench-report: toolchain
-	@logs=""; for f in $(BENCH_DIR)/serial.log $(BENCH_DIR)/linux.log; do \
+	@logs=""; for f in $(BENCH_DIR)/serial.log $(BENCH_DIR)/user.log $(BENCH_DIR)/linux.log; do \
 	  if [ -f $$f ]; then logs="$$logs $$f"; fi; done; \
-	if [ -z "$$logs" ]; then echo "no logs in $(BENCH_DIR): run make bench or make bench-linux" >&2; exit 1; fi; \
+	if [ -z "$$logs" ]; then echo "no logs in $(BENCH_DIR): run make bench, make bench USER=1 or make bench-linux" >&2; exit 1; fi; \
 	echo "cargo run -q -p benchreport -- --out $(BENCH_DIR)$$logs"; \
 	cargo run -q -p benchreport -- --out $(BENCH_DIR) $$logs
 
@@ -128,9 +128,14 @@ user-toolchain:
 ##   THREADS=1,2 WORKLOADS=page_fault1,pft,churn POLICIES=vma,mmap,floor REPS=3 KVM=0
 ##   (empty: the kernel's defaults; also BENCH_WINDOW_MS, BENCH_WARMUP_MS, BENCH_REGION_MIB,
 ##   BENCH_PIECE_MIB, BENCH_PROFILE=0|1, BENCH_TIMEOUT seconds)
+##   USER=1: the same workloads as a user program (fault_bench, as make bench-linux runs it) on
+##   the plain kernel -> target/bench/user.log (policy=user), then the report with every log
 BENCH_SMP     := $(if $(filter command line environment,$(origin SMP)),$(SMP),2)
 BENCH_TIMEOUT ?= 3600
 BENCH_KERNEL  := target/$(TARGET)/release/bench
+ifeq ($(USER),1)
+bench: bench-user
+else
 bench: setup boot-tool bench-kernel
 	@mkdir -p $(BENCH_DIR)
 	@echo "bench: booting $(BENCH_KERNEL) on $(BENCH_SMP) CPUs; serial log: $(BENCH_DIR)/serial.log"
@@ -139,6 +144,32 @@ bench: setup boot-tool bench-kernel
 	   | tee $(BENCH_DIR)/serial.log | { grep --line-buffered -E '(bench:|^BENCH|ERROR|panic)' || true; }
 	@status=$$(cat $(BENCH_DIR)/status); rm -f $(BENCH_DIR)/status; \
 	 if [ "$$status" != 0 ]; then echo "bench: the benchmark kernel failed (see $(BENCH_DIR)/serial.log)" >&2; exit 1; fi
+	@$(MAKE) --no-print-directory bench-report
+endif
+
+# fault_bench's options from the kernel benchmark's (its defaults where those are empty): the
+# pft/churn region is the kernel's per-thread piece times the largest thread count (the CPU
+# count when THREADS is empty).
+BENCH_USER_MAX_T = $$(echo $(or $(THREADS),$(BENCH_SMP)) | tr , '\n' | sort -n | tail -n 1)
+BENCH_USER_ARGS = $(if $(THREADS),--threads $(THREADS)) --workloads $(WORKLOADS) --reps $(REPS) \
+  --warmup-ms $(or $(BENCH_WARMUP_MS),200) --window-ms $(or $(BENCH_WINDOW_MS),1000) \
+  --region-mib $(or $(BENCH_REGION_MIB),32) \
+  --pft-mib $$(( $(or $(BENCH_PIECE_MIB),16) * $(BENCH_USER_MAX_T) ))
+USER_KERNEL := target/$(TARGET)/release/kernel
+
+## bench-user: make bench USER=1
+bench-user: setup boot-tool user
+	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --release --bin kernel
+	@mkdir -p $(BENCH_DIR)
+	@args="$(BENCH_USER_ARGS)"; \
+	 echo "bench: booting $(USER_KERNEL) on $(BENCH_SMP) CPUs with fault_bench $$args; serial log: $(BENCH_DIR)/user-serial.log"; \
+	 ( $(BOOT) run $(USER_KERNEL) --smp $(BENCH_SMP) --mem $(MEM) --timeout $(BENCH_TIMEOUT) \
+	     $(if $(filter 1,$(KVM)),--kvm) --prog $(FAULT_BENCH) --args "$$args"; echo $$? > $(BENCH_DIR)/status ) \
+	   | tee $(BENCH_DIR)/user-serial.log | { grep --line-buffered -E '(^user [0-9]+ |ERROR|panic)' || true; }
+	@status=$$(cat $(BENCH_DIR)/status); rm -f $(BENCH_DIR)/status; \
+	 if [ "$$status" != 0 ]; then echo "bench: fault_bench failed on the kernel (see $(BENCH_DIR)/user-serial.log)" >&2; exit 1; fi
+	@# The program's standard output: its BENCH lines.
+	sed -n 's/^user [0-9][0-9]* out| //p' $(BENCH_DIR)/user-serial.log > $(BENCH_DIR)/user.log
 	@$(MAKE) --no-print-directory bench-report
 
 # The options reach the kernel at build time (option_env!); cargo rebuilds when they change.

@@ -301,3 +301,260 @@ fn user_copies_fail_cleanly_on_bad_pointers() {
         .join();
     assert_eq!(code, 0, "check {code} (1-based) failed");
 }
+
+/// Machine code for the resource calls' tests: a scratch mapping whose address is kept in
+/// `rbx`, and calls whose arguments come from it.
+mod scratch {
+    use super::asm;
+    use alloc::vec::Vec;
+
+    fn imm(op: &[u8], v: u64) -> Vec<u8> {
+        let mut c = op.to_vec();
+        c.extend_from_slice(&v.to_le_bytes());
+        c
+    }
+    fn disp(op: &[u8], d: u32) -> Vec<u8> {
+        let mut c = op.to_vec();
+        c.extend_from_slice(&d.to_le_bytes());
+        c
+    }
+
+    /// `rbx = mmap(0, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)`
+    pub fn map(pages: u64) -> Vec<u8> {
+        let mut c = asm::mov_rdi(0);
+        c.extend(asm::mov_rsi(pages * 4096));
+        c.extend(asm::mov_rdx(3));
+        c.extend(imm(&[0x49, 0xba], 0x22)); // mov r10, imm64
+        c.extend(imm(&[0x49, 0xb8], u64::MAX)); // mov r8, imm64
+        c.extend(imm(&[0x49, 0xb9], 0)); // mov r9, imm64
+        c.extend(asm::mov_rax(9));
+        c.extend_from_slice(&asm::SYSCALL);
+        c.extend_from_slice(&[0x48, 0x89, 0xc3]); // mov rbx, rax
+        c
+    }
+    /// `qword [rbx + off] = v` (faults the page in if it is not yet)
+    pub fn store(off: u32, v: u64) -> Vec<u8> {
+        let mut c = imm(&[0x48, 0xb9], v); // mov rcx, imm64
+        c.extend(disp(&[0x48, 0x89, 0x8b], off)); // mov [rbx + disp32], rcx
+        c
+    }
+    /// `syscall(nr, a, b, c)`; each argument a number or an offset into the mapping.
+    pub fn call(nr: u64, args: [Arg; 3]) -> Vec<u8> {
+        let mut c = Vec::new();
+        // mov reg, imm64 / lea reg, [rbx + disp32], for rdi, rsi, rdx.
+        let regs: [(u8, u8); 3] = [(0xbf, 0xbb), (0xbe, 0xb3), (0xba, 0x93)];
+        for (a, (mov, lea)) in args.into_iter().zip(regs) {
+            c.extend(match a {
+                Arg::Num(v) => imm(&[0x48, mov], v),
+                Arg::At(off) => disp(&[0x48, 0x8d, lea], off),
+            });
+        }
+        c.extend(asm::mov_rax(nr));
+        c.extend_from_slice(&asm::SYSCALL);
+        c
+    }
+    /// `exit_group(rax)`: the last call's result.
+    pub fn exit_with_result() -> Vec<u8> {
+        let mut c = asm::MOV_RDI_RAX.to_vec();
+        c.extend(asm::exit_group_rdi());
+        c
+    }
+    /// `exit_group(qword [rbx + off])`
+    pub fn exit_with(off: u32) -> Vec<u8> {
+        let mut c = disp(&[0x48, 0x8b, 0xbb], off); // mov rdi, [rbx + disp32]
+        c.extend(asm::exit_group_rdi());
+        c
+    }
+    /// `exit_group(qword [rbx + a] - qword [rbx + b])`
+    pub fn exit_with_difference(a: u32, b: u32) -> Vec<u8> {
+        let mut c = disp(&[0x48, 0x8b, 0xbb], a); // mov rdi, [rbx + disp32]
+        c.extend(disp(&[0x48, 0x2b, 0xbb], b)); // sub rdi, [rbx + disp32]
+        c.extend(asm::exit_group_rdi());
+        c
+    }
+
+    #[derive(Clone, Copy)]
+    pub enum Arg {
+        Num(u64),
+        /// `rbx + offset`
+        At(u32),
+    }
+}
+
+use scratch::Arg::{At, Num};
+
+/// A negative errno as the low byte of an exit code.
+const fn err(errno: i32) -> Status {
+    Status::Exited(256 - errno)
+}
+const EFAULT: i32 = 14;
+const EINVAL: i32 = 22;
+const ESRCH: i32 = 3;
+
+/// `syscall(nr, args)` with the scratch page mapped and `mask` at offset 0, then exit with the
+/// call's result.
+fn call_with_mask(mask: u64, nr: u64, args: [scratch::Arg; 3]) -> Status {
+    run(&program(&[
+        &scratch::map(1),
+        &scratch::store(0, mask),
+        &scratch::call(nr, args),
+        &scratch::exit_with_result(),
+    ]))
+}
+
+#[test_case]
+fn sched_setaffinity_checks_its_arguments_as_linux_does() {
+    const SET: u64 = 203;
+    let online = kernel::sched::online_cpus();
+    // Bad mask pointer: EFAULT, before the pid is looked at.
+    assert_eq!(
+        call_with_mask(1, SET, [Num(12345), Num(8), Num(0x1000_0000)]),
+        err(EFAULT)
+    );
+    // No online CPU in the mask (none at all, CPU 63 only, or a length of 0): EINVAL.
+    assert_eq!(call_with_mask(0, SET, [Num(0), Num(8), At(0)]), err(EINVAL));
+    if online & (1 << 63) == 0 {
+        assert_eq!(
+            call_with_mask(1 << 63, SET, [Num(0), Num(8), At(0)]),
+            err(EINVAL)
+        );
+    }
+    assert_eq!(call_with_mask(1, SET, [Num(0), Num(0), At(0)]), err(EINVAL));
+    // No such thread.
+    assert_eq!(
+        call_with_mask(1, SET, [Num(99_999), Num(8), At(0)]),
+        err(ESRCH)
+    );
+    // CPU 0 alone; a longer mask is read up to the CPUs there are.
+    assert_eq!(
+        call_with_mask(1, SET, [Num(0), Num(8), At(0)]),
+        Status::Exited(0)
+    );
+    assert_eq!(
+        call_with_mask(1, SET, [Num(0), Num(128), At(0)]),
+        Status::Exited(0)
+    );
+}
+
+#[test_case]
+fn sched_getaffinity_reports_what_setaffinity_set() {
+    const SET: u64 = 203;
+    const GET: u64 = 204;
+    let online = kernel::sched::online_cpus();
+    let last = 63 - online.leading_zeros() as u64;
+    // Too short for every possible CPU, or not whole words: EINVAL; a bad buffer: EFAULT.
+    for len in [4, 12] {
+        assert_eq!(
+            call_with_mask(0, GET, [Num(0), Num(len), At(0)]),
+            err(EINVAL)
+        );
+    }
+    assert_eq!(
+        call_with_mask(0, GET, [Num(0), Num(8), Num(0x1000_0000)]),
+        err(EFAULT)
+    );
+    // Returns the bytes of its mask.
+    assert_eq!(
+        call_with_mask(0, GET, [Num(0), Num(16), At(0)]),
+        Status::Exited(8)
+    );
+    // Confined to the last CPU: the mask read back is that CPU's bit (exit code: the mask
+    // shifted down to bit 0, so 1).
+    let code = program(&[
+        &scratch::map(1),
+        &scratch::store(0, 1 << last),
+        &scratch::call(SET, [Num(0), Num(8), At(0)]),
+        &scratch::call(GET, [Num(0), Num(8), At(8)]),
+        &scratch::store(16, 1 << last),
+        &scratch::exit_with_difference(8, 16),
+    ]);
+    assert_eq!(run(&code), Status::Exited(0), "mask read back");
+    // All CPUs: the online ones.
+    let code = program(&[
+        &scratch::map(1),
+        &scratch::call(GET, [Num(0), Num(8), At(8)]),
+        &scratch::store(16, online),
+        &scratch::exit_with_difference(8, 16),
+    ]);
+    assert_eq!(
+        run(&code),
+        Status::Exited(0),
+        "a new process may use every CPU"
+    );
+}
+
+#[test_case]
+fn getrusage_counts_each_fault_of_the_thread() {
+    const GETRUSAGE: u64 = 98;
+    const MINFLT: u32 = 64;
+    for who in [0, 1] {
+        // Page 0 holds the two results; pages 1..=16 are touched in between.
+        let mut parts = vec![
+            scratch::map(17),
+            scratch::store(0, 0),
+            scratch::call(GETRUSAGE, [Num(who), At(0), Num(0)]),
+        ];
+        parts.extend((1..=16).map(|p| scratch::store(p * 4096, 1)));
+        parts.push(scratch::call(GETRUSAGE, [Num(who), At(256), Num(0)]));
+        parts.push(scratch::exit_with_difference(256 + MINFLT, MINFLT));
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(run(&program(&parts)), Status::Exited(16), "who={who}");
+    }
+    // Children (there are none): all zeros.
+    let code = program(&[
+        &scratch::map(1),
+        &scratch::store(MINFLT, 7),
+        &scratch::call(GETRUSAGE, [Num(u64::MAX), At(0), Num(0)]),
+        &scratch::exit_with(MINFLT),
+    ]);
+    assert_eq!(run(&code), Status::Exited(0));
+    assert_eq!(
+        call_with_mask(0, GETRUSAGE, [Num(2), At(0), Num(0)]),
+        err(EINVAL)
+    );
+    assert_eq!(
+        call_with_mask(0, GETRUSAGE, [Num(0), Num(0x1000_0000), Num(0)]),
+        err(EFAULT)
+    );
+}
+
+#[test_case]
+fn sysinfo_reports_the_frame_allocators_memory() {
+    const SYSINFO: u64 = 99;
+    const TOTALRAM: u32 = 32;
+    const MEM_UNIT: u32 = 104;
+    assert_eq!(
+        call_with_mask(0, SYSINFO, [Num(0), Num(0), Num(0)]),
+        err(EFAULT)
+    );
+    let total = kernel::memory::FRAMES.stats().0 * 4096;
+    // totalram minus what the allocator counts: 0.
+    let code = program(&[
+        &scratch::map(1),
+        &scratch::call(SYSINFO, [At(0), Num(0), Num(0)]),
+        &scratch::store(256, total),
+        &scratch::exit_with_difference(TOTALRAM, 256),
+    ]);
+    assert_eq!(run(&code), Status::Exited(0), "totalram");
+    let code = program(&[
+        &scratch::map(1),
+        &scratch::call(SYSINFO, [At(0), Num(0), Num(0)]),
+        &scratch::exit_with(MEM_UNIT),
+    ]);
+    assert_eq!(run(&code), Status::Exited(1), "mem_unit");
+}
+
+#[test_case]
+fn the_thread_cpu_clock_does_not_count_sleep() {
+    // Sleep 1.1 s, then read CLOCK_THREAD_CPUTIME_ID: its seconds are 0 (the monotonic clock's
+    // would be at least 1).
+    let code = program(&[
+        &scratch::map(1),
+        &scratch::store(0, 1),
+        &scratch::store(8, 100_000_000),
+        &scratch::call(35, [At(0), Num(0), Num(0)]),
+        &scratch::call(228, [Num(3), At(16), Num(0)]),
+        &scratch::exit_with(16),
+    ]);
+    assert_eq!(run(&code), Status::Exited(0));
+}

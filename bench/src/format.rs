@@ -1,12 +1,13 @@
 //! The benchmark's line format: the one contract between the programs that measure (the
-//! kernel's `bench` module on the serial port, `user/fault_bench` on Linux) and this crate.
+//! kernel's `bench` module on the serial port, `user/fault_bench` on Linux or as a user program
+//! on the kernel) and this crate.
 //! The README's "Benchmark" section repeats it for people.
 //!
 //! A record is one line: a tag, then `key=value` words. Three tags:
 //!
 //! ```text
-//! BENCH-HEADER cpu_model="<text>" tsc_mhz=<n> accel=<TCG|KVM|linux> cpus=<n> mem_mib=<n> [host_cores=<n>] ...
-//! BENCH workload=<w> policy=<vma|mmap|floor|linux> threads=<T> cpus=<N> rep=<i> faults=<n> ns=<n>
+//! BENCH-HEADER cpu_model="<text>" tsc_mhz=<n> accel=<TCG|KVM|qemu|linux> cpus=<n> mem_mib=<n> [host_cores=<n>] ...
+//! BENCH workload=<w> policy=<vma|mmap|floor|user|linux> threads=<T> cpus=<N> rep=<i> faults=<n> ns=<n>
 //!       faults_per_sec=<x> p50_ns=<n> p99_ns=<n> max_ns=<n> vma_lock_success=<n> vma_lock_abort=<n>
 //!       vma_lock_retry=<n> vma_lock_miss=<n> churn_ops=<n> [ipis=<n>] [munmaps=<n>] [cpu_ns=<n>] ...
 //! BENCH-PHASE workload=<w> policy=<p> threads=<T> phase=<name> samples=<n> median_cycles=<n> p99_cycles=<n> ...
@@ -30,15 +31,18 @@
 //!
 //! Meaning of the header keys: `cpu_model` the CPU's model name (CPUID brand string, or
 //! `/proc/cpuinfo`); `tsc_mhz` the TSC frequency the measuring program uses to turn cycles into
-//! ns; `accel` how the measured system ran: QEMU's `TCG` or `KVM`, or `linux` for the host
-//! itself; `cpus` CPUs online in the measured system; `mem_mib` its memory; `host_cores` the
+//! ns; `accel` how the measured system ran: QEMU's `TCG` or `KVM`, `qemu` when a program in
+//! the guest cannot tell which, or `linux` for the host itself; `cpus` CPUs online in the measured system; `mem_mib` its memory; `host_cores` the
 //! cores of the physical (or outermost) machine, when the measuring program knows it (`make
 //! bench` hands it to the kernel). Suggested further keys: `warmup_ms`, `window_ms`, `reps`.
 //!
 //! Meaning of the `BENCH` keys, one line per measured repetition:
 //! - `policy`: `vma` faults take the per-VMA lock (falling back to `mmap_lock`); `mmap` every fault
 //!   takes `mmap_lock` (`FaultPolicy::MmapLockOnly`); `floor` a minimal fault handler (take a
-//!   frame, zero it, set the PTE) as the physical floor; `linux` the host's Linux.
+//!   frame, zero it, set the PTE) as the physical floor (these three: the kernel's own threads
+//!   faulting on user addresses); `user` the kernel's faults taken by `fault_bench` running as a
+//!   user program on it (ring 3, system calls; per-VMA locks as under `vma`); `linux` the host's
+//!   Linux running the same program.
 //! - `threads`: worker threads that fault (the churn thread of `churn` is not counted); `cpus`:
 //!   CPUs online; `rep`: the repetition's index from 0 (warm-ups print no line).
 //! - `faults`: page faults taken by all workers in the measured window; `ns`: the window's
@@ -112,6 +116,8 @@ pub const PHASE_KEYS: [&str; 7] = [
 pub enum Accel {
     Tcg,
     Kvm,
+    /// QEMU, with an accelerator the guest could not tell.
+    Qemu,
     Linux,
 }
 
@@ -120,6 +126,7 @@ impl Accel {
         match self {
             Accel::Tcg => "TCG",
             Accel::Kvm => "KVM",
+            Accel::Qemu => "qemu",
             Accel::Linux => "linux",
         }
     }
@@ -128,6 +135,7 @@ impl Accel {
         match s {
             "TCG" | "tcg" => Some(Accel::Tcg),
             "KVM" | "kvm" => Some(Accel::Kvm),
+            "qemu" => Some(Accel::Qemu),
             "linux" => Some(Accel::Linux),
             _ => None,
         }
@@ -143,18 +151,36 @@ pub enum Policy {
     Mmap,
     /// The minimal fault handler.
     Floor,
+    /// The kernel's faults, taken by the benchmark program running on it in ring 3.
+    User,
     /// The host's Linux.
     Linux,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 4] = [Policy::Vma, Policy::Mmap, Policy::Floor, Policy::Linux];
+    pub const ALL: [Policy; 5] = [
+        Policy::Vma,
+        Policy::Mmap,
+        Policy::Floor,
+        Policy::User,
+        Policy::Linux,
+    ];
+
+    /// What measured it, as the report and plots name it.
+    pub fn system(self) -> &'static str {
+        match self {
+            Policy::Vma | Policy::Mmap | Policy::Floor => "mmkernel, kernel threads",
+            Policy::User => "mmkernel, user program",
+            Policy::Linux => "Linux",
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Policy::Vma => "vma",
             Policy::Mmap => "mmap",
             Policy::Floor => "floor",
+            Policy::User => "user",
             Policy::Linux => "linux",
         }
     }
@@ -341,7 +367,7 @@ fn parse_header(f: &mut Fields) -> Result<Header, LineError> {
     let accel = Accel::parse(accel_s).ok_or_else(|| LineError::BadValue {
         key: "accel",
         value: accel_s.into(),
-        expected: "TCG, KVM or linux",
+        expected: "TCG, KVM, qemu or linux",
     })?;
     let cpus = f.number("cpus")?;
     let mem_mib = f.number("mem_mib")?;
@@ -601,7 +627,7 @@ impl Fields {
         Policy::parse(v).ok_or_else(|| LineError::BadValue {
             key: "policy",
             value: v.into(),
-            expected: "vma, mmap, floor or linux",
+            expected: "vma, mmap, floor, user or linux",
         })
     }
 

@@ -50,6 +50,7 @@ fn policy_color(p: Policy) -> RGBColor {
         Policy::Vma => RGBColor(0x1f, 0x77, 0xb4),
         Policy::Mmap => RGBColor(0xd6, 0x27, 0x28),
         Policy::Floor => RGBColor(0x2c, 0xa0, 0x2c),
+        Policy::User => RGBColor(0x94, 0x67, 0xbd),
         Policy::Linux => RGBColor(0x44, 0x44, 0x44),
     }
 }

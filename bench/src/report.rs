@@ -30,7 +30,10 @@ pub fn markdown(logs: &[Log], data: &Dataset, report_cores: Option<usize>) -> St
          workers got over T times the window (below 100%: something else ran on their CPUs, or \
          they slept); per CPU-s: faults per second of that CPU time. Under TCG every guest \
          instruction is emulated: compare the rows of one run with each other, not with \
-         hardware (README, \"Benchmark\").",
+         hardware (README, \"Benchmark\"). Series: `vma`, `mmap`, `floor` are the kernel's \
+         own threads faulting on user addresses (mmkernel, kernel threads); `user` is the \
+         benchmark program running on the kernel in ring 3 (mmkernel, user program); `linux` \
+         the same program on the host's Linux.",
     );
     line(o, "");
     for w in data.workloads() {
@@ -178,12 +181,16 @@ fn throughput(o: &mut String, series: &[&Series]) {
     line(o, "");
 }
 
-/// The ratio columns: (numerator, denominator).
-const RATIOS: [(Policy, Policy); 4] = [
+/// The ratio columns: (numerator, denominator). `user/vma`: the benchmark as a user program
+/// against the kernel's own threads on the same fault path; `user/linux`: the same program on
+/// this kernel and on Linux.
+const RATIOS: [(Policy, Policy); 6] = [
     (Policy::Vma, Policy::Mmap),
     (Policy::Vma, Policy::Floor),
     (Policy::Vma, Policy::Linux),
     (Policy::Mmap, Policy::Linux),
+    (Policy::User, Policy::Vma),
+    (Policy::User, Policy::Linux),
 ];
 
 fn ratios(o: &mut String, data: &Dataset, w: &str, series: &[&Series]) {

@@ -127,9 +127,12 @@ impl Series {
         self.points.iter().find(|p| p.threads == threads)
     }
 
-    /// Median faults/s at `threads` over the median at one thread.
+    /// Median faults/s at `threads` over the median at one thread (none if that is 0: a
+    /// series whose threads did not fault has nothing to scale from).
     pub fn scaling(&self, threads: u64) -> Option<f64> {
-        Some(self.at(threads)?.rate.median / self.at(1)?.rate.median)
+        let base = self.at(1)?.rate.median;
+        let at = self.at(threads)?.rate.median;
+        (base > 0.0).then(|| at / base)
     }
 }
 
@@ -297,17 +300,22 @@ impl Dataset {
     }
 
     /// A series' name in plots and tables: `workload/policy`, with the CPU count when the
-    /// same workload and policy ran on several.
+    /// same workload and policy ran on several, then what measured it (`mmkernel, kernel
+    /// threads`, `mmkernel, user program`, `Linux`).
     pub fn label(&self, s: &Series) -> String {
         let several = self
             .series_of(&s.key.workload)
             .filter(|o| o.key.policy == s.key.policy)
             .count()
             > 1;
+        let system = s.key.policy.system();
         if several {
-            format!("{}/{}@{}cpu", s.key.workload, s.key.policy, s.key.cpus)
+            format!(
+                "{}/{}@{}cpu ({system})",
+                s.key.workload, s.key.policy, s.key.cpus
+            )
         } else {
-            format!("{}/{}", s.key.workload, s.key.policy)
+            format!("{}/{} ({system})", s.key.workload, s.key.policy)
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The report tool on recorded logs: `testdata/linux.log` is real `fault_bench` output from this
 //! project's development machine; `testdata/kernel-sample.log` is a kernel serial log in the
 //! same format, written by hand (figures of the size TCG gives), with log prefixes, other
-//! kernel output and one line cut by another CPU's output.
+//! kernel output and one line cut by another CPU's output; `testdata/user.log` is real
+//! `fault_bench` output from `make bench USER=1` (the program on the kernel under TCG, 2 CPUs),
+//! two of its `churn` windows without a fault (the worker did not run in them).
 
 use crate::format::{Accel, Policy};
 use crate::log::{Log, Problem};
@@ -10,6 +12,7 @@ use crate::stats::{Dataset, Summary};
 
 const KERNEL: &str = include_str!("../testdata/kernel-sample.log");
 const LINUX: &str = include_str!("../testdata/linux.log");
+const USER: &str = include_str!("../testdata/user.log");
 
 fn kernel() -> Log {
     Log::parse("kernel-sample.log", KERNEL)
@@ -17,6 +20,10 @@ fn kernel() -> Log {
 
 fn linux() -> Log {
     Log::parse("linux.log", LINUX)
+}
+
+fn user() -> Log {
+    Log::parse("user.log", USER)
 }
 
 /// An independent reading of one key of the `BENCH` lines that contain all of `filters`.
@@ -262,7 +269,14 @@ fn kernel_and_linux_on_different_cpu_counts() {
     );
     // Same workload and policy on two CPU counts: labels say which.
     let labels: Vec<String> = data.series.iter().map(|s| data.label(s)).collect();
-    assert_eq!(labels, ["pft/vma@2cpu", "pft/vma@8cpu", "pft/linux"]);
+    assert_eq!(
+        labels,
+        [
+            "pft/vma@2cpu (mmkernel, kernel threads)",
+            "pft/vma@8cpu (mmkernel, kernel threads)",
+            "pft/linux (Linux)"
+        ]
+    );
 }
 
 #[test]
@@ -307,4 +321,101 @@ fn summaries_and_number_formats() {
     assert_eq!(time(850.0), "850 ns");
     assert_eq!(time(1500.0), "1.50 µs");
     assert_eq!(time(999_999.0), "1.00 ms");
+}
+
+/// The median of `v` (odd length).
+fn median3(mut v: Vec<f64>) -> f64 {
+    assert_eq!(v.len() % 2, 1);
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn the_user_program_log_parses_as_its_own_policy() {
+    let log = user();
+    assert!(log.warnings.is_empty(), "{:?}", log.warnings);
+    let h = &log.headers[0];
+    assert_eq!((h.accel, h.cpus, h.host_cores), (Accel::Tcg, 2, None));
+    assert_eq!(log.measurements.len(), values(USER, &[], "faults").len());
+    assert_eq!(log.measurements.len(), 18);
+    for m in &log.measurements {
+        assert_eq!(m.policy, Policy::User);
+        assert_eq!(m.vma_lock_success + m.ipis.unwrap_or(0), 0);
+    }
+    // A guest that cannot tell its accelerator says `qemu`; the policy name round-trips.
+    let q = Log::parse(
+        "q.log",
+        "BENCH-HEADER cpu_model=x tsc_mhz=1 accel=qemu cpus=2 mem_mib=1\n\
+         BENCH workload=pft policy=user threads=1 cpus=2 rep=0 faults=1 ns=1000000000 faults_per_sec=1 p50_ns=1 p99_ns=1 max_ns=1\n",
+    );
+    assert!(q.warnings.is_empty(), "{:?}", q.warnings);
+    assert_eq!(q.headers[0].accel, Accel::Qemu);
+    assert_eq!(q.measurements[0].policy.to_string(), "user");
+    assert_eq!(Policy::User.system(), "mmkernel, user program");
+}
+
+#[test]
+fn user_program_series_stand_beside_kernel_threads_and_linux() {
+    let data = Dataset::new(&[kernel(), user(), linux()]);
+    for w in ["page_fault1", "pft", "churn"] {
+        let s = data.find(w, Policy::User, 2).expect(w);
+        assert_eq!(data.label(s), format!("{w}/user (mmkernel, user program)"));
+        for t in [1, 2] {
+            let p = s.at(t).expect("T");
+            let (wk, tk) = (format!("workload={w}"), format!("threads={t}"));
+            let rates = values(USER, &[&wk, "policy=user", &tk], "faults_per_sec");
+            assert_eq!(p.reps, 3);
+            assert!(close(p.rate.median, median3(rates)), "{w} T={t}");
+        }
+        // Kernel policies, then the user program, then Linux.
+        let order: Vec<Policy> = data.series_of(w).map(|s| s.key.policy).collect();
+        let at = |p| order.iter().position(|&o| o == p).unwrap();
+        assert!(at(Policy::Vma) < at(Policy::User) && at(Policy::User) < at(Policy::Linux));
+    }
+    let user_pft = data.find("pft", Policy::User, 2).unwrap().at(1).unwrap();
+    let vma_pft = data.find("pft", Policy::Vma, 2).unwrap().at(1).unwrap();
+    let linux_pft = data.find("pft", Policy::Linux, 2).unwrap().at(1).unwrap();
+    let uv = data.ratio("pft", Policy::User, Policy::Vma, 2, 1).unwrap();
+    assert!(close(uv, user_pft.rate.median / vma_pft.rate.median));
+    let ul = data
+        .ratio("pft", Policy::User, Policy::Linux, 2, 1)
+        .unwrap();
+    assert!(close(ul, user_pft.rate.median / linux_pft.rate.median));
+    // The user program's windows carry cpu_ns: busy is known.
+    assert!(user_pft.busy.is_some_and(|b| b > 0.5 && b <= 1.05));
+
+    let out = crate::render(&[kernel(), user(), linux()], None).unwrap();
+    let md = &out.report;
+    assert!(md.contains("| user/vma | user/linux |"), "{md}");
+    assert!(md.contains("mmkernel, user program"));
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| user | 2 |")).count(),
+        6,
+        "{md}"
+    );
+    for svg in [&out.scaling_svg, &out.latency_svg] {
+        for label in [
+            "pft/user (mmkernel, user program)",
+            "pft/vma (mmkernel, kernel threads)",
+            "pft/linux (Linux)",
+        ] {
+            assert!(svg.contains(label), "no {label}");
+        }
+    }
+    // Without the kernel threads' log: the user program against Linux alone.
+    let ul_only = crate::render(&[user(), linux()], None).unwrap();
+    assert!(ul_only.report.contains("| user/linux |"));
+    assert!(!ul_only.report.contains("user/vma"));
+}
+
+#[test]
+fn a_series_without_faults_at_one_thread_has_no_scaling() {
+    // The user program's churn at T=1: two of three windows without a fault, median 0.
+    let data = Dataset::new(&[user()]);
+    let churn = data.find("churn", Policy::User, 2).unwrap();
+    assert_eq!(churn.at(1).unwrap().rate.median, 0.0);
+    assert_eq!(churn.scaling(2), None);
+    assert_eq!(churn.scaling(1), None);
+    let md = crate::render(&[user()], None).unwrap().report;
+    assert!(!md.contains("NaN") && !md.contains("infx"), "{md}");
 }

@@ -19,7 +19,11 @@ use crate::testlog::{self, Counts};
 
 /// Test kernels that must pass on several CPU counts, by binary name; the rest run on
 /// `KTEST_SMP` CPUs (default 8).
-const SMP_MATRIX: &[(&str, &[u32])] = &[("smp", &[1, 2, 8]), ("rcu", &[1, 2, 8])];
+const SMP_MATRIX: &[(&str, &[u32])] = &[
+    ("smp", &[1, 2, 8]),
+    ("rcu", &[1, 2, 8]),
+    ("affinity", &[1, 2, 8]),
+];
 
 /// Test kernels that need more than the default timeout, by binary name, with the least they
 /// get (`KTEST_TIMEOUT` may give more): the bounded soak runs to a number of faults, whose time

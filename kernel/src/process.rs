@@ -63,7 +63,13 @@ impl Process {
     where
         F: FnMut() -> i64 + Send + 'static,
     {
-        sched::start(name.into(), None, Some(self.mm.clone()), None, Box::new(f))
+        sched::start(
+            name.into(),
+            sched::ALL_CPUS,
+            Some(self.mm.clone()),
+            None,
+            Box::new(f),
+        )
     }
 
     /// Starts a thread in this process that runs only on `cpu`.
@@ -78,7 +84,7 @@ impl Process {
     {
         sched::start(
             name.into(),
-            Some(cpu),
+            sched::only_cpu(cpu),
             Some(self.mm.clone()),
             None,
             Box::new(f),
@@ -146,7 +152,14 @@ pub(crate) fn handle_user_fault(
         // anything else is a kernel bug, reported by the #PF handler's panic.
         return crate::arch::uaccess::fixup(frame);
     }
-    let outcome = sched::with_current(|t| Some((resolve(t.mm()?, access), t.id())));
+    let outcome = sched::with_current(|t| {
+        let result = resolve(t.mm()?, access);
+        if matches!(result, FaultResult::Resolved) {
+            // Linux's `mm_account_fault`: every fault resolved without I/O is a minor fault.
+            t.count_fault();
+        }
+        Some((result, t.id()))
+    });
     let Some((result, tid)) = outcome else {
         // A kernel thread touched the user half: a kernel bug.
         return false;

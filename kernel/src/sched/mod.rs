@@ -15,9 +15,9 @@
 //! with interrupts on, and on the tick and reschedule IPI when the count is zero.
 //!
 //! # Wake-ups
-//! [`wake`] queues the thread on its pinned CPU, else on the CPU it last ran on if that one
-//! idles, else on any idle CPU, else on the CPU it last ran on (Linux's `select_task_rq`, minus
-//! the load balancing), and asks that CPU to reschedule (Linux's `resched_curr`): its own CPU
+//! [`wake`] queues the thread, among the CPUs its affinity allows, on the CPU it last ran on if
+//! that one idles, else on any idle CPU, else on the CPU it last ran on (Linux's
+//! `select_task_rq`, minus the load balancing), and asks that CPU to reschedule (Linux's `resched_curr`): its own CPU
 //! through the flag, which `wake` honours before it returns; another CPU through the flag and
 //! a reschedule IPI, which preempts whatever runs there (at once, or at its next
 //! `preempt_enable`). Either way the woken thread runs without waiting for a tick, after the
@@ -66,6 +66,9 @@ pub struct CpuSched {
     queued: AtomicUsize,
     /// The CPU runs its idle thread (read by wakers choosing a CPU).
     running_idle: AtomicBool,
+    /// The thread this CPU is switching away from must move to another CPU (its affinity
+    /// changed); only the owning CPU touches it, with interrupts off.
+    migrate_prev: AtomicBool,
 }
 
 /// # Invariants
@@ -87,6 +90,7 @@ impl CpuSched {
             switches: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             running_idle: AtomicBool::new(false),
+            migrate_prev: AtomicBool::new(false),
         }
     }
 
@@ -109,14 +113,14 @@ impl CpuSched {
         self.queued.store(q.len(), Ordering::Relaxed);
     }
 
-    /// The first thread that may move to another CPU: not pinned, and not a thread its CPU
+    /// The first thread that may move to CPU `thief`: allowed there, and not a thread its CPU
     /// preempted and is still switching away from (only the popping CPU sets `on_cpu`, and this
     /// runs under the queue lock, so the check holds).
-    fn steal(&self) -> Option<Arc<Thread>> {
+    fn steal(&self, thief: usize) -> Option<Arc<Thread>> {
         let mut q = self.queue.lock();
         let i = q
             .iter()
-            .position(|t| t.pinned.is_none() && !t.on_cpu.load(Ordering::Acquire))?;
+            .position(|t| t.may_run_on(thief) && !t.on_cpu.load(Ordering::Acquire))?;
         let t = q.remove(i)?;
         self.queued.store(q.len(), Ordering::Relaxed);
         Some(t)
@@ -147,7 +151,7 @@ pub fn init_cpu() {
         idle: true,
         running: true,
         cpu: cpu.id(),
-        pinned: Some(cpu.id()),
+        allowed: thread::cpu_bit(cpu.id()),
         mm: None,
         user: None,
     });
@@ -170,7 +174,7 @@ pub fn init_bsp() {
         idle: false,
         running: true,
         cpu: cpu.id(),
-        pinned: None,
+        allowed: ALL_CPUS,
         mm: None,
         user: None,
     });
@@ -183,7 +187,7 @@ pub fn init_bsp() {
         idle: true,
         running: false,
         cpu: cpu.id(),
-        pinned: Some(cpu.id()),
+        allowed: thread::cpu_bit(cpu.id()),
         mm: None,
         user: None,
     });
@@ -222,7 +226,7 @@ pub fn spawn<F>(name: impl Into<String>, f: F) -> Result<JoinHandle, StackError>
 where
     F: FnMut() -> i64 + Send + 'static,
 {
-    start(name.into(), None, None, None, Box::new(f))
+    start(name.into(), ALL_CPUS, None, None, Box::new(f))
 }
 
 /// Starts a thread that runs only on `cpu` (which must be online); as [`spawn`].
@@ -230,26 +234,43 @@ pub fn spawn_on<F>(cpu: usize, name: impl Into<String>, f: F) -> Result<JoinHand
 where
     F: FnMut() -> i64 + Send + 'static,
 {
-    start(name.into(), Some(cpu), None, None, Box::new(f))
+    start(name.into(), only_cpu(cpu), None, None, Box::new(f))
 }
 
-/// Starts a thread in address space `mm` (on `pinned` only, if given); with `user`, a thread
-/// that will run user code (its entry enters ring 3).
+/// The mask of CPU `cpu` alone, which must be online.
+pub(crate) fn only_cpu(cpu: usize) -> u64 {
+    assert!(
+        cpu < MAX_CPUS && PERCPU[cpu].online.load(Ordering::Acquire),
+        "CPU {cpu} is not online"
+    );
+    thread::cpu_bit(cpu)
+}
+
+/// A CPU mask with every CPU in it.
+pub const ALL_CPUS: u64 = u64::MAX;
+
+/// The online CPUs, as a mask.
+pub fn online_cpus() -> u64 {
+    PERCPU
+        .iter()
+        .filter(|c| c.online.load(Ordering::Acquire))
+        .fold(0, |m, c| m | thread::cpu_bit(c.id()))
+}
+
+/// Starts a thread in address space `mm` that may run on the CPUs of `allowed` (a mask, which
+/// must hold an online CPU); with `user`, a thread that will run user code (its entry enters
+/// ring 3). New threads go round-robin over the CPUs they may use.
 pub(crate) fn start(
     name: String,
-    pinned: Option<usize>,
+    allowed: u64,
     mm: Option<Arc<Mm>>,
     user: Option<Arc<dyn UserContext>>,
     f: Entry,
 ) -> Result<JoinHandle, StackError> {
-    if let Some(cpu) = pinned {
-        assert!(
-            PERCPU[cpu].online.load(Ordering::Acquire),
-            "CPU {cpu} is not online"
-        );
-    }
-    let online = crate::arch::percpu::online_count().max(1);
-    let cpu = pinned.unwrap_or_else(|| NEXT_CPU.fetch_add(1, Ordering::Relaxed) % online);
+    let usable = allowed & online_cpus();
+    assert!(usable != 0, "no online CPU in the mask {allowed:#x}");
+    let n = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % usable.count_ones() as usize;
+    let cpu = nth_cpu(usable, n);
     let stack = Stack::new(THREAD_STACK_SIZE)?;
     let top = stack.top().as_u64();
     let t = Thread::new(ThreadInit {
@@ -259,7 +280,7 @@ pub(crate) fn start(
         idle: false,
         running: false,
         cpu,
-        pinned,
+        allowed,
         mm,
         user,
     });
@@ -332,22 +353,77 @@ pub fn kick(t: Arc<Thread>) {
     wake(t);
 }
 
-/// The CPU a woken thread is queued on: its pinned CPU; else the CPU it last ran on if that
-/// one idles (its caches may still hold the thread's data); else any idle CPU; else the CPU it
-/// last ran on, where it preempts the running thread. Idleness is a racy hint: two wakers may
-/// pick the same idle CPU, and the second thread waits there for a turn or a stealer.
+/// The CPU a woken thread is queued on, among those it may run on: the CPU it last ran on if
+/// that one idles (its caches may still hold the thread's data); else any idle CPU; else the
+/// CPU it last ran on, where it preempts the running thread; else (its affinity changed) the
+/// first CPU it may use. Idleness is a racy hint: two wakers may pick the same idle CPU, and
+/// the second thread waits there for a turn or a stealer.
 fn select_cpu(t: &Thread) -> usize {
-    if let Some(cpu) = t.pinned {
-        return cpu;
-    }
+    let usable = t.allowed() & online_cpus();
     let prev = t.last_cpu.load(Ordering::Relaxed);
-    if PERCPU[prev].sched.is_idle() {
+    let prev_ok = t.may_run_on(prev);
+    if prev_ok && PERCPU[prev].sched.is_idle() {
         return prev;
     }
-    PERCPU
+    if let Some(c) = PERCPU
         .iter()
-        .find(|c| c.online.load(Ordering::Acquire) && c.sched.is_idle())
-        .map_or(prev, |c| c.id())
+        .find(|c| usable & thread::cpu_bit(c.id()) != 0 && c.sched.is_idle())
+    {
+        return c.id();
+    }
+    if prev_ok || usable == 0 {
+        prev
+    } else {
+        nth_cpu(usable, 0)
+    }
+}
+
+/// The CPU of the `n`th set bit of `mask` (which has more than `n` bits set).
+fn nth_cpu(mut mask: u64, n: usize) -> usize {
+    for _ in 0..n {
+        mask &= mask - 1;
+    }
+    mask.trailing_zeros() as usize
+}
+
+/// Why [`set_affinity`] refused a mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AffinityError {
+    /// The mask holds no online CPU.
+    NoOnlineCpu,
+    /// The thread is an idle thread, which stays on its CPU.
+    Idle,
+}
+
+/// Confines `t` to the online CPUs of `mask` (Linux's `sched_setaffinity`; CPUs that are not
+/// online are dropped from the mask, as Linux drops them).
+///
+/// The calling thread is on an allowed CPU when this returns. Another thread moves at its next
+/// pass through the scheduler: at once if it is blocked (its wake-up queues it on an allowed
+/// CPU), at its CPU's next reschedule if it runs (asked for here by a reschedule IPI); a thread
+/// already waiting in a queue of a CPU it left may run there for one more time slice.
+pub fn set_affinity(t: &Arc<Thread>, mask: u64) -> Result<(), AffinityError> {
+    if t.idle {
+        return Err(AffinityError::Idle);
+    }
+    let usable = mask & online_cpus();
+    if usable == 0 {
+        return Err(AffinityError::NoOnlineCpu);
+    }
+    t.allowed.store(usable, Ordering::Relaxed);
+    if with_current(|me| core::ptr::eq(me, &**t)) {
+        // `schedule` moves a thread that may not stay on its CPU (`migrate_prev`); a tick may
+        // do it first, so this re-checks wherever it runs.
+        while !t.may_run_on(cpu_id()) {
+            yield_now();
+        }
+    } else if t.state() == State::Running {
+        let cpu = t.last_cpu.load(Ordering::Relaxed);
+        if !t.may_run_on(cpu) {
+            resched_cpu(cpu);
+        }
+    }
+    Ok(())
 }
 
 /// Panics if the caller may not give up the CPU (preemption disabled: a spinlock or an RCU read
@@ -428,8 +504,19 @@ pub(crate) fn schedule() {
     cpu.need_resched.store(false, Ordering::Relaxed);
     // SAFETY: interrupts are off, on this CPU; the borrow ends before the switch.
     let cur = unsafe { cpu.sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU");
-    if !cur.idle && cur.cas_state(State::Running, State::Ready) {
-        cpu.sched.push(cur.clone());
+    // A running thread whose affinity no longer allows this CPU is not queued here: it leaves
+    // as if it blocked, and `finish_switch` wakes it onto an allowed CPU once this CPU is off
+    // its stack (pushing it elsewhere now, still `on_cpu`, could deadlock two CPUs each
+    // waiting for the other's switch to finish).
+    let mut migrate = false;
+    if !cur.idle {
+        if cur.may_run_on(cpu.id()) {
+            if cur.cas_state(State::Running, State::Ready) {
+                cpu.sched.push(cur.clone());
+            }
+        } else {
+            migrate = cur.cas_state(State::Running, State::Blocked);
+        }
     }
     let next = match cpu.sched.pop().or_else(|| steal(cpu)) {
         Some(t) => t,
@@ -441,6 +528,10 @@ pub(crate) fn schedule() {
         cur.set_state(State::Running);
         return;
     }
+    cpu.sched.migrate_prev.store(migrate, Ordering::Relaxed);
+    let now = apic::now_ns();
+    cur.account_switch_out(now);
+    next.account_switch_in(now);
     // The CPU that last ran `next` may still be on its stack.
     while next.on_cpu.load(Ordering::Acquire) {
         core::hint::spin_loop();
@@ -532,6 +623,11 @@ fn finish_switch() {
     let prev = unsafe { cpu.sched.slots().1.take() };
     if let Some(prev) = prev {
         prev.on_cpu.store(false, Ordering::Release);
+        if cpu.sched.migrate_prev.swap(false, Ordering::Relaxed) {
+            // Its affinity excludes this CPU (see `schedule`): a wake-up queues it on an
+            // allowed one, unless something woke it already.
+            wake(prev.clone());
+        }
         // Dropping `prev` may free an exited thread's stack: we are off it now.
         drop(prev);
     }
@@ -557,7 +653,7 @@ fn steal(me: &PerCpu) -> Option<Arc<Thread>> {
     if victim.sched.queued.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    victim.sched.steal()
+    victim.sched.steal(me.id())
 }
 
 extern "C" fn thread_start() -> ! {

@@ -69,8 +69,12 @@ pub struct Thread {
     pub(super) last_cpu: AtomicUsize,
     /// Idle threads run only on their own CPU and are never queued.
     pub(super) idle: bool,
-    /// The only CPU the thread may run on, if it is pinned.
-    pub(super) pinned: Option<usize>,
+    /// The CPUs the thread may run on (bit `n`: CPU `n`; never empty). Changed only by
+    /// [`set_affinity`](super::set_affinity); every path that places the thread on a CPU
+    /// (spawn, wake, requeue after preemption, stealing) reads it there.
+    pub(super) allowed: AtomicU64,
+    /// Counters the thread keeps about itself, on a cache line of their own.
+    stats: ThreadStats,
     /// Where a woken sleeper sees the deadline it waited for.
     pub(super) wake_at: AtomicU64,
     /// The address space the thread runs in; kernel threads have none and run on the kernel's
@@ -84,6 +88,30 @@ pub struct Thread {
     _stack: Option<Stack>,
 }
 
+/// The bit of `cpu` in a CPU mask.
+pub(super) const fn cpu_bit(cpu: usize) -> u64 {
+    1 << cpu
+}
+
+// CPU masks are one word.
+const _: () = assert!(crate::arch::percpu::MAX_CPUS <= 64);
+
+/// What a thread counts about itself: written only by the CPU running it (the thread itself, or
+/// its CPU switching to or away from it), read by anyone. A cache line of its own, so that the
+/// counting costs no cache-line transfer when other CPUs wake or queue the thread.
+///
+/// # Invariants
+/// `running_since` is the [`now_ns`](crate::arch::apic::now_ns) time the thread was last
+/// switched to while it runs (and `on_cpu` is set), 0 while it does not run; `run_ns` is the
+/// time it ran up to its last switch away.
+#[derive(Default)]
+#[repr(align(64))]
+struct ThreadStats {
+    min_flt: AtomicU64,
+    run_ns: AtomicU64,
+    running_since: AtomicU64,
+}
+
 /// How a thread starts out.
 pub(super) struct ThreadInit {
     pub name: String,
@@ -94,7 +122,8 @@ pub(super) struct ThreadInit {
     /// Already running (the code that becomes the thread is on a CPU now).
     pub running: bool,
     pub cpu: usize,
-    pub pinned: Option<usize>,
+    /// The CPUs it may run on (see [`Thread::allowed`]).
+    pub allowed: u64,
     pub mm: Option<Arc<Mm>>,
     pub user: Option<Arc<dyn UserContext>>,
 }
@@ -129,10 +158,11 @@ impl Thread {
             idle,
             running,
             cpu,
-            pinned,
+            allowed,
             mm,
             user,
         } = init;
+        debug_assert!(allowed != 0, "a thread that may run nowhere");
         let stack_top = stack.as_ref().map_or(0, |s| s.top().as_u64());
         LIVE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Thread {
@@ -151,7 +181,8 @@ impl Thread {
             joiners: WaitQueue::new(),
             last_cpu: AtomicUsize::new(cpu),
             idle,
-            pinned,
+            allowed: AtomicU64::new(allowed),
+            stats: ThreadStats::default(),
             wake_at: AtomicU64::new(0),
             mm,
             user,
@@ -183,6 +214,69 @@ impl Thread {
     /// The top of the thread's kernel stack (where a user thread's saved user registers are).
     pub fn stack_top(&self) -> u64 {
         self.stack_top
+    }
+
+    /// The CPUs the thread may run on, as a mask (bit `n`: CPU `n`).
+    pub fn allowed(&self) -> u64 {
+        self.allowed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the thread may run on `cpu`.
+    pub(super) fn may_run_on(&self, cpu: usize) -> bool {
+        self.allowed() & cpu_bit(cpu) != 0
+    }
+
+    /// Counts a page fault the thread took and that was resolved (Linux's `min_flt`). Called
+    /// only by the thread itself, from its #PF path.
+    pub fn count_fault(&self) {
+        let c = &self.stats.min_flt;
+        // Only this thread writes the counter, so a plain load and store (no locked
+        // read-modify-write) cannot lose a count; others only read it.
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Page faults the thread took that were resolved so far.
+    pub fn min_flt(&self) -> u64 {
+        self.stats.min_flt.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the thread has used, in ns: its time on a CPU up to its last switch away, plus
+    /// the time since it was last switched to if it runs now (`now` is [`apic::now_ns`] time).
+    ///
+    /// [`apic::now_ns`]: crate::arch::apic::now_ns
+    pub fn cpu_time_ns(&self, now: u64) -> u64 {
+        let s = &self.stats;
+        let done = s.run_ns.load(Ordering::Relaxed);
+        let since = s.running_since.load(Ordering::Relaxed);
+        if since == 0 {
+            done
+        } else {
+            done + now.saturating_sub(since)
+        }
+    }
+
+    /// The CPU running the thread switches to it at `now`.
+    pub(super) fn account_switch_in(&self, now: u64) {
+        // 0 means "not running": a switch at time 0 counts from 1 ns later.
+        self.stats
+            .running_since
+            .store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// The CPU running the thread switches away from it at `now`.
+    pub(super) fn account_switch_out(&self, now: u64) {
+        let s = &self.stats;
+        let since = s.running_since.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            let done = s.run_ns.load(Ordering::Relaxed);
+            s.run_ns
+                .store(done + now.saturating_sub(since), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the thread waits (a snapshot: a waker may move it on at once).
+    pub fn is_blocked(&self) -> bool {
+        self.state() == State::Blocked
     }
 
     pub(super) fn state(&self) -> State {
@@ -223,6 +317,11 @@ impl JoinHandle {
     /// The thread's id.
     pub fn id(&self) -> u64 {
         self.thread.id
+    }
+
+    /// The thread (to change its affinity, say).
+    pub fn thread(&self) -> &Arc<Thread> {
+        &self.thread
     }
 
     /// Gives up waiting for the thread (it runs on; its exit code is not wanted).

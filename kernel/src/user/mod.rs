@@ -22,6 +22,7 @@
 
 mod exec;
 mod futex;
+mod resources;
 mod syscall;
 
 use alloc::string::String;
@@ -91,6 +92,34 @@ pub struct UserProcess {
     written: AtomicU64,
     /// Recorded signal dispositions (`rt_sigaction`), 32 bytes each as the kernel ABI has them.
     sigactions: Mutex<[[u64; 4]; 64]>,
+    /// What its exited threads counted (`getrusage(RUSAGE_SELF)` adds the live ones' counts).
+    /// Updated under the `threads` lock as a thread leaves the list, so a sum taken under that
+    /// lock counts every thread once.
+    exited: Mutex<Usage>,
+}
+
+/// Resource usage counts, as `getrusage` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Page faults resolved without I/O (`ru_minflt`).
+    pub min_flt: u64,
+    /// CPU time, ns (user and kernel together: the kernel does not tell them apart).
+    pub cpu_ns: u64,
+}
+
+impl Usage {
+    /// What `t` has counted so far (`now`: `apic::now_ns` time).
+    pub(crate) fn of(t: &Thread, now: u64) -> Usage {
+        Usage {
+            min_flt: t.min_flt(),
+            cpu_ns: t.cpu_time_ns(now),
+        }
+    }
+
+    fn add(&mut self, o: Usage) {
+        self.min_flt += o.min_flt;
+        self.cpu_ns += o.cpu_ns;
+    }
 }
 
 /// The program break.
@@ -117,6 +146,7 @@ impl UserProcess {
             console: Mutex::new([Vec::new(), Vec::new()]),
             written: AtomicU64::new(0),
             sigactions: Mutex::new([[0; 4]; 64]),
+            exited: Mutex::new(Usage::default()),
         }))
     }
 
@@ -163,6 +193,32 @@ impl UserProcess {
         // one is woken (its wait re-checks and sees `killed`); each leaves at its return to user
         // mode.
         threads.into_iter().for_each(sched::kick);
+    }
+
+    /// What all its threads, live and exited, have counted (`getrusage(RUSAGE_SELF)`).
+    pub(crate) fn usage(&self) -> Usage {
+        let now = crate::arch::apic::now_ns();
+        interrupts::without_interrupts(|| {
+            let threads = self.threads.lock();
+            let mut u = *self.exited.lock();
+            for t in threads.iter() {
+                u.add(Usage::of(t, now));
+            }
+            u
+        })
+    }
+
+    /// Its live thread with id `tid`.
+    pub(crate) fn thread(&self, tid: u64) -> Option<Arc<Thread>> {
+        let threads = interrupts::without_interrupts(|| self.threads.lock().clone());
+        threads.into_iter().find(|t| {
+            t.user()
+                .and_then(|u| {
+                    let u: &dyn core::any::Any = &**u;
+                    u.downcast_ref::<UserThread>()
+                })
+                .is_some_and(|u| u.tid == tid)
+        })
     }
 
     fn is_killed(&self) -> bool {
@@ -302,9 +358,11 @@ fn start_thread(
     let mut setup = Some(setup);
     let me = ut.clone();
     process.live.fetch_add(1, Ordering::Relaxed);
+    // Like a new Linux task, the thread inherits the affinity of the thread that starts it.
+    let allowed = sched::with_current(|t| t.allowed());
     let started = sched::start(
         alloc::format!("{}/{tid}", process.name),
-        None,
+        allowed,
         Some(process.mm().clone()),
         Some(ut),
         alloc::boxed::Box::new(move || {
@@ -350,7 +408,12 @@ fn exit_thread(code: i32) -> ! {
     }
     let p = ut.process.clone();
     let me = sched::current();
-    interrupts::without_interrupts(|| p.threads.lock().retain(|t| !Arc::ptr_eq(t, &me)));
+    let now = crate::arch::apic::now_ns();
+    interrupts::without_interrupts(|| {
+        let mut threads = p.threads.lock();
+        threads.retain(|t| !Arc::ptr_eq(t, &me));
+        p.exited.lock().add(Usage::of(&me, now));
+    });
     let last = p.live.fetch_sub(1, Ordering::AcqRel) == 1;
     drop(me);
     drop(ut);

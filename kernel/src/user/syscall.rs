@@ -5,7 +5,6 @@
 //! once per number.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::ops::MapFlags;
@@ -13,6 +12,7 @@ use mm::vma::Prot;
 use x86_64::instructions::interrupts;
 
 use super::futex::{self, WaitError};
+use super::resources;
 use super::{Status, UserThread, current, exit_thread, signal, start_thread};
 
 use crate::arch::fpu::FpuState;
@@ -119,6 +119,8 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
         63 => uname(a[0]),
         72 => fcntl(a[0], a[1]),
         97 => getrlimit(a[0], a[1]),
+        98 => resources::getrusage(ut, a[0], a[1]),
+        99 => resources::sysinfo(a[0]),
         102 | 104 | 107 | 108 => Ok(0),
         110 => Ok(0),
         131 => sigaltstack(ut, a[0], a[1]),
@@ -127,10 +129,20 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
         186 => Ok(ut.tid),
         200 => kill(ut, p.pid, a[1], Some(a[0])),
         202 => futex(ut, a),
-        204 => sched_getaffinity(a[0], a[1], a[2]),
+        203 => resources::sched_setaffinity(ut, a[0], a[1], a[2]),
+        204 => resources::sched_getaffinity(ut, a[0], a[1], a[2]),
         218 => {
             ut.clear_child_tid.store(a[0], Ordering::Relaxed);
             Ok(ut.tid)
+        }
+        // The CPU-time clocks need the caller.
+        228 if a[0] == CLOCK_PROCESS_CPUTIME_ID => {
+            write_user(a[1], &Timespec::from_ns(resources::process_cpu_ns(ut)))?;
+            Ok(0)
+        }
+        228 if a[0] == CLOCK_THREAD_CPUTIME_ID => {
+            write_user(a[1], &Timespec::from_ns(resources::thread_cpu_ns()))?;
+            Ok(0)
         }
         228 => clock_gettime(a[0], a[1]),
         230 => clock_nanosleep(ut, a[0], a[1], a[2]),
@@ -668,25 +680,6 @@ fn arch_prctl(ut: &UserThread, code: u64, addr: u64) -> Result {
     }
 }
 
-fn sched_getaffinity(pid: u64, len: u64, mask: u64) -> Result {
-    let _ = pid;
-    let cpus = crate::arch::percpu::PERCPU.len() as u64;
-    let size = cpus.div_ceil(64) * 8;
-    if len < size || len & 7 != 0 {
-        return Err(Errno::EINVAL);
-    }
-    let mut bits = [0u64; 4];
-    for c in crate::arch::percpu::PERCPU
-        .iter()
-        .filter(|c| c.online.load(Ordering::Acquire))
-    {
-        bits[c.id() / 64] |= 1 << (c.id() % 64);
-    }
-    let bytes: Vec<u8> = bits.iter().flat_map(|w| w.to_le_bytes()).collect();
-    copy_to_user(mask, &bytes[..size as usize])?;
-    Ok(size)
-}
-
 /// `struct timespec`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -715,6 +708,8 @@ impl Timespec {
 
 const CLOCK_REALTIME: u64 = 0;
 const CLOCK_MONOTONIC: u64 = 1;
+const CLOCK_PROCESS_CPUTIME_ID: u64 = 2;
+const CLOCK_THREAD_CPUTIME_ID: u64 = 3;
 
 /// Nanoseconds on clock `clock`: the monotonic clocks count from boot, the real-time ones from
 /// the epoch (the boot time the RTC gave plus the time since).
@@ -723,8 +718,8 @@ fn clock_ns(clock: u64) -> Result<u64> {
     match clock {
         // REALTIME, REALTIME_COARSE, TAI.
         0 | 5 | 11 => Ok(super::exec::boot_epoch_ns() + now),
-        // MONOTONIC, PROCESS/THREAD_CPUTIME (approximated by the monotonic clock), RAW, COARSE,
-        // BOOTTIME.
+        // MONOTONIC, RAW, COARSE, BOOTTIME; `clock_gettime` of the CPU-time clocks (2, 3) is
+        // answered in `call`, which knows the caller.
         1..=4 | 6 | 7 => Ok(now),
         _ => Err(Errno::EINVAL),
     }

@@ -1,8 +1,9 @@
 //! `fault_bench`: the fault-scaling benchmark's workloads (`page_fault1`, `pft`, `churn`) as a
 //! plain static program, printing the same `BENCH` lines as the kernel's benchmark (the format
-//! is defined by the host crate `benchreport`, module `format`, and the README) with
-//! `policy=linux`. On the host it measures Linux; the same binary is meant to run on the kernel
-//! once it runs Linux programs.
+//! is defined by the host crate `benchreport`, module `format`, and the README). On Linux its
+//! lines say `policy=linux` (header `accel=linux`); the same binary runs on `mmkernel` as a
+//! user program, where it says `policy=user` and the header's `accel` is QEMU's accelerator
+//! ([`system`] tells the two apart by `uname`, as any program could).
 //!
 //! ```text
 //! fault_bench [--workloads page_fault1,pft,churn] [--threads 1,2,4,8] [--reps 3]
@@ -19,6 +20,7 @@ mod clock;
 mod hist;
 mod machine;
 mod sys;
+mod system;
 mod workloads;
 
 use std::fmt::{self, Write as _};
@@ -26,6 +28,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use system::System;
 use workloads::{Params, Window, Workload};
 
 const USAGE: &str = "usage: fault_bench [--workloads page_fault1,pft,churn] [--threads 1,2,4,8] \
@@ -162,6 +165,7 @@ fn run(args: &[String]) -> Result<(), Error> {
         eprintln!("fault_bench: {t} threads on {ncpus} CPUs: oversubscribed, CPUs are shared");
     }
     let tsc = clock::Tsc::calibrate(Duration::from_millis(200)).map_err(|_| Error::Tsc)?;
+    let system = sys::uname().map_or(System::Linux, |u| System::from_uname(&u));
 
     let mut out = std::io::stdout().lock();
     let mut emit = |line: String| -> Result<(), Error> {
@@ -169,12 +173,12 @@ fn run(args: &[String]) -> Result<(), Error> {
             .and_then(|()| out.flush())
             .map_err(Error::Output)
     };
-    emit(header(&opts, tsc))?;
+    emit(header(&opts, tsc, system))?;
     for &w in &opts.workloads {
         for &t in &threads {
             let windows = workloads::run(w, t, p).map_err(Error::Run)?;
             for (rep, win) in windows.iter().enumerate() {
-                emit(bench_line(w, t, ncpus, rep, win, tsc))?;
+                emit(bench_line(w, system, t, ncpus, rep, win, tsc))?;
             }
             let mut rates: Vec<f64> = windows
                 .iter()
@@ -193,17 +197,22 @@ fn run(args: &[String]) -> Result<(), Error> {
 }
 
 /// The `BENCH-HEADER` line.
-fn header(o: &Options, tsc: clock::Tsc) -> String {
+fn header(o: &Options, tsc: clock::Tsc, system: System) -> String {
     let p = &o.params;
-    let model = machine::cpu_model().unwrap_or_else(|| "unknown".into());
+    // A system without `/proc` still has the brand string Linux shows there.
+    let model = machine::cpu_model()
+        .or_else(system::cpu_brand)
+        .unwrap_or_else(|| "unknown".into());
     let mut s = format!(
-        "BENCH-HEADER cpu_model={} tsc_mhz={} accel=linux cpus={} mem_mib={}",
+        "BENCH-HEADER cpu_model={} tsc_mhz={} accel={} cpus={} mem_mib={}",
         quote(&model),
         tsc.mhz(),
+        system.accel(),
         p.cpus.len(),
         sys::memory_mib().unwrap_or(0),
     );
-    if let Some(n) = sys::online_cpus() {
+    // Inside a virtual machine the CPUs online are the guest's, not the host's cores.
+    if let (System::Linux, Some(n)) = (system, sys::online_cpus()) {
         let _ = write!(s, " host_cores={n}");
     }
     if let Some(r) = sys::kernel_release() {
@@ -226,6 +235,7 @@ fn header(o: &Options, tsc: clock::Tsc) -> String {
 /// One `BENCH` line.
 fn bench_line(
     w: Workload,
+    system: System,
     threads: usize,
     cpus: usize,
     rep: usize,
@@ -235,10 +245,11 @@ fn bench_line(
     debug_assert_eq!(win.latency.count(), win.faults);
     let ns = win.ns.max(1);
     let mut s = format!(
-        "BENCH workload={} policy=linux threads={threads} cpus={cpus} rep={rep} faults={} ns={ns} \
+        "BENCH workload={} policy={} threads={threads} cpus={cpus} rep={rep} faults={} ns={ns} \
          faults_per_sec={:.1} p50_ns={} p99_ns={} max_ns={} vma_lock_success=0 vma_lock_abort=0 \
          vma_lock_retry=0 vma_lock_miss=0 churn_ops={} munmaps={}",
         w.name(),
+        system.policy(),
         win.faults,
         win.faults as f64 * 1e9 / ns as f64,
         tsc.to_ns(win.latency.quantile(0.5)),

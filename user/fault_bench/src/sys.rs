@@ -230,8 +230,16 @@ pub fn memory_mib() -> Option<u64> {
     Some((info.totalram * u64::from(info.mem_unit.max(1))) >> 20)
 }
 
-/// The running kernel's release string (`uname -r`).
-pub fn kernel_release() -> Option<String> {
+/// What `uname` says about the running kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uname {
+    pub sysname: String,
+    pub nodename: String,
+    pub release: String,
+}
+
+/// `uname()`, with fields that are not UTF-8 replaced lossily.
+pub fn uname() -> Option<Uname> {
     let mut uts = MaybeUninit::<libc::utsname>::zeroed();
     // SAFETY: `uts` is a writable struct utsname.
     let ret = unsafe { libc::uname(uts.as_mut_ptr()) };
@@ -240,11 +248,22 @@ pub fn kernel_release() -> Option<String> {
     }
     // SAFETY: uname filled it in.
     let uts = unsafe { uts.assume_init() };
-    let bytes: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8(bytes).ok()
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Some(Uname {
+        sysname: field(&uts.sysname),
+        nodename: field(&uts.nodename),
+        release: field(&uts.release),
+    })
+}
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> Option<String> {
+    uname().map(|u| u.release)
 }
