@@ -17,14 +17,21 @@
 //!   [`ZapFlush`] token; they are freed only after the TLB shootdown the token performs. A PTE
 //!   table left empty is unhooked from its PMD entry *under its lock* and freed after an RCU grace
 //!   period, so a walker that read the old PMD entry either fails the re-check or finishes with
-//!   the table before it is reused. [`PageTables::zap_pages`] (`MADV_DONTNEED`, under a read
+//!   the table before it is reused. After `mmap_write_downgrade`,
+//!   [`PageTables::zap_detached`] unhooks only tables no VMA meets.
+//!   [`PageTables::zap_pages`] (`MADV_DONTNEED`, under a read
 //!   lock, faults running) clears PTEs the same way but never unhooks a table.
+//! - **Move** (`move_ptes`, for `mremap`) carries PTEs to another range under the source and
+//!   the destination tables' locks (source first, destination nested), with `mmap_lock` held
+//!   for write and both ranges' VMAs write-locked; the source range is shot down before its
+//!   tables are freed or it is mapped again.
 //! - The kernel half of the root (PML4 entries 256..512) belongs to the kernel: it is copied in
 //!   at creation ([`PageTables::with_kernel_half`]) and never walked or freed here.
 
 #[allow(unsafe_code)]
 mod floor;
 mod install;
+mod move_ptes;
 mod pte;
 mod zap;
 
@@ -163,6 +170,17 @@ impl<P: Platform> PageTables<P> {
     /// and retry). Lock order: PTE lock inside `mmap_lock`/VMA lock; the RCU read section it
     /// enters keeps the table's frame from being reused while we look at it.
     pub fn pte_offset_map_lock(&self, addr: u64) -> Option<PteGuard<'_, P>> {
+        self.pte_lock_as(addr, false)
+    }
+
+    /// [`pte_offset_map_lock`](Self::pte_offset_map_lock) while holding another PTE lock: the
+    /// lock is taken nested ([`LockClass::PteNested`](crate::sync::LockClass)). Only `mremap`
+    /// does this, with `mmap_lock` held for write (see `move_ptes`).
+    fn pte_offset_map_lock_nested(&self, addr: u64) -> Option<PteGuard<'_, P>> {
+        self.pte_lock_as(addr, true)
+    }
+
+    fn pte_lock_as(&self, addr: u64, nested: bool) -> Option<PteGuard<'_, P>> {
         let rcu = self.mem.rcu().read_lock();
         let pmd = self.pmd_lookup(addr)?;
         loop {
@@ -174,7 +192,12 @@ impl<P: Platform> PageTables<P> {
             #[cfg(test)]
             tests::before_pte_lock();
             // Lock order: PTE lock (innermost but the frame caches).
-            let lock = self.mem.frames().meta(frame).pte_lock().lock();
+            let lock = self.mem.frames().meta(frame).pte_lock();
+            let lock = if nested {
+                lock.lock_nested()
+            } else {
+                lock.lock()
+            };
             // Unhooking a table happens under this lock, so if the entry still points here the
             // table stays ours until we unlock.
             if pmd.load(Ordering::Relaxed) == e {
@@ -356,4 +379,4 @@ pub(crate) fn pmd_chunks(range: Range<u64>) -> impl Iterator<Item = Range<u64>> 
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests;
+pub(crate) mod tests;

@@ -244,3 +244,22 @@ fn emptied_pte_table_is_freed_only_after_a_grace_period() {
     mem.quiesce();
     assert_eq!(mem.frames().meta(table).refcount(), 0, "never freed");
 }
+
+std::thread_local! {
+    static BEFORE_ZAP_CHUNK: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+}
+
+/// Called by a zap before it locks the next PTE table: runs the hook this thread armed
+/// with [`on_zap_chunk`] (until disarmed).
+pub(super) fn before_zap_chunk() {
+    BEFORE_ZAP_CHUNK.with(|h| {
+        if let Some(f) = h.borrow_mut().as_mut() {
+            f();
+        }
+    });
+}
+
+/// Arms (`Some`) or disarms (`None`) this thread's zap hook.
+pub(crate) fn on_zap_chunk(f: Option<Box<dyn FnMut()>>) {
+    BEFORE_ZAP_CHUNK.with(|h| *h.borrow_mut() = f);
+}

@@ -63,6 +63,16 @@ impl ZapFlush {
         self.tables.append(&mut other.tables);
     }
 
+    /// The token of `count` PTEs moved away from `range` (by `mremap`): they must be shot down
+    /// before the range's PTE tables are freed or the range is mapped again.
+    pub(crate) fn moved(range: Range<u64>, count: usize) -> Self {
+        ZapFlush {
+            range,
+            cleared: count,
+            ..ZapFlush::empty()
+        }
+    }
+
     /// PTEs cleared.
     pub fn cleared(&self) -> usize {
         self.cleared
@@ -158,7 +168,22 @@ impl<P: Platform> PageTables<P> {
     /// become empty. Needs `mmap_lock` for write (`_proof`) and the VMAs covering `range`
     /// write-locked.
     pub fn zap(&self, _proof: &MmapWriteGuard<'_, P>, range: Range<u64>) -> ZapFlush {
-        self.zap_pte_range(range, true)
+        self.zap_pte_range(range, |_| true)
+    }
+
+    /// The zap of `munmap` after `mmap_write_downgrade` (Linux's `unmap_region` with
+    /// `free_pgtables` bounded by the neighbouring VMAs): clears every PTE in `range`, whose
+    /// VMAs the caller detached under the write lock it then downgraded to `_proof`. Faults on
+    /// other VMAs run meanwhile, and one may share a PTE table with `range`, so an emptied table
+    /// is unhooked only if `vma_free` says no VMA meets its 2 MiB span (nothing can map there
+    /// while `mmap_lock` is held, and no fault can walk into it: a fault needs a VMA).
+    pub fn zap_detached(
+        &self,
+        _proof: &MmapReadGuard<'_, P>,
+        range: Range<u64>,
+        vma_free: impl Fn(Range<u64>) -> bool,
+    ) -> ZapFlush {
+        self.zap_pte_range(range, vma_free)
     }
 
     /// `zap_page_range_single` for `MADV_DONTNEED`: clears every PTE in `range` (page-aligned)
@@ -174,18 +199,24 @@ impl<P: Platform> PageTables<P> {
     /// by `munmap` or at teardown.
     pub fn zap_pages(&self, lock: &impl ZapPagesLock, range: Range<u64>) -> ZapFlush {
         debug_assert!(lock.covers(&range), "zap_pages outside the locked VMA");
-        self.zap_pte_range(range, false)
+        self.zap_pte_range(range, |_| false)
     }
 
-    /// Clears the PTEs of `range`, collecting their frames; unhooks tables left empty if
-    /// `unhook_empty` (only with `mmap_lock` held for write).
-    fn zap_pte_range(&self, range: Range<u64>, unhook_empty: bool) -> ZapFlush {
+    /// Clears the PTEs of `range`, collecting their frames; unhooks a table left empty if
+    /// `may_unhook` allows it for the table's span (no fault can be using the table).
+    fn zap_pte_range(
+        &self,
+        range: Range<u64>,
+        may_unhook: impl Fn(Range<u64>) -> bool,
+    ) -> ZapFlush {
         let frames = self.mem.frames();
         let mut out = ZapFlush {
             range: range.clone(),
             ..ZapFlush::empty()
         };
         for chunk in pmd_chunks(range) {
+            #[cfg(test)]
+            super::tests::before_zap_chunk();
             // Lock order: mmap_lock (or the VMA lock) > PTE lock.
             let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
                 continue;
@@ -204,7 +235,7 @@ impl<P: Platform> PageTables<P> {
                     out.frames.push(f);
                 }
             }
-            if unhook_empty && pte.is_empty() {
+            if pte.is_empty() && may_unhook(pte.base()..pte.base() + super::PMD_SIZE) {
                 out.tables.push(pte.unhook());
             }
         }

@@ -153,7 +153,7 @@ pub struct MmapWriteGuard<'a, W: Park> {
     _not_send: PhantomData<*const ()>,
 }
 
-impl<W: Park> MmapWriteGuard<'_, W> {
+impl<'a, W: Park> MmapWriteGuard<'a, W> {
     /// The `mm_lock_seq` of this write hold (odd), the stamp of write-locked VMAs.
     pub fn mm_lock_seq(&self) -> u32 {
         self.seq
@@ -166,6 +166,22 @@ impl<W: Park> MmapWriteGuard<'_, W> {
 
     pub(crate) fn lock(&self) -> &MmapLock<W> {
         self.lock
+    }
+
+    /// `mmap_write_downgrade`: turns the write hold into a read hold without letting a writer
+    /// in between. Runs `vma_end_write_all` first, so every VMA write-locked under this hold is
+    /// unlocked when readers of `mmap_lock` (queued ones are granted here) get in: whatever
+    /// the caller still does under the read lock must not need the VMAs locked (`munmap` zaps
+    /// the range of VMAs it already detached).
+    pub fn downgrade(self) -> MmapReadGuard<'a, W> {
+        let lock = self.lock;
+        self.vma_end_write_all();
+        core::mem::forget(self);
+        lock.sem.downgrade_write();
+        MmapReadGuard {
+            lock,
+            _not_send: PhantomData,
+        }
     }
 
     /// `vma_end_write_all`: ends the `mm_lock_seq` period, unlocking every VMA write-locked
@@ -203,5 +219,20 @@ mod tests {
         let r = lock.read();
         assert!(r.holds(&lock));
         assert!(lock.try_read().is_some());
+    }
+
+    #[test]
+    fn downgrade_ends_the_write_period_and_keeps_a_read_hold() {
+        let lock = MmapLock::new(Arc::new(Emulated::new(1, 1)));
+        let g = lock.write();
+        let r = g.downgrade();
+        assert!(r.holds(&lock));
+        assert_eq!(lock.mm_lock_seq(), 2, "vma_end_write_all did not run");
+        assert!(!lock.is_write_locked());
+        assert!(lock.try_read().is_some(), "readers are not let in");
+        drop(r);
+        assert!(!lock.is_locked());
+        drop(lock.write());
+        assert_eq!(lock.mm_lock_seq(), 4);
     }
 }

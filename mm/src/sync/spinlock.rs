@@ -51,10 +51,13 @@ pub enum LockClass {
     MapleWriter = 0,
     /// The split PTE lock of a page-table page.
     Pte = 1,
+    /// A second PTE lock, taken by `mremap` (which holds `mmap_lock` for write) on the
+    /// destination table while it holds the source table's (`spin_lock_nested`).
+    PteNested = 2,
     /// A per-CPU frame cache.
-    FrameCache = 2,
+    FrameCache = 3,
     /// Leaf locks that nest inside everything and take nothing.
-    Leaf = 3,
+    Leaf = 4,
 }
 
 /// Number of [`LockClass`]es.
@@ -126,12 +129,26 @@ impl RawSpinLock {
 
     /// Spins until the lock is ours.
     pub fn lock(&self) -> RawSpinGuard<'_> {
+        self.lock_as(self.class)
+    }
+
+    /// `spin_lock_nested`: takes a [`LockClass::Pte`] lock while holding another one, as the
+    /// order's [`LockClass::PteNested`]. Only for a caller that excludes every other holder of
+    /// two PTE locks of the same tables (see `LOCKING.md`): the class check cannot tell two
+    /// locks of one class apart.
+    pub fn lock_nested(&self) -> RawSpinGuard<'_> {
+        debug_assert_eq!(self.class, LockClass::Pte, "only PTE locks nest");
+        self.lock_as(LockClass::PteNested)
+    }
+
+    fn lock_as(&self, class: LockClass) -> RawSpinGuard<'_> {
         preempt_hook(&PREEMPT_DISABLE);
-        order::acquire(self.class);
+        order::acquire(class);
         loop {
             if self.try_acquire() {
                 return RawSpinGuard {
                     lock: self,
+                    class,
                     _not_send: PhantomData,
                 };
             }
@@ -151,6 +168,7 @@ impl RawSpinLock {
         order::acquire(self.class);
         Some(RawSpinGuard {
             lock: self,
+            class: self.class,
             _not_send: PhantomData,
         })
     }
@@ -175,6 +193,8 @@ impl RawSpinLock {
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct RawSpinGuard<'a> {
     lock: &'a RawSpinLock,
+    /// The class it was taken as (its own, or `PteNested`).
+    class: LockClass,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -188,7 +208,7 @@ impl RawSpinGuard<'_> {
 impl Drop for RawSpinGuard<'_> {
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
-        order::release(self.lock.class);
+        order::release(self.class);
         preempt_hook(&PREEMPT_ENABLE);
     }
 }
