@@ -1,6 +1,7 @@
 //! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
 //! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
-//! [`madvise`](crate::address_space::AddressSpace::madvise).
+//! [`madvise`](crate::address_space::AddressSpace::madvise),
+//! [`mremap`](crate::address_space::AddressSpace::mremap).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -18,10 +19,17 @@
 //! `MAP_FIXED` mapping with the protection it already has over part of it): its pages still
 //! change, and a fault under its read lock must not run while they do (`pgtable::zap`). The
 //! outcome equals unmapping the range and mapping it anew: the same VMAs, the pages gone.
+//!
+//! Unmapping (`munmap`, and `mremap`'s shrink and move) ends differently: once the VMAs are
+//! detached it downgrades `mmap_lock` to read (`mmap_write_downgrade`, which runs
+//! `vma_end_write_all`) and zaps under the read lock, so faults on other VMAs waiting for
+//! `mmap_lock` are not held up by the zap; the range has no VMA left for a fault to reach.
+//! `mremap` moves PTEs to a new range with both ranges' VMAs write-locked (see its module).
 
 mod madvise;
 mod mmap;
 mod mprotect;
+mod mremap;
 mod munmap;
 mod rewrite;
 
@@ -33,6 +41,7 @@ pub use madvise::{
 };
 pub use mmap::{MapFlags, MmapError};
 pub use mprotect::MprotectError;
+pub use mremap::{MremapError, MremapFlags};
 pub use munmap::MunmapError;
 pub(crate) use rewrite::{TreeOutOfMemory, rewrite};
 
@@ -73,5 +82,7 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
 
 #[cfg(all(test, not(loom)))]
 mod madvise_tests;
+#[cfg(all(test, not(loom)))]
+mod mremap_tests;
 #[cfg(all(test, not(loom)))]
 mod tests;
