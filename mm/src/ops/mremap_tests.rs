@@ -275,14 +275,17 @@ fn moves_across_page_tables_keep_every_page() {
     env.assert_baseline();
 }
 
+/// What is tried, the call, what it must return.
+type Case = (
+    &'static str,
+    fn(&AddressSpace<Emulated>) -> Result<u64, MremapError>,
+    Result<u64, MremapError>,
+);
+
 #[test]
 fn invalid_arguments_are_linux_errors() {
     let bad = |e| Err(MremapError::BadRange(e));
-    let cases: [(
-        &str,
-        fn(&AddressSpace<Emulated>) -> Result<u64, MremapError>,
-        _,
-    ); 12] = [
+    let cases: [Case; 12] = [
         (
             "flags",
             |mm| mm.mremap(page(0), PAGE, PAGE, 8, 0),
@@ -345,13 +348,9 @@ fn invalid_arguments_are_linux_errors() {
         ),
     ];
     for (what, op, want) in cases {
-        scenario(
-            "ww  r",
-            |mm| op(mm),
-            want,
-            ("AA  B", "ww  r"),
-            |mm| assert_eq!(read(mm, page(1)), Ok(101), "{what}"),
-        );
+        scenario("ww  r", op, want, ("AA  B", "ww  r"), |mm| {
+            assert_eq!(read(mm, page(1)), Ok(101), "{what}")
+        });
     }
 }
 

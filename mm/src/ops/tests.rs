@@ -433,3 +433,71 @@ fn pages_stay_mapped_under_a_vma_read_lock_while_map_fixed_runs() {
     }
     env.assert_baseline();
 }
+
+/// `munmap` zaps after `mmap_write_downgrade`: a fault that needs `mmap_lock` (here every fault
+/// does, by policy) on another VMA completes while the zap is held up at a hook, and the
+/// unmapped range is gone for it already. With the zap under the write lock the fault waits
+/// for the whole zap, and this fails.
+#[test]
+fn munmap_zaps_under_the_read_lock_so_faults_elsewhere_proceed() {
+    use crate::memory::FaultPolicy;
+    use crate::pgtable::{PMD_SIZE, tests::on_zap_chunk};
+
+    let env = Env::new(8, 3);
+    {
+        let mm = env.mm();
+        let rw = Prot::READ | Prot::WRITE;
+        // Far apart: different PTE tables, so the fault does not wait for the zap's PTE lock.
+        let (x, y) = (PIC_BASE, PIC_BASE + 4 * PMD_SIZE);
+        mm.mmap(x, 8 * PAGE, rw, fixed()).unwrap();
+        mm.mmap(y, PAGE, Prot::READ, fixed()).unwrap();
+        for i in 0..8 {
+            mmu::store(&mm, x + i * PAGE, 1 + i, true).unwrap();
+        }
+        env.mem.set_fault_policy(FaultPolicy::MmapLockOnly);
+        let zapping = std::sync::Arc::new(AtomicBool::new(false));
+        let release = std::sync::Arc::new(AtomicBool::new(false));
+        let faulted = AtomicBool::new(false);
+        thread::scope(|s| {
+            let unmapper = env.p.spawn_cpu(s, 1, || {
+                let (zapping, release) = (zapping.clone(), release.clone());
+                // Holds up the zap of the first PTE table until the fault is done.
+                on_zap_chunk(Some(std::boxed::Box::new(move || {
+                    zapping.store(true, Ordering::SeqCst);
+                    while !release.load(Ordering::SeqCst) {
+                        thread::yield_now();
+                    }
+                })));
+                mm.munmap(x, 8 * PAGE).unwrap();
+                on_zap_chunk(None);
+            });
+            let _release = SetOnDrop(&release);
+            while !zapping.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            let fault = env.p.spawn_cpu(s, 2, || {
+                assert_eq!(mmu::load(&mm, y, true), Ok(0));
+                // A fault in the range being zapped (its PTEs may still be there for a CPU to
+                // walk, as in Linux until munmap returns) finds no VMA.
+                let read = crate::fault::Access::user(crate::fault::AccessKind::Read);
+                assert!(matches!(
+                    crate::fault::handle_mm_fault(&mm, x, read),
+                    crate::fault::FaultResult::Segv { .. }
+                ));
+                faulted.store(true, Ordering::SeqCst);
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !faulted.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let done_during_zap = faulted.load(Ordering::SeqCst);
+            release.store(true, Ordering::SeqCst);
+            fault.join().unwrap();
+            unmapper.join().unwrap();
+            assert!(done_during_zap, "the fault waited for the zap");
+        });
+        assert_eq!(picture(&mm, 8).0, "        ");
+        env.mem.set_fault_policy(FaultPolicy::PerVmaLock);
+    }
+    env.assert_baseline();
+}
