@@ -1,4 +1,4 @@
-//! Random sequences of mmap/munmap/mprotect/read/write against a model (page -> protection and
+//! Random sequences of mmap/munmap/mprotect/mremap/read/write against a model (page -> protection and
 //! content byte). After every step the VMA tree, the page tables and the model must agree and
 //! the tree must validate; after every case every frame must be back.
 //!
@@ -14,7 +14,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::address_space::AddressSpace;
-use crate::ops::MprotectError;
+use crate::ops::{MprotectError, MremapError, MremapFlags};
 use crate::pgtable::{PTE_PROTNONE, Pte};
 use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
@@ -44,6 +44,14 @@ enum Op {
         n: u64,
         prot: char,
     },
+    Mremap {
+        page: u64,
+        n: u64,
+        new_n: u64,
+        /// 0: no flag, 1: `MAYMOVE`, 2: `MAYMOVE | FIXED` to `to`.
+        how: u8,
+        to: u64,
+    },
     Read {
         page: u64,
     },
@@ -69,6 +77,15 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         (page.clone(), 1..12u64).prop_map(|(page, n)| Op::Munmap { page, n }),
         (page.clone(), 1..8u64, prot).prop_map(|(page, n, prot)| Op::Mprotect { page, n, prot }),
+        (page.clone(), 1..8u64, 1..10u64, 0..3u8, page.clone()).prop_map(
+            |(page, n, new_n, how, to)| Op::Mremap {
+                page,
+                n,
+                new_n,
+                how,
+                to
+            }
+        ),
         page.clone().prop_map(|page| Op::Read { page }),
         page.clone().prop_map(|page| Op::Read { page }),
         (page.clone(), 1..=255u8).prop_map(|(page, byte)| Op::Write { page, byte }),
@@ -126,6 +143,13 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
                 assert_eq!(r, Err(MprotectError::NotMapped));
             }
         }
+        Op::Mremap {
+            page,
+            n,
+            new_n,
+            how,
+            to,
+        } => mremap(mm, model, window_page(page), n, new_n, how, window_page(to)),
         Op::Read { page } => {
             let p = window_page(page);
             let got = mmu::load(mm, addr(p) + 8, true);
@@ -145,6 +169,77 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
                 _ => assert!(got.is_err(), "write to page {p:#x} should fault"),
             }
         }
+    }
+}
+
+/// `mremap` of pages `first..first + n` to `new_n` pages, against the model: Linux's result
+/// computed from the model's layout, and the pages (data included) where they must go.
+fn mremap(
+    mm: &AddressSpace<Emulated>,
+    model: &mut Model,
+    first: u64,
+    n: u64,
+    new_n: u64,
+    how: u8,
+    to: u64,
+) {
+    let flags = match how {
+        0 => MremapFlags::empty(),
+        1 => MremapFlags::MAYMOVE,
+        _ => MremapFlags::MAYMOVE | MremapFlags::FIXED,
+    };
+    let fixed = flags.contains(MremapFlags::FIXED);
+    let got = mm.mremap(addr(first), n * PAGE, new_n * PAGE, flags.bits(), addr(to));
+    if fixed && first < to + new_n && to < first + n {
+        assert_eq!(got, Err(MremapError::Overlap));
+        return;
+    }
+    // The VMA holding `first`: the run of equal protection around it.
+    let Some(&(prot, _)) = model.get(&first) else {
+        assert_eq!(got, Err(MremapError::NotMapped));
+        return;
+    };
+    let mut end = first;
+    while model.get(&end).is_some_and(|&(p, _)| p == prot) {
+        end += 1;
+    }
+    if end < first + n {
+        assert_eq!(got, Err(MremapError::NotMapped));
+        return;
+    }
+    let move_to = |model: &mut Model, dest: u64| {
+        let pages: Vec<(u64, u8)> = (0..n.min(new_n))
+            .map(|i| (i, model.remove(&(first + i)).unwrap().1))
+            .collect();
+        for (i, byte) in pages {
+            model.insert(dest + i, (prot, byte));
+        }
+        for i in n..new_n {
+            model.insert(dest + i, (prot, 0));
+        }
+    };
+    for p in first + new_n.min(n)..first + n {
+        model.remove(&p);
+    }
+    if fixed {
+        assert_eq!(got, Ok(addr(to)));
+        for p in to..to + new_n {
+            model.remove(&p);
+        }
+        move_to(model, to);
+    } else if new_n <= n {
+        assert_eq!(got, Ok(addr(first)));
+    } else if end == first + n && (first + n..first + new_n).all(|p| !model.contains_key(&p)) {
+        assert_eq!(got, Ok(addr(first)), "did not grow in place");
+        for p in first + n..first + new_n {
+            model.insert(p, (prot, 0));
+        }
+    } else if how == 1 {
+        let dest = got.expect("a move with room to spare failed") / PAGE;
+        assert!((dest..dest + new_n).all(|p| !model.contains_key(&p)));
+        move_to(model, dest);
+    } else {
+        assert_eq!(got, Err(MremapError::NoSpace));
     }
 }
 
