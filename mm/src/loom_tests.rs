@@ -9,7 +9,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
-use crate::sync::{LoomPark, MmapLock, RwSemaphore};
+use crate::sync::{LockClass, LoomPark, MmapLock, RawSpinLock, RwSemaphore};
 use crate::vma::{StartReadError, VmaLock};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -345,4 +345,124 @@ fn loom_maple_publication() {
             top.free();
         }
     });
+}
+
+/// `mremap` moving a page while a fault writes to it at its old address (the protocol of
+/// `ops/mremap.rs` on the real `MmapLock`, `VmaLock` and PTE spinlock; the page's PTEs are
+/// cells holding the page's contents, 0 for none).
+struct MoveModel {
+    mm: MmapLock<LoomPark>,
+    old_vma: VmaLock,
+    /// Whether the tree maps the old address (read locklessly by the fault's walk).
+    old_mapped: AtomicBool,
+    pte_lock: RawSpinLock,
+    old_pte: UnsafeCell<u32>,
+    new_pte: UnsafeCell<u32>,
+}
+
+// SAFETY: the PTE cells are only accessed under `pte_lock`; loom verifies that.
+unsafe impl Sync for MoveModel {}
+
+/// A write fault at the old address: the VMA read lock, else `mmap_lock` (read) and the VMA
+/// found then; under either, the write lands in the old PTE. Returns whether it wrote (false:
+/// no VMA there any more, a segfault).
+fn fault_write_old(m: &MoveModel, value: u32) -> bool {
+    if m.old_mapped.load(loom::sync::atomic::Ordering::Acquire)
+        && m.old_vma.start_read(&m.mm, || true).is_ok()
+    {
+        let pte = m.pte_lock.lock();
+        // SAFETY: under the PTE lock (what loom checks).
+        m.old_pte.with_mut(|p| unsafe { *p = value });
+        drop(pte);
+        m.old_vma.end_read(&m.mm);
+        return true;
+    }
+    let _g = m.mm.read();
+    if !m.old_mapped.load(loom::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    let pte = m.pte_lock.lock();
+    // SAFETY: under the PTE lock.
+    m.old_pte.with_mut(|p| unsafe { *p = value });
+    drop(pte);
+    true
+}
+
+/// The move: under `mmap_lock` (write), write-lock the old VMA (or, with `lock_first` false,
+/// only when it is replaced after the move, the bug), move the PTE, switch the tree to the new
+/// range, detach the old VMA, zap the old range. Returns what the zap found (and would free).
+fn mremap_move(m: &MoveModel, lock_first: bool) -> u32 {
+    let g = m.mm.write();
+    if lock_first {
+        m.old_vma.start_write(&g);
+    }
+    {
+        let _pte = m.pte_lock.lock();
+        // SAFETY: under the PTE lock.
+        let v = m
+            .old_pte
+            .with_mut(|p| unsafe { core::mem::replace(&mut *p, 0) });
+        // SAFETY: under the PTE lock.
+        m.new_pte.with_mut(|p| unsafe { *p = v });
+    }
+    m.old_mapped
+        .store(false, loom::sync::atomic::Ordering::Release);
+    m.old_vma.start_write(&g);
+    m.old_vma.mark_detached(&g);
+    let _pte = m.pte_lock.lock();
+    // SAFETY: under the PTE lock.
+    m.old_pte
+        .with_mut(|p| unsafe { core::mem::replace(&mut *p, 0) })
+}
+
+fn move_race(lock_first: bool) {
+    model(move || {
+        let mm = MmapLock::new(StdArc::new(LoomPark));
+        let old_vma = {
+            let g = mm.write();
+            let vma = VmaLock::new_locked(&g);
+            vma.mark_attached(&g);
+            vma
+        };
+        let m = Arc::new(MoveModel {
+            mm,
+            old_vma,
+            old_mapped: AtomicBool::new(true),
+            pte_lock: RawSpinLock::new(LockClass::Pte),
+            old_pte: UnsafeCell::new(1),
+            new_pte: UnsafeCell::new(0),
+        });
+        let f = m.clone();
+        let fault = thread::spawn(move || fault_write_old(&f, 7));
+        let zapped = mremap_move(&m, lock_first);
+        let wrote = fault.join().unwrap();
+        // SAFETY: both threads are done.
+        let new = m.new_pte.with(|p| unsafe { *p });
+        assert_eq!(
+            zapped, 0,
+            "the zap of the old range freed a page the fault mapped"
+        );
+        assert_eq!(
+            new,
+            if wrote { 7 } else { 1 },
+            "a write was lost or invented"
+        );
+    });
+}
+
+/// A fault that races the move either writes before it (the move carries the write along) or,
+/// after falling back to `mmap_lock`, finds the old range gone: no write is lost, nothing is
+/// left mapped in the range being freed.
+#[test]
+fn loom_fault_vs_mremap_move() {
+    move_race(true);
+}
+
+/// The same with the old VMA write-locked only after the move (when the tree update replaces
+/// it): a fault under its read lock writes into the old range after its PTE moved, and the zap
+/// frees that page with the write in it.
+#[test]
+#[should_panic(expected = "freed a page the fault mapped")]
+fn loom_fault_vs_mremap_move_fails_without_the_vma_write_lock() {
+    move_race(false);
 }
