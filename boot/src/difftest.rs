@@ -136,6 +136,13 @@ pub const PROGRAMS: &[Program] = &[
         note: "fd 0 must be readable and not mappable: the host run gives it /dev/null",
     },
     Program {
+        name: "mremap_ops",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
         name: "brk_basic",
         args: &[],
         compare: ALL,

@@ -111,6 +111,7 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
             crate::sched::yield_now();
             Ok(0)
         }
+        25 => mremap(ut, a[0], a[1], a[2], a[3], a[4]),
         28 => madvise(ut, a[0], a[1], a[2]),
         35 => nanosleep(ut, a[0], false, a[1]),
         39 => Ok(p.pid),
@@ -414,6 +415,22 @@ fn madvise(ut: &UserThread, addr: u64, len: u64, advice: u64) -> Result {
         Ok(()) => Ok(0),
         Err(MadviseError::BadAdvice(_) | MadviseError::BadRange(_)) => Err(Errno::EINVAL),
         Err(MadviseError::NotMapped) => Err(Errno::ENOMEM),
+    }
+}
+
+fn mremap(ut: &UserThread, old: u64, old_len: u64, new_len: u64, flags: u64, new: u64) -> Result {
+    use mm::ops::MremapError;
+    let flags = u32::try_from(flags).map_err(|_| Errno::EINVAL)?;
+    match ut.process.mm().mremap(old, old_len, new_len, flags, new) {
+        Ok(addr) => Ok(addr),
+        Err(
+            MremapError::BadFlags
+            | MremapError::BadRange(_)
+            | MremapError::Overlap
+            | MremapError::NotShared,
+        ) => Err(Errno::EINVAL),
+        Err(MremapError::NotMapped) => Err(Errno::EFAULT),
+        Err(MremapError::NoSpace | MremapError::OutOfMemory) => Err(Errno::ENOMEM),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod nr {
     pub const MPROTECT: usize = 10;
     pub const MUNMAP: usize = 11;
     pub const BRK: usize = 12;
+    pub const MREMAP: usize = 25;
     pub const WRITEV: usize = 20;
     pub const NANOSLEEP: usize = 35;
     pub const UNAME: usize = 63;
@@ -153,6 +154,26 @@ pub unsafe fn munmap(addr: usize, len: usize) -> Result<usize, Errno> {
 pub unsafe fn mprotect(addr: usize, len: usize, prot: usize) -> Result<usize, Errno> {
     // SAFETY: the caller vouches for the range.
     result(unsafe { syscall6(nr::MPROTECT, [addr, len, prot, 0, 0, 0]) })
+}
+
+pub const MREMAP_MAYMOVE: usize = 1;
+pub const MREMAP_FIXED: usize = 2;
+pub const MREMAP_DONTUNMAP: usize = 4;
+
+/// `mremap(old, old_len, new_len, flags, new)`: the mapping's (new) address.
+///
+/// # Safety
+/// Nothing the program still uses may be in `old..old + old_len` (it may move away or be cut),
+/// nor with `MREMAP_FIXED` in `new..new + new_len` (it is replaced).
+pub unsafe fn mremap(
+    old: usize,
+    old_len: usize,
+    new_len: usize,
+    flags: usize,
+    new: usize,
+) -> Result<usize, Errno> {
+    // SAFETY: the caller vouches for both ranges.
+    result(unsafe { syscall6(nr::MREMAP, [old, old_len, new_len, flags, new, 0]) })
 }
 
 /// `brk(addr)`: the new break, or the old one when the kernel refuses (Linux's raw `brk` never

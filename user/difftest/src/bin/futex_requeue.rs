@@ -17,12 +17,23 @@ const WAKE: usize = 1 | 128;
 const REQUEUE: usize = 3 | 128;
 const CMP_REQUEUE: usize = 4 | 128;
 
-fn futex(word: &AtomicU32, op: usize, val: usize, val2: usize, word2: &AtomicU32, val3: usize) -> Result<usize, Errno> {
+fn futex(
+    word: &AtomicU32,
+    op: usize,
+    val: usize,
+    val2: usize,
+    word2: &AtomicU32,
+    val3: usize,
+) -> Result<usize, Errno> {
     let w = word as *const AtomicU32 as usize;
     let w2 = word2 as *const AtomicU32 as usize;
     // SAFETY: futex on our own words; a wait only reads them.
     let r = unsafe { syscall6(FUTEX, [w, op, val, val2, w2, val3]) };
-    if (-4095..0).contains(&r) { Err(Errno(-r as i32)) } else { Ok(r as usize) }
+    if (-4095..0).contains(&r) {
+        Err(Errno(-r as i32))
+    } else {
+        Ok(r as usize)
+    }
 }
 
 /// A count, or the error.
@@ -40,11 +51,23 @@ fn wait_on_a() -> thread::JoinHandle<String> {
 fn main() {
     let waiters: Vec<_> = (0..3).map(|_| wait_on_a()).collect();
     thread::sleep(Duration::from_millis(100));
-    println!("cmp_requeue with a stale value: {}", outcome(&futex(&A, CMP_REQUEUE, 0, 2, &B, 7)));
-    println!("cmp_requeue wake 1, move 2: {}", outcome(&futex(&A, CMP_REQUEUE, 1, 2, &B, 0)));
-    println!("wake on a after the move: {}", outcome(&futex(&A, WAKE, 10, 0, &A, 0)));
+    println!(
+        "cmp_requeue with a stale value: {}",
+        outcome(&futex(&A, CMP_REQUEUE, 0, 2, &B, 7))
+    );
+    println!(
+        "cmp_requeue wake 1, move 2: {}",
+        outcome(&futex(&A, CMP_REQUEUE, 1, 2, &B, 0))
+    );
+    println!(
+        "wake on a after the move: {}",
+        outcome(&futex(&A, WAKE, 10, 0, &A, 0))
+    );
     thread::sleep(Duration::from_millis(50));
-    println!("plain requeue b to a, move 1: {}", outcome(&futex(&B, REQUEUE, 0, 1, &A, 0)));
+    println!(
+        "plain requeue b to a, move 1: {}",
+        outcome(&futex(&B, REQUEUE, 0, 1, &A, 0))
+    );
     println!("wake on b: {}", outcome(&futex(&B, WAKE, 10, 0, &B, 0)));
     println!("wake on a: {}", outcome(&futex(&A, WAKE, 10, 0, &A, 0)));
     for (i, w) in waiters.into_iter().enumerate() {
