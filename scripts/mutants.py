@@ -214,6 +214,44 @@ MUTANTS = [
         "host", "tests::inject",
         "a tree write that runs out of memory does not free the nodes it already made",
     ),
+    Mutant(
+        "mremap-moved-ptes-not-shot-down",
+        "mm/src/pgtable/move_ptes.rs",
+        "        ZapFlush::moved(old, moved)\n",
+        "        ZapFlush::moved(old, moved * 0)\n",
+        "host-release", "tests::prop",
+        "mremap frees and reuses the old range with other CPUs still caching its translations",
+    ),
+    Mutant(
+        "downgrade-leaves-readers-queued",
+        "mm/src/sync/rwsem/mod.rs",
+        "            \"downgrade_write without down_write\"\n"
+        "        );\n"
+        "        if prev & WAITERS != 0 {\n"
+        "            self.rwsem_wake();\n"
+        "        }\n",
+        "            \"downgrade_write without down_write\"\n"
+        "        );\n"
+        "        let _ = prev & WAITERS;\n",
+        "host", "munmap_zaps_under_the_read_lock",
+        "mmap_write_downgrade does not grant the queued readers: faults wait for munmap's zap",
+    ),
+    Mutant(
+        "munmap-frees-a-shared-pte-table",
+        "mm/src/ops/munmap.rs",
+        "        .zap_detached(&r, range, |span| mm.vmas_in(span).is_empty());\n",
+        "        .zap_detached(&r, range, |_| true);\n",
+        "host", "munmap_keeps_a_pte_table",
+        "munmap frees, under the read lock, an emptied PTE table a neighbouring VMA shares",
+    ),
+    Mutant(
+        "mremap-moves-before-write-locking-the-vma",
+        "mm/src/ops/mremap.rs",
+        "            v.start_write(&g);\n",
+        "            let _ = v;\n",
+        "host", "a_move_waits_for_readers",
+        "mremap moves the PTEs before write-locking the old VMA (a fault under its read lock runs on)",
+    ),
 ]
 
 

@@ -389,3 +389,59 @@ fn out_of_memory_changes_nothing_and_leaks_nothing() {
         |mm| assert_eq!(read(mm, page(0)), Ok(100)),
     );
 }
+
+/// A fault holding the old VMA's read lock keeps the move from touching its PTEs: `mremap`
+/// write-locks the VMA first, which waits for that reader (and turns new ones away), so the
+/// fault's page is still in place until the reader is done, and then moves with the others.
+#[test]
+fn a_move_waits_for_readers_of_the_old_vma() {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use crate::fault::lock_vma_under_rcu;
+
+    let env = Env::new(8, 2);
+    {
+        let mm = env.mm();
+        draw(&mm, "ww    ");
+        fill(&mm, "ww", 100);
+        let done = AtomicBool::new(false);
+        let (finished, moved, draining) = thread::scope(|s| {
+            let reader = lock_vma_under_rcu(&mm, page(1)).expect("the VMA is not locked");
+            env.p.spawn_cpu(s, 1, || {
+                assert_eq!(
+                    mm.mremap(page(0), 2 * PAGE, 2 * PAGE, FIXED, page(4)),
+                    Ok(page(4))
+                );
+                done.store(true, Ordering::SeqCst);
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut draining = false;
+            while !done.load(Ordering::SeqCst) && !draining && Instant::now() < deadline {
+                draining = lock_vma_under_rcu(&mm, page(0)).is_none();
+                thread::yield_now();
+            }
+            // Give a move that does not wait the time to happen.
+            thread::sleep(Duration::from_millis(50));
+            let seen = (
+                done.load(Ordering::SeqCst),
+                mm.page_tables().lookup_pte(page(1)).is_empty(),
+                draining,
+            );
+            // Released before anything is asserted, so a failure cannot leave the mover waiting.
+            drop(reader);
+            seen
+        });
+        assert!(!finished, "mremap returned while a reader held the old VMA");
+        assert!(!moved, "mremap moved a PTE of a read-locked VMA");
+        assert!(
+            draining,
+            "mremap neither finished nor waited for the reader"
+        );
+        assert_eq!(picture(&mm, 6), ("    AA".into(), "    ww".into()));
+        assert_eq!(read(&mm, page(5)), Ok(101));
+        mm.validate().unwrap();
+    }
+    env.assert_baseline();
+}

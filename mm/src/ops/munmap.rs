@@ -51,6 +51,8 @@ pub(super) fn unmap_downgraded<P: Platform>(
     range: Range<u64>,
     moved: ZapFlush,
 ) {
+    #[cfg(test)]
+    crate::pgtable::tests::unmap_step();
     let r = g.downgrade();
     debug_assert!(mm.vmas_in(range.clone()).is_empty());
     let mut zap = mm

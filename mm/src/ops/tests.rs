@@ -435,13 +435,14 @@ fn pages_stay_mapped_under_a_vma_read_lock_while_map_fixed_runs() {
 }
 
 /// `munmap` zaps after `mmap_write_downgrade`: a fault that needs `mmap_lock` (here every fault
-/// does, by policy) on another VMA completes while the zap is held up at a hook, and the
-/// unmapped range is gone for it already. With the zap under the write lock the fault waits
-/// for the whole zap, and this fails.
+/// does, by policy) on another VMA, queued while `munmap` held the lock for write, is let in at
+/// the downgrade and completes while the zap is held up at a hook; the unmapped range is gone
+/// for it already. With the zap under the write lock (or a downgrade that leaves the queued
+/// readers waiting) the fault waits for the whole zap, and this fails.
 #[test]
 fn munmap_zaps_under_the_read_lock_so_faults_elsewhere_proceed() {
     use crate::memory::FaultPolicy;
-    use crate::pgtable::{PMD_SIZE, tests::on_zap_chunk};
+    use crate::pgtable::{PMD_SIZE, tests::on_unmap_step};
 
     let env = Env::new(8, 3);
     {
@@ -455,27 +456,41 @@ fn munmap_zaps_under_the_read_lock_so_faults_elsewhere_proceed() {
             mmu::store(&mm, x + i * PAGE, 1 + i, true).unwrap();
         }
         env.mem.set_fault_policy(FaultPolicy::MmapLockOnly);
-        let zapping = std::sync::Arc::new(AtomicBool::new(false));
+        let write_held = std::sync::Arc::new(AtomicBool::new(false));
+        let fault_started = std::sync::Arc::new(AtomicBool::new(false));
         let release = std::sync::Arc::new(AtomicBool::new(false));
         let faulted = AtomicBool::new(false);
         thread::scope(|s| {
             let unmapper = env.p.spawn_cpu(s, 1, || {
-                let (zapping, release) = (zapping.clone(), release.clone());
-                // Holds up the zap of the first PTE table until the fault is done.
-                on_zap_chunk(Some(std::boxed::Box::new(move || {
-                    zapping.store(true, Ordering::SeqCst);
-                    while !release.load(Ordering::SeqCst) {
-                        thread::yield_now();
+                let (write_held, fault_started, release) =
+                    (write_held.clone(), fault_started.clone(), release.clone());
+                let mut step = 0;
+                on_unmap_step(Some(std::boxed::Box::new(move || {
+                    step += 1;
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    if step == 1 {
+                        // Before the downgrade: let the fault queue on mmap_lock.
+                        write_held.store(true, Ordering::SeqCst);
+                        while !fault_started.load(Ordering::SeqCst) && Instant::now() < deadline {
+                            thread::yield_now();
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    } else if step == 2 {
+                        // The zap of the first PTE table: held up until the fault is done.
+                        while !release.load(Ordering::SeqCst) {
+                            thread::yield_now();
+                        }
                     }
                 })));
                 mm.munmap(x, 8 * PAGE).unwrap();
-                on_zap_chunk(None);
+                on_unmap_step(None);
             });
             let _release = SetOnDrop(&release);
-            while !zapping.load(Ordering::SeqCst) {
+            while !write_held.load(Ordering::SeqCst) {
                 thread::yield_now();
             }
             let fault = env.p.spawn_cpu(s, 2, || {
+                fault_started.store(true, Ordering::SeqCst);
                 assert_eq!(mmu::load(&mm, y, true), Ok(0));
                 // A fault in the range being zapped (its PTEs may still be there for a CPU to
                 // walk, as in Linux until munmap returns) finds no VMA.
@@ -498,6 +513,32 @@ fn munmap_zaps_under_the_read_lock_so_faults_elsewhere_proceed() {
         });
         assert_eq!(picture(&mm, 8).0, "        ");
         env.mem.set_fault_policy(FaultPolicy::PerVmaLock);
+    }
+    env.assert_baseline();
+}
+
+/// After the downgrade `munmap` frees an emptied PTE table only if no VMA meets its 2 MiB (as
+/// Linux's `free_pgtables` stops at the neighbours): a fault on a neighbour may be using it.
+#[test]
+fn munmap_keeps_a_pte_table_a_neighbour_shares() {
+    let env = Env::new(4, 1);
+    {
+        let mm = env.mm();
+        let rw = Prot::READ | Prot::WRITE;
+        mm.mmap(page(0), 4 * PAGE, rw, fixed()).unwrap();
+        mm.mmap(page(8), PAGE, Prot::READ, fixed()).unwrap();
+        for i in 0..4 {
+            mmu::store(&mm, page(i), 1, true).unwrap();
+        }
+        let tables = mm.page_tables().count_tables();
+        mm.munmap(page(0), 4 * PAGE).unwrap();
+        assert_eq!(
+            mm.page_tables().count_tables(),
+            tables,
+            "a table the neighbour's range shares was freed"
+        );
+        mm.munmap(page(8), PAGE).unwrap();
+        assert_eq!(mm.page_tables().count_tables(), tables - 1);
     }
     env.assert_baseline();
 }

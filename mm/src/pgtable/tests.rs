@@ -246,20 +246,20 @@ fn emptied_pte_table_is_freed_only_after_a_grace_period() {
 }
 
 std::thread_local! {
-    static BEFORE_ZAP_CHUNK: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+    static UNMAP_STEP: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
 }
 
-/// Called by a zap before it locks the next PTE table: runs the hook this thread armed
-/// with [`on_zap_chunk`] (until disarmed).
-pub(super) fn before_zap_chunk() {
-    BEFORE_ZAP_CHUNK.with(|h| {
+/// Called by `munmap` before `mmap_write_downgrade`, and by a zap before it locks each PTE
+/// table: runs the hook this thread armed with [`on_unmap_step`] (until disarmed).
+pub(crate) fn unmap_step() {
+    UNMAP_STEP.with(|h| {
         if let Some(f) = h.borrow_mut().as_mut() {
             f();
         }
     });
 }
 
-/// Arms (`Some`) or disarms (`None`) this thread's zap hook.
-pub(crate) fn on_zap_chunk(f: Option<Box<dyn FnMut()>>) {
-    BEFORE_ZAP_CHUNK.with(|h| *h.borrow_mut() = f);
+/// Arms (`Some`) or disarms (`None`) this thread's unmap hook.
+pub(crate) fn on_unmap_step(f: Option<Box<dyn FnMut()>>) {
+    UNMAP_STEP.with(|h| *h.borrow_mut() = f);
 }

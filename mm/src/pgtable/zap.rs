@@ -216,7 +216,7 @@ impl<P: Platform> PageTables<P> {
         };
         for chunk in pmd_chunks(range) {
             #[cfg(test)]
-            super::tests::before_zap_chunk();
+            super::tests::unmap_step();
             // Lock order: mmap_lock (or the VMA lock) > PTE lock.
             let Some(pte) = self.pte_offset_map_lock(chunk.start) else {
                 continue;
