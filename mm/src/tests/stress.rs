@@ -1,5 +1,6 @@
-//! Threads as CPUs: three fault their own regions and write and re-check tagged values while a
-//! fourth churns mmap/mprotect/munmap in between (sharing page-table pages with them) and a
+//! Threads as CPUs: three fault their own regions, write and re-check tagged values and move
+//! half of them away with mremap now and then, while a fourth churns mmap/mprotect/munmap in
+//! between (sharing page-table pages with them) and a
 //! fifth reads the churned ranges and the faulters' words from its own TLB, so every munmap and
 //! downgrade has another CPU's stale translations to shoot down. Every thread re-reads its data;
 //! afterwards every frame is back. Prints the counters and checks that the per-VMA fast path
@@ -54,6 +55,22 @@ fn faulter(mm: &AddressSpace<Emulated>, t: usize, stop: &AtomicBool) -> u64 {
                 let got = mmu::load(mm, base + p * PAGE + 8 * (p % 64), true).unwrap();
                 assert_eq!(got, tag(p));
             }
+        }
+        // Every third round the second (writable) half moves away with mremap, its pages with
+        // it, while the others fault next door and the prober reads the range it leaves.
+        if round % 3 == 0 {
+            let half = PAGES / 2 * PAGE;
+            let may_move = crate::ops::MremapFlags::MAYMOVE.bits();
+            let to = mm.mremap(base + half, half, half, may_move, 0).unwrap();
+            for p in PAGES / 2..PAGES {
+                let at = to + (p - PAGES / 2) * PAGE + 8 * (p % 64);
+                assert_eq!(
+                    mmu::load(mm, at, true),
+                    Ok(tag(p)),
+                    "thread {t}: page {p} moved"
+                );
+            }
+            mm.munmap(to, half).unwrap();
         }
         mm.munmap(base, PAGES * PAGE).unwrap();
         mm.memory().rcu().quiescent_state();
