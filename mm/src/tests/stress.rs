@@ -58,7 +58,7 @@ fn faulter(mm: &AddressSpace<Emulated>, t: usize, stop: &AtomicBool) -> u64 {
         }
         // Every third round the second (writable) half moves away with mremap, its pages with
         // it, while the others fault next door and the prober reads the range it leaves.
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             let half = PAGES / 2 * PAGE;
             let may_move = crate::ops::MremapFlags::MAYMOVE.bits();
             let to = mm.mremap(base + half, half, half, may_move, 0).unwrap();
