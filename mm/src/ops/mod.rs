@@ -1,6 +1,8 @@
 //! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
 //! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
-//! [`madvise`](crate::address_space::AddressSpace::madvise).
+//! [`madvise`](crate::address_space::AddressSpace::madvise),
+//! [`brk`](crate::address_space::AddressSpace::brk), and stack growth
+//! ([`expand_stack`](crate::address_space::AddressSpace::expand_stack), from the fault path).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -18,12 +20,19 @@
 //! `MAP_FIXED` mapping with the protection it already has over part of it): its pages still
 //! change, and a fault under its read lock must not run while they do (`pgtable::zap`). The
 //! outcome equals unmapping the range and mapping it anew: the same VMAs, the pages gone.
+//!
+//! VMAs carry flags besides their protection (`VM_GROWSDOWN`); neighbours merge only when both
+//! are equal, and `mprotect` keeps each VMA's flags. `brk` and stack growth are rewrites too:
+//! `brk` edits the heap's pages with `rewrite`, and `expand_downwards` replaces the stack VMA
+//! with a longer one, write-locking the old one first (see `stack`).
 
+mod brk;
 mod madvise;
 mod mmap;
 mod mprotect;
 mod munmap;
 mod rewrite;
+mod stack;
 
 use core::ops::Range;
 
@@ -35,6 +44,7 @@ pub use mmap::{MapFlags, MmapError};
 pub use mprotect::MprotectError;
 pub use munmap::MunmapError;
 pub(crate) use rewrite::{TreeOutOfMemory, rewrite};
+pub use stack::{ExpandError, STACK_GUARD_GAP, STACK_LIMIT};
 
 use crate::pgtable::USER_END;
 
@@ -73,5 +83,7 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
 
 #[cfg(all(test, not(loom)))]
 mod madvise_tests;
+#[cfg(all(test, not(loom)))]
+mod stack_tests;
 #[cfg(all(test, not(loom)))]
 mod tests;
