@@ -40,6 +40,9 @@ pub struct AddressSpace<P: Platform> {
     /// Written only with `mmap_lock` held for write.
     pub(crate) start_brk: AtomicU64,
     pub(crate) brk: AtomicU64,
+    /// Linux's `mm->mmap_base`: where the top-down search for free space starts (see
+    /// `ops::mmap`). Written only with `mmap_lock` held for write.
+    pub(crate) mmap_base: AtomicU64,
 }
 
 /// Why an address space is inconsistent (from [`AddressSpace::validate`]).
@@ -93,7 +96,20 @@ impl<P: Platform> AddressSpace<P> {
             mem: mem.clone(),
             start_brk: AtomicU64::new(0),
             brk: AtomicU64::new(0),
+            mmap_base: AtomicU64::new(USER_END),
         }
+    }
+
+    /// Sets where `mmap` starts looking for free space, top down (Linux's `mmap_base`: exec puts
+    /// it below the room the stack may grow into). It is [`USER_END`] until set. Rounded down to
+    /// a page.
+    ///
+    /// Locks: takes `mmap_lock` for write.
+    pub fn set_mmap_base(&self, base: u64) {
+        // Lock order: mmap_lock (write), outermost.
+        let _g = self.mmap_write_lock();
+        self.mmap_base
+            .store(base.min(USER_END) & !0xfff, Ordering::Relaxed);
     }
 
     /// The unique id VMAs carry as `vm_mm`.

@@ -84,8 +84,6 @@ pub struct UserProcess {
     done: AtomicBool,
     /// Who waits for `done`.
     waiters: WaitQueue,
-    /// The program break: `[start, current)` is the heap.
-    brk: Mutex<Brk>,
     /// Unfinished output lines of fds 1 and 2.
     console: Mutex<[Vec<u8>; 2]>,
     /// Bytes written to fds 1 and 2 in all.
@@ -122,13 +120,6 @@ impl Usage {
     }
 }
 
-/// The program break.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Brk {
-    pub start: u64,
-    pub current: u64,
-}
-
 impl UserProcess {
     fn new(name: &str) -> Result<Arc<UserProcess>, mm::frame::FrameAllocError> {
         let process = Process::new(name)?;
@@ -142,7 +133,6 @@ impl UserProcess {
             status: Mutex::new(None),
             done: AtomicBool::new(false),
             waiters: WaitQueue::new(),
-            brk: Mutex::new(Brk::default()),
             console: Mutex::new([Vec::new(), Vec::new()]),
             written: AtomicU64::new(0),
             sigactions: Mutex::new([[0; 4]; 64]),

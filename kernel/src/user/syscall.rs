@@ -316,6 +316,9 @@ const MAP_PRIVATE: u64 = 0x02;
 const MAP_SHARED_VALIDATE: u64 = 0x03;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_GROWSDOWN: u64 = 0x100;
+const MAP_NORESERVE: u64 = 0x4000;
+const MAP_POPULATE: u64 = 0x8000;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 
 /// `mmap`'s protection: Linux ignores bits it does not know there.
@@ -323,8 +326,8 @@ fn mmap_prot(bits: u64) -> Prot {
     Prot::from_bits_truncate((bits & PROT_MASK) as u32)
 }
 
-/// `mprotect`'s protection: unknown bits are `EINVAL` (and `PROT_GROWSDOWN`/`UP` too, as no
-/// mapping here grows).
+/// `mprotect`'s protection: unknown bits are `EINVAL` (and `PROT_GROWSDOWN`/`UP` too: extending
+/// a change to the whole stack is not supported).
 fn mprotect_prot(bits: u64) -> Result<Prot> {
     if bits & !(PROT_MASK | PROT_SEM) != 0 {
         return Err(Errno::EINVAL);
@@ -338,7 +341,8 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     match flags & MAP_SHARED_VALIDATE {
         MAP_PRIVATE => {}
         MAP_SHARED | MAP_SHARED_VALIDATE if flags & MAP_ANONYMOUS != 0 => {
-            // Shared anonymous memory does not exist yet.
+            // Shared anonymous memory does not exist yet (Linux maps it; nothing here could
+            // share it before fork exists): refused with EINVAL, documented in the README.
             return Err(Errno::EINVAL);
         }
         MAP_SHARED | MAP_SHARED_VALIDATE => {}
@@ -360,6 +364,15 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
         mflags |= MapFlags::FIXED_NOREPLACE;
     } else if flags & MAP_FIXED != 0 {
         mflags |= MapFlags::FIXED;
+    }
+    for (bit, f) in [
+        (MAP_GROWSDOWN, MapFlags::GROWSDOWN),
+        (MAP_NORESERVE, MapFlags::NORESERVE),
+        (MAP_POPULATE, MapFlags::POPULATE),
+    ] {
+        if flags & bit != 0 {
+            mflags |= f;
+        }
     }
     use mm::ops::{MmapError, RangeError};
     match ut.process.mm().mmap(addr, len, prot, mflags) {
@@ -417,30 +430,10 @@ fn madvise(ut: &UserThread, addr: u64, len: u64, advice: u64) -> Result {
     }
 }
 
-/// The program break: `brk(0)` (or any address it cannot move to) returns the current break;
-/// moving it maps or unmaps whole pages between the old and the new break.
+/// The program break (mm's `brk`): `brk(0)` (or any address it cannot move to) returns the
+/// current break; it never fails.
 fn brk(ut: &UserThread, want: u64) -> Result {
-    let mm = ut.process.mm();
-    let mut b = *ut.process.brk.lock();
-    let page_up = |x: u64| (x + 0xfff) & !0xfff;
-    if want < b.start || want > mm::pgtable::USER_END {
-        return Ok(b.current);
-    }
-    let (old_end, new_end) = (page_up(b.current), page_up(want));
-    if new_end > old_end {
-        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED_NOREPLACE;
-        if mm
-            .mmap(old_end, new_end - old_end, Prot::READ | Prot::WRITE, flags)
-            .is_err()
-        {
-            return Ok(b.current);
-        }
-    } else if new_end < old_end && mm.munmap(new_end, old_end - new_end).is_err() {
-        return Ok(b.current);
-    }
-    b.current = want;
-    *ut.process.brk.lock() = b;
-    Ok(want)
+    Ok(ut.process.mm().brk(want))
 }
 
 /// Signal numbers are 1..=64.

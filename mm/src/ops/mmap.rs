@@ -1,9 +1,9 @@
 //! `mmap`: creates an anonymous private mapping.
 //!
-//! Placement follows Linux's `get_unmapped_area`: a hint (rounded down to a page, raised to
-//! [`MMAP_MIN_ADDR`] when below it: `round_hint_to_min`) is used when the range is free and
+//! Placement follows Linux's `get_unmapped_area`: a hint (rounded down to a page, then, unless
+//! that is 0, raised to [`MMAP_MIN_ADDR`] when below it: `round_hint_to_min`) is used when the range is free and
 //! ends at or below the `vm_start_gap` of the VMA above it; otherwise the highest free range
-//! that keeps [`STACK_GUARD_GAP`](super::STACK_GUARD_GAP) free below every stack. Fixed
+//! below `mmap_base` (then anywhere) that keeps [`STACK_GUARD_GAP`](super::STACK_GUARD_GAP) free below every stack. Fixed
 //! mappings are placed where asked. `MAP_POPULATE` faults every page in after the mapping is
 //! made, with no lock held (as Linux's `mm_populate`).
 
@@ -82,11 +82,12 @@ impl<P: Platform> AddressSpace<P> {
         // Validate the length alone first (a hint may be any address).
         let pages_len = user_range(MMAP_MIN_ADDR, len).map_err(MmapError::BadRange)?;
         let len = pages_len.end - pages_len.start;
+        // `round_hint_to_min`: a hint in page 0 is no hint.
+        let hint = addr & !(PAGE - 1);
         let requested = if fixed {
             Some(user_range(addr, len))
-        } else if addr != 0 {
-            // `round_hint_to_min`.
-            Some(user_range((addr & !(PAGE - 1)).max(MMAP_MIN_ADDR), len))
+        } else if hint != 0 {
+            Some(user_range(hint.max(MMAP_MIN_ADDR), len))
         } else {
             None
         };
@@ -136,10 +137,18 @@ impl<P: Platform> AddressSpace<P> {
         self.vmas_in(above).iter().all(|v| vm_start_gap(v) >= r.end)
     }
 
-    /// Linux's `unmapped_area_topdown`: the highest free range of `len` bytes that ends at or
-    /// below the `vm_start_gap` of the VMA above it. Each retry lowers the ceiling, so it ends.
+    /// Linux's `arch_get_unmapped_area_topdown`: the highest free range of `len` bytes below
+    /// `mmap_base` that ends at or below the `vm_start_gap` of the VMA above it; failing that,
+    /// the same search up to the top of the user half (Linux falls back to a bottom-up search).
     fn unmapped_area_topdown(&self, len: u64) -> Option<Range<u64>> {
-        let mut high = USER_END;
+        let base = self.mmap_base.load(core::sync::atomic::Ordering::Relaxed);
+        self.unmapped_area_below(len, base)
+            .or_else(|| self.unmapped_area_below(len, USER_END))
+    }
+
+    /// [`unmapped_area_topdown`](Self::unmapped_area_topdown) below `high`. Each retry lowers
+    /// the ceiling, so it ends.
+    fn unmapped_area_below(&self, len: u64, mut high: u64) -> Option<Range<u64>> {
         loop {
             let start = self
                 .tree()

@@ -191,6 +191,24 @@ fn mmap_keeps_the_guard_gap_below_a_stack_free() {
     env.assert_baseline();
 }
 
+#[test]
+fn the_gap_search_starts_below_mmap_base_and_falls_back_above_it() {
+    let env = Env::new(4, 1);
+    {
+        let mm = env.mm();
+        let base = 0x7000_0000_0000;
+        mm.set_mmap_base(base + 5);
+        assert_eq!(mm.mmap(0, PAGE, rw(), anon()).unwrap(), base - PAGE);
+        // No room below: anywhere else, top down.
+        mm.set_mmap_base(MMAP_MIN_ADDR + PAGE);
+        mm.mmap(MMAP_MIN_ADDR, PAGE, rw(), fixed()).unwrap();
+        let top = crate::pgtable::USER_END - PAGE;
+        assert_eq!(mm.mmap(0, PAGE, rw(), anon()).unwrap(), top);
+        mm.validate().unwrap();
+    }
+    env.assert_baseline();
+}
+
 /// A fault under the stack VMA's read lock racing a fault below the stack that grows it: the
 /// expansion must `vma_start_write` the stack first, so it waits for the reader, and the VMA set
 /// does not change while the reader holds the old VMA.
@@ -413,12 +431,13 @@ fn map_populate_out_of_memory_fails_and_leaves_nothing_mapped() {
 }
 
 #[test]
-fn hints_are_rounded_down_to_a_page_and_up_to_mmap_min_addr() {
+fn hints_are_rounded_down_to_a_page() {
     let env = Env::new(4, 1);
     {
         let mm = env.mm();
         assert_eq!(mm.mmap(page(3) + 123, PAGE, rw(), anon()).unwrap(), page(3));
-        assert_eq!(mm.mmap(8, PAGE, rw(), anon()).unwrap(), MMAP_MIN_ADDR);
+        // Rounded down to page 0, it is no hint: the gap search places it at the top.
+        assert!(mm.mmap(8, PAGE, rw(), anon()).unwrap() > page(3));
         // A fixed address is not rounded.
         assert_eq!(
             mm.mmap(page(5) + 1, PAGE, rw(), fixed()),

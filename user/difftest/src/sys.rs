@@ -18,6 +18,7 @@ pub mod nr {
     pub const BRK: usize = 12;
     pub const WRITEV: usize = 20;
     pub const NANOSLEEP: usize = 35;
+    pub const GETRUSAGE: usize = 98;
     pub const UNAME: usize = 63;
     pub const CLOCK_GETTIME: usize = 228;
     pub const GETRANDOM: usize = 318;
@@ -30,6 +31,10 @@ pub const MAP_SHARED: usize = 0x01;
 pub const MAP_PRIVATE: usize = 0x02;
 pub const MAP_FIXED: usize = 0x10;
 pub const MAP_ANONYMOUS: usize = 0x20;
+pub const MAP_GROWSDOWN: usize = 0x100;
+pub const MAP_NORESERVE: usize = 0x4000;
+pub const MAP_POPULATE: usize = 0x8000;
+pub const MAP_FIXED_NOREPLACE: usize = 0x10_0000;
 pub const CLOCK_MONOTONIC: usize = 1;
 pub const PAGE_SIZE: usize = 4096;
 
@@ -163,6 +168,15 @@ pub unsafe fn mprotect(addr: usize, len: usize, prot: usize) -> Result<usize, Er
 pub unsafe fn brk(addr: usize) -> usize {
     // SAFETY: the caller vouches for what a lower break unmaps.
     unsafe { syscall6(nr::BRK, [addr, 0, 0, 0, 0, 0]) as usize }
+}
+
+/// The calling process's minor page faults so far (`getrusage(RUSAGE_SELF).ru_minflt`).
+pub fn minor_faults() -> Result<u64, Errno> {
+    // `struct rusage`: two `timeval`s, then 14 longs; `ru_minflt` is the fifth of those.
+    let mut ru = [0u64; 18];
+    // SAFETY: the kernel writes the 144 bytes of `ru`, which nothing else uses.
+    result(unsafe { syscall6(nr::GETRUSAGE, [0, ru.as_mut_ptr() as usize, 0, 0, 0, 0]) })?;
+    Ok(ru[8])
 }
 
 /// `write(fd, addr, len)` with a raw address: the kernel only reads `addr..addr + len`, and a bad
