@@ -130,11 +130,14 @@ impl<P: Platform> AddressSpace<P> {
         Ok(range.start)
     }
 
-    /// Whether `r` is free and ends at or below the `vm_start_gap` of the VMA above it.
+    /// Whether `r` is free and ends at or below the `vm_start_gap` of the next VMA above it.
     fn is_unmapped_area(&self, r: &Range<u64>) -> bool {
         let above = r.start..r.end.saturating_add(super::STACK_GUARD_GAP).min(USER_END);
-        // A VMA overlapping `r` has `vm_start_gap <= start < r.end` too.
-        self.vmas_in(above).iter().all(|v| vm_start_gap(v) >= r.end)
+        // Only the next VMA counts, as in Linux (one overlapping `r` has `vm_start_gap <= start
+        // < r.end` too).
+        self.vmas_in(above)
+            .first()
+            .is_none_or(|v| vm_start_gap(v) >= r.end)
     }
 
     /// Linux's `arch_get_unmapped_area_topdown`: the highest free range of `len` bytes below

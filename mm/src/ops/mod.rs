@@ -12,7 +12,8 @@
 //! VMA over the edited range and every VMA that changes (`vma_start_write`), replaces the
 //! changed ones in the tree with their replacements (complete and write-locked from birth) in
 //! one tree write, so running out of memory leaves everything as it was, and detaches the old
-//! ones. Page-table changes of the edited range follow while everything is still locked, and
+//! ones. (An `mprotect` over more VMAs that stay apart than one tree write can store, which
+//! only VMA flags make possible, goes a VMA at a time and may stop partway, as Linux's does.) Page-table changes of the edited range follow while everything is still locked, and
 //! their flush token is flushed before the lock drops. Faults on the affected range meanwhile
 //! fail the lockless path (VMA missing, detached or locked) and wait on `mmap_lock`.
 //!

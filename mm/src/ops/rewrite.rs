@@ -9,6 +9,7 @@ use core::ops::Range;
 
 use super::PAGE;
 use crate::address_space::AddressSpace;
+use crate::maple::MapleTree;
 use crate::pgtable::USER_END;
 use crate::platform::Platform;
 use crate::sync::MmapWriteGuard;
@@ -90,7 +91,23 @@ pub(crate) fn rewrite_edit<P: Platform>(
         .iter()
         .map(|v| (v.range(), (v.prot(), v.flags())))
         .collect();
-    match plan_rewrite(&layout, edit, new) {
+    match plan_rewrite(&layout, edit.clone(), new) {
+        Some(plan) if plan.added.len() > MapleTree::<Arc<Vma>, P>::MAX_SPAN_ENTRIES => {
+            // Only `Protect` over VMAs that stay apart (their flags differ) gets here: `Map` and
+            // `Unmap` leave at most three pieces. One VMA at a time then, each a small rewrite;
+            // running out of memory midway leaves the first ones changed, as Linux's mprotect
+            // may.
+            debug_assert!(matches!(new, Edit::Protect(_)));
+            let mut removed = Vec::new();
+            for v in old
+                .iter()
+                .filter(|v| v.start() < edit.end && v.end() > edit.start)
+            {
+                let part = v.start().max(edit.start)..v.end().min(edit.end);
+                removed.extend(rewrite_edit(mm, g, part, new)?);
+            }
+            Ok(removed)
+        }
         Some(plan) => apply(mm, g, old, plan),
         None => Ok(Vec::new()),
     }

@@ -115,6 +115,12 @@ fn mprotect_keeps_each_vmas_flags_and_merges_only_equal_ones() {
         |mm| mm.mprotect(page(1), 3 * PAGE, Prot::READ).unwrap(),
         ("ABCCD", "wrRRw"),
     );
+    // More VMAs that stay apart than one tree write can store.
+    scenario(
+        "rWrWrWrWr",
+        |mm| mm.mprotect(page(0), 9 * PAGE, rw()).unwrap(),
+        ("ABCDEFGHI", "wWwWwWwWw"),
+    );
 }
 
 #[test]

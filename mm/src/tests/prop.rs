@@ -1,6 +1,8 @@
-//! Random sequences of mmap/munmap/mprotect/read/write against a model (page -> protection and
-//! content byte). After every step the VMA tree, the page tables and the model must agree and
-//! the tree must validate; after every case every frame must be back.
+//! Random sequences of mmap (also of stacks, `MAP_GROWSDOWN`)/munmap/mprotect/brk/read/write
+//! against a model (page -> protection and content byte; the set of stack pages; the break).
+//! A read or write below a stack grows it as Linux's `expand_downwards` would. After every step
+//! the VMA tree, the page tables and the model must agree and the tree must validate; after
+//! every case every frame must be back.
 //!
 //! Each step runs on one of two emulated CPUs, each with its own TLB, so a translation one CPU
 //! cached must be shot down when another changes the mapping. After every step every cached
@@ -8,13 +10,13 @@
 //! missing flush shows up there at once, and later as a read of old data or an access that
 //! should fault and does not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::vec::Vec;
 
 use proptest::prelude::*;
 
 use crate::address_space::AddressSpace;
-use crate::ops::MprotectError;
+use crate::ops::{MapFlags, MprotectError};
 use crate::pgtable::{PTE_PROTNONE, Pte};
 use crate::platform::PageTableFlags;
 use crate::platform::emulated::Emulated;
@@ -51,7 +53,22 @@ enum Op {
         page: u64,
         byte: u8,
     },
+    /// `mmap(MAP_FIXED | MAP_GROWSDOWN)`, read-write.
+    MmapStack {
+        page: u64,
+        n: u64,
+    },
+    /// `brk(addr(page) + off)`.
+    Brk {
+        page: u64,
+        off: u64,
+    },
 }
+
+/// The heap starts 100 bytes below this window page.
+const BRK_PAGE: u64 = 300;
+/// `STACK_GUARD_GAP` in pages.
+const GAP: u64 = crate::ops::STACK_GUARD_GAP / PAGE;
 
 fn op() -> impl Strategy<Value = Op> {
     // Cluster around the 2 MiB boundary at page 512 so PTE tables fill, empty and get freed,
@@ -72,8 +89,106 @@ fn op() -> impl Strategy<Value = Op> {
         page.clone().prop_map(|page| Op::Read { page }),
         page.clone().prop_map(|page| Op::Read { page }),
         (page.clone(), 1..=255u8).prop_map(|(page, byte)| Op::Write { page, byte }),
-        (page, 1..=255u8).prop_map(|(page, byte)| Op::Write { page, byte }),
+        (page.clone(), 1..=255u8).prop_map(|(page, byte)| Op::Write { page, byte }),
+        (page, 1..4u64).prop_map(|(page, n)| Op::MmapStack { page, n }),
+        (
+            BRK_PAGE - 4..BRK_PAGE + 40,
+            prop_oneof![Just(0u64), Just(1), Just(4095)]
+        )
+            .prop_map(|(page, off)| Op::Brk { page, off }),
     ]
+}
+
+/// The model of everything beyond the pages: which pages are stack pages (`VM_GROWSDOWN`), and
+/// the heap's start and break.
+pub(super) struct Extra {
+    stacks: BTreeSet<u64>,
+    start_brk: u64,
+    brk: u64,
+}
+
+impl Extra {
+    fn new(mm: &AddressSpace<Emulated>) -> Self {
+        let start_brk = addr(window_page(BRK_PAGE)) - 100;
+        mm.set_brk_start(start_brk);
+        Extra {
+            stacks: BTreeSet::new(),
+            start_brk,
+            brk: start_brk,
+        }
+    }
+
+    /// The attributes that decide merging: protection and whether a stack.
+    fn attrs(&self, model: &Model, p: u64) -> Option<(Prot, bool)> {
+        model
+            .get(&p)
+            .map(|&(prot, _)| (prot, self.stacks.contains(&p)))
+    }
+
+    /// The first page of the VMA that holds page `p` (the run of equal attributes).
+    fn vma_start(&self, model: &Model, p: u64) -> u64 {
+        let a = self.attrs(model, p);
+        let mut s = p;
+        while s > 0 && self.attrs(model, s - 1) == a {
+            s -= 1;
+        }
+        s
+    }
+
+    /// `expand_downwards` in the model: an access to unmapped page `p` below a stack grows the
+    /// stack to `p` unless an accessible non-stack mapping ends within the guard gap below.
+    fn grow(&mut self, model: &mut Model, p: u64) {
+        if model.contains_key(&p) {
+            return;
+        }
+        let Some((&q, &(prot, _))) = model.range(p..).next() else {
+            return;
+        };
+        if !self.stacks.contains(&q) {
+            return;
+        }
+        if let Some((&b, &(bprot, _))) = model.range(..p).next_back()
+            && !self.stacks.contains(&b)
+            && !bprot.is_empty()
+            && p - (b + 1) < GAP
+        {
+            return;
+        }
+        for x in p..q {
+            model.insert(x, (prot, 0));
+            self.stacks.insert(x);
+        }
+    }
+
+    /// Linux's `brk` in the model; returns what the call must return.
+    fn brk(&mut self, model: &mut Model, want: u64) -> u64 {
+        let up = |x: u64| x.div_ceil(PAGE);
+        if want < self.start_brk {
+            return self.brk;
+        }
+        let (new_end, old_end) = (up(want), up(self.brk));
+        if new_end < old_end {
+            if model.range(new_end..old_end).next().is_none() {
+                return self.brk;
+            }
+            for x in new_end..old_end {
+                model.remove(&x);
+                self.stacks.remove(&x);
+            }
+        } else if new_end > old_end {
+            if let Some((&q, _)) = model.range(old_end..new_end + 1 + GAP).next() {
+                let gap = if self.stacks.contains(&q) { GAP } else { 0 };
+                if self.vma_start(model, q).saturating_sub(gap) < new_end + 1 {
+                    return self.brk;
+                }
+            }
+            for x in old_end..new_end {
+                model.insert(x, (Prot::READ | Prot::WRITE, 0));
+            }
+        }
+        self.brk = want;
+        want
+    }
 }
 
 /// Page number (absolute) -> (protection, content byte).
@@ -87,8 +202,23 @@ pub(super) fn window_page(p: u64) -> u64 {
     PIC_BASE / PAGE + p
 }
 
-fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
+fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, extra: &mut Extra, op: &Op) {
     match *op {
+        Op::MmapStack { page, n } => {
+            let first = window_page(page);
+            let flags = fixed() | MapFlags::GROWSDOWN;
+            let rw = Prot::READ | Prot::WRITE;
+            assert_eq!(mm.mmap(addr(first), n * PAGE, rw, flags), Ok(addr(first)));
+            for p in first..first + n {
+                model.insert(p, (rw, 0));
+                extra.stacks.insert(p);
+            }
+        }
+        Op::Brk { page, off } => {
+            let want = addr(window_page(page)) + off;
+            let expect = extra.brk(model, want);
+            assert_eq!(mm.brk(want), expect, "brk({want:#x})");
+        }
         Op::Mmap {
             page,
             n,
@@ -100,11 +230,20 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
             let got = mm
                 .mmap(addr(first), n * PAGE, prot_of(prot), flags)
                 .unwrap();
-            if is_fixed || (first..first + n).all(|p| !model.contains_key(&p)) {
+            let free = (first..first + n).all(|p| !model.contains_key(&p));
+            // The VMA above must start at least the guard gap above a hint if it is a stack.
+            let clear = match model.range(first + n..).next() {
+                Some((&q, _)) if extra.stacks.contains(&q) => q - (first + n) >= GAP,
+                _ => true,
+            };
+            if is_fixed || (free && clear) {
                 assert_eq!(got, addr(first), "a free hint was not used");
+            } else if free {
+                assert_ne!(got, addr(first), "a hint inside a guard gap was used");
             }
             for p in got / PAGE..got / PAGE + n {
                 model.insert(p, (prot_of(prot), 0));
+                extra.stacks.remove(&p);
             }
         }
         Op::Munmap { page, n } => {
@@ -112,6 +251,7 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
             mm.munmap(addr(first), n * PAGE).unwrap();
             for p in first..first + n {
                 model.remove(&p);
+                extra.stacks.remove(&p);
             }
         }
         Op::Mprotect { page, n, prot } => {
@@ -128,6 +268,7 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
         }
         Op::Read { page } => {
             let p = window_page(page);
+            extra.grow(model, p);
             let got = mmu::load(mm, addr(p) + 8, true);
             match model.get(&p) {
                 Some(&(prot, byte)) if !prot.is_empty() => assert_eq!(got, Ok(byte as u64)),
@@ -136,6 +277,7 @@ fn apply(mm: &AddressSpace<Emulated>, model: &mut Model, op: &Op) {
         }
         Op::Write { page, byte } => {
             let p = window_page(page);
+            extra.grow(model, p);
             let got = mmu::store(mm, addr(p) + 8, byte as u64, true);
             match model.get_mut(&p) {
                 Some((prot, b)) if prot.contains(Prot::WRITE) => {
@@ -179,20 +321,31 @@ fn check_tlbs(env: &Env, mm: &AddressSpace<Emulated>) {
 }
 
 pub(super) fn check(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
+    check_with_stacks(env, mm, model, &BTreeSet::new());
+}
+
+/// [`check`], with `stacks` the pages of `VM_GROWSDOWN` VMAs.
+fn check_with_stacks(
+    env: &Env,
+    mm: &AddressSpace<Emulated>,
+    model: &Model,
+    stacks: &BTreeSet<u64>,
+) {
     mm.validate().unwrap();
     check_tlbs(env, mm);
-    // VMAs = the model's pages, merged into runs of equal protection.
-    let mut want: Vec<(u64, u64, Prot)> = Vec::new();
+    // VMAs = the model's pages, merged into runs of equal protection and flags.
+    let mut want: Vec<(u64, u64, Prot, bool)> = Vec::new();
     for (&p, &(prot, _)) in model {
+        let stack = stacks.contains(&p);
         match want.last_mut() {
-            Some((_, end, pr)) if *end == p && *pr == prot => *end += 1,
-            _ => want.push((p, p + 1, prot)),
+            Some((_, end, pr, st)) if *end == p && *pr == prot && *st == stack => *end += 1,
+            _ => want.push((p, p + 1, prot, stack)),
         }
     }
-    let got: Vec<(u64, u64, Prot)> = mm
+    let got: Vec<(u64, u64, Prot, bool)> = mm
         .vmas()
         .iter()
-        .map(|v| (v.start() / PAGE, v.end() / PAGE, v.prot()))
+        .map(|v| (v.start() / PAGE, v.end() / PAGE, v.prot(), v.grows_down()))
         .collect();
     assert_eq!(got, want, "VMA tree disagrees with the model");
     // PTEs: none outside mappings, none more permissive than the VMA, PROT_NONE not present.
@@ -241,11 +394,12 @@ proptest! {
         {
             let mm = env.mm();
             let mut model = Model::new();
+            let mut extra = Extra::new(&mm);
             for (cpu, op) in &ops {
                 // One thread, moved between CPUs only between steps (nothing held then).
                 env.p.bind_cpu(*cpu);
-                apply(&mm, &mut model, op);
-                check(&env, &mm, &model);
+                apply(&mm, &mut model, &mut extra, op);
+                check_with_stacks(&env, &mm, &model, &extra.stacks);
                 env.mem.rcu().quiescent_state();
             }
             env.p.bind_cpu(0);
