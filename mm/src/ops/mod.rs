@@ -1,6 +1,7 @@
 //! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
 //! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
-//! [`madvise`](crate::address_space::AddressSpace::madvise).
+//! [`madvise`](crate::address_space::AddressSpace::madvise), and `fork`'s
+//! [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -19,6 +20,7 @@
 //! change, and a fault under its read lock must not run while they do (`pgtable::zap`). The
 //! outcome equals unmapping the range and mapping it anew: the same VMAs, the pages gone.
 
+mod fork;
 mod madvise;
 mod mmap;
 mod mprotect;
@@ -27,6 +29,9 @@ mod rewrite;
 
 use core::ops::Range;
 
+pub use fork::ForkError;
+#[cfg(test)]
+pub(crate) use fork::skip_parent_vma_lock;
 pub use madvise::{
     MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_NORMAL, MADV_RANDOM,
     MADV_SEQUENTIAL, MADV_WILLNEED, MadviseError,
@@ -71,6 +76,8 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
     Ok(addr..end)
 }
 
+#[cfg(all(test, not(loom)))]
+mod fork_tests;
 #[cfg(all(test, not(loom)))]
 mod madvise_tests;
 #[cfg(all(test, not(loom)))]
