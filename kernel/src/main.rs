@@ -105,6 +105,8 @@ fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
         let status = match spawn_program(p.elf, p.argv.clone()) {
             Ok(process) => {
                 let status = process.wait();
+                // Its children too (they may outlive it), before the next program starts.
+                kernel::user::wait_all();
                 info!(
                     "{}: {status:?} after {} ms",
                     p.name,
