@@ -99,6 +99,20 @@ const ALL: Compare = Compare { stderr: true };
 /// Every program, in the order the kernel runs them.
 pub const PROGRAMS: &[Program] = &[
     Program {
+        name: "fork_cow",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
+        name: "fork_race",
+        args: &["2000"],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
         name: "hello",
         args: &["one", "two words", "3"],
         compare: ALL,
