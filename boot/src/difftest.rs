@@ -107,7 +107,7 @@ pub const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "fork_race",
-        args: &["2000"],
+        args: &["300"],
         compare: ALL,
         expect: Status::Exit(0),
         note: "",

@@ -82,7 +82,11 @@ user 4 start next
 user 4 exit 0
 ";
     let procs = parse_kernel_log(log).unwrap();
-    assert_eq!(procs.len(), 2, "a forked process is not a program of its own");
+    assert_eq!(
+        procs.len(),
+        2,
+        "a forked process is not a program of its own"
+    );
     assert_eq!(procs[0].name.as_deref(), Some("fork_cow"));
     assert_eq!(
         procs[0].outcome,
@@ -104,7 +108,11 @@ fn parse_rejects_a_fork_of_no_running_process() {
             3,
             LogErrorCause::UnknownParent,
         ),
-        ("user 1 start a\nuser 2 fork x", 2, LogErrorCause::BadArgument),
+        (
+            "user 1 start a\nuser 2 fork x",
+            2,
+            LogErrorCause::BadArgument,
+        ),
         (
             "user 1 start a\nuser 2 fork 1\nuser 2 fork 1",
             3,

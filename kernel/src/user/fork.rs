@@ -259,7 +259,9 @@ pub(super) fn waitid(ut: &UserThread, idtype: u64, id: u64, infop: u64, options:
     const SIGCHLD: i32 = 17;
     const CLD_EXITED: i32 = 1;
     const CLD_KILLED: i32 = 2;
-    if options & WEXITED == 0 || options & !(WNOHANG | WEXITED | WNOWAIT | 2 | 8 | WAIT_LINUX_FLAGS) != 0 {
+    if options & WEXITED == 0
+        || options & !(WNOHANG | WEXITED | WNOWAIT | 2 | 8 | WAIT_LINUX_FLAGS) != 0
+    {
         return Err(Errno::EINVAL);
     }
     let which = match idtype {

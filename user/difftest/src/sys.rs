@@ -309,7 +309,14 @@ pub fn wait4(pid: isize, options: usize) -> Result<(usize, i32), Errno> {
     let r = unsafe {
         syscall6(
             nr::WAIT4,
-            [pid as usize, &mut status as *mut i32 as usize, options, 0, 0, 0],
+            [
+                pid as usize,
+                &mut status as *mut i32 as usize,
+                options,
+                0,
+                0,
+                0,
+            ],
         )
     };
     result(r).map(|p| (p, status))
@@ -319,7 +326,12 @@ pub fn wait4(pid: isize, options: usize) -> Result<(usize, i32), Errno> {
 pub fn waitid(idtype: usize, id: usize, options: usize) -> Result<[i32; 32], Errno> {
     let mut info = [0i32; 32];
     // SAFETY: the kernel writes the 128 bytes of `info`, which live for the call.
-    let r = unsafe { syscall6(nr::WAITID, [idtype, id, info.as_mut_ptr() as usize, options, 0, 0]) };
+    let r = unsafe {
+        syscall6(
+            nr::WAITID,
+            [idtype, id, info.as_mut_ptr() as usize, options, 0, 0],
+        )
+    };
     result(r).map(|_| info)
 }
 

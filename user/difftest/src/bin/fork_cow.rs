@@ -43,16 +43,29 @@ fn main() {
         fill(&m, 2000);
         heap[9_999] = 1;
         println!("child: inherited the parent's memory: {inherited}");
-        println!("child: sees its own writes: {}", holds(&m, 2000) && heap[9_999] == 1);
+        println!(
+            "child: sees its own writes: {}",
+            holds(&m, 2000) && heap[9_999] == 1
+        );
         println!("child: getppid is the parent: {}", sys::getppid() == me);
         sys::exit_group(7);
     }
     fill(&m, 3000);
     heap[9_999] = 2;
     let (got, status) = sys::wait4(pid as isize, 0).expect("wait4");
-    println!("parent: reaped the child: {}, {}", got == pid, exit_code(status));
-    println!("parent: sees only its own writes: {}", holds(&m, 3000) && heap[9_999] == 2);
-    println!("parent: wait4 with no child: {}", sys::outcome(&sys::wait4(-1, 0)));
+    println!(
+        "parent: reaped the child: {}, {}",
+        got == pid,
+        exit_code(status)
+    );
+    println!(
+        "parent: sees only its own writes: {}",
+        holds(&m, 3000) && heap[9_999] == 2
+    );
+    println!(
+        "parent: wait4 with no child: {}",
+        sys::outcome(&sys::wait4(-1, 0))
+    );
 
     // A child that dies of SIGSEGV; WNOHANG before it can have ended is not an error.
     // SAFETY: single-threaded.
@@ -63,7 +76,10 @@ fn main() {
         sys::exit_group(0);
     }
     let early = sys::wait4(pid as isize, 1).expect("wait4 WNOHANG");
-    println!("parent: WNOHANG gives no pid or this one: {}", early.0 == 0 || early.0 == pid);
+    println!(
+        "parent: WNOHANG gives no pid or this one: {}",
+        early.0 == 0 || early.0 == pid
+    );
     let status = if early.0 == pid {
         early.1
     } else {
@@ -104,6 +120,9 @@ fn main() {
         sum += (status >> 8) & 0xff;
     }
     println!("parent: four children's exit codes add up to {sum}");
-    println!("parent: still sees only its own writes: {}", holds(&m, 3000));
+    println!(
+        "parent: still sees only its own writes: {}",
+        holds(&m, 3000)
+    );
     println!("parent: then: {}", sys::outcome(&sys::wait4(-1, 1)));
 }
