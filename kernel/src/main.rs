@@ -125,6 +125,8 @@ fn programs_together(programs: &[exec::initrd::Program<'static>]) -> bool {
             (apic::now_ns() - t0) / 1_000_000
         );
     }
+    // Their children, if they forked, end too before the counts are taken.
+    kernel::user::wait_all();
     drop(started);
     let d = memory().stats().snapshot().since(&before);
     info!(
