@@ -119,7 +119,7 @@ fn threads_demo() {
     info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
     let switches: Vec<u64> = PERCPU[..n]
         .iter()
-        .map(|c| c.sched.switches.load(Ordering::Relaxed))
+        .map(|c| c.sched.switches())
         .collect();
     info!("threads: context switches per CPU: {switches:?}");
     let tlb = tlb::stats();

@@ -1,36 +1,19 @@
 //! Kernel threads.
 //!
-//! # States
-//! `Running` (on a CPU) -> `Ready` (in a run queue) when preempted or yielding, -> `Blocked` when
-//! it waits (it puts itself on a wait queue first, under the queue's lock), -> `Exited` when its
-//! closure returns. Only a waker moves `Blocked` -> `Ready`, and whoever does a move to `Ready`
-//! puts the thread in a run queue, so a thread is queued at most once.
-//!
-//! `on_cpu` stays set until the CPU that ran the thread is off its stack. A waker waits for it to
-//! clear before queueing a woken thread; a preempted thread is queued by its own CPU while still
-//! `on_cpu`, and a CPU that steals it waits for the clear, which that CPU, in the middle of its
-//! switch, never waits for anything to give.
+//! A thread's scheduling state (`Running`/`Ready`/`Blocked`/`Exited`, `on_cpu`, the saved stack
+//! pointer) and its exit status are `sched_core`'s, whose header describes the protocol; this
+//! type adds what the kernel runs: a name, a stack, the entry closure, an address space.
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use sched_core::{ExitState, SchedEntity, Start, Task};
 
 use crate::memory::stack::Stack;
 use crate::platform::Mm;
-
-use super::wait::WaitQueue;
-
-/// A thread's scheduling state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    Running = 0,
-    Ready = 1,
-    Blocked = 2,
-    Exited = 3,
-}
 
 /// What a thread runs: called once by reference, so that the thread owns the closure and its
 /// captures until it ends (see [`spawn`](super::spawn)).
@@ -39,27 +22,14 @@ pub(crate) type Entry = Box<dyn FnMut() -> i64 + Send>;
 /// A kernel thread.
 ///
 /// # Invariants
-/// - `rsp` is written only by the CPU switching away from the thread and read only by the CPU
-///   switching to it, after it saw `on_cpu` clear (acquire), which the first CPU released after
-///   the write.
-/// - `entry` is set at creation and touched afterwards only by the thread itself (called in
-///   `thread_start`, taken and dropped in `exit`), or by `Drop` when it never ran.
+/// `entry` is set at creation and touched afterwards only by the thread itself (called in
+/// `thread_start`, taken and dropped in `exit`), or by `Drop` when it never ran.
 pub struct Thread {
     pub(super) id: u64,
     pub(super) name: String,
-    pub(super) state: AtomicU8,
-    pub(super) on_cpu: AtomicBool,
-    pub(super) rsp: UnsafeCell<u64>,
+    pub(super) se: SchedEntity,
+    pub(super) exit: ExitState<Thread>,
     pub(super) entry: UnsafeCell<Option<Entry>>,
-    pub(super) exit_code: AtomicI64,
-    pub(super) done: AtomicBool,
-    pub(super) joiners: WaitQueue,
-    /// The CPU it last ran on (a hint for where to queue it when woken).
-    pub(super) last_cpu: AtomicUsize,
-    /// Idle threads run only on their own CPU and are never queued.
-    pub(super) idle: bool,
-    /// The only CPU the thread may run on, if it is pinned.
-    pub(super) pinned: Option<usize>,
     /// Where a woken sleeper sees the deadline it waited for.
     pub(super) wake_at: AtomicU64,
     /// The address space the thread runs in; kernel threads have none and run on the kernel's
@@ -75,18 +45,27 @@ pub(super) struct ThreadInit {
     pub entry: Option<Entry>,
     /// An idle thread: runs only on its CPU, never queued.
     pub idle: bool,
-    /// Already running (the code that becomes the thread is on a CPU now).
-    pub running: bool,
-    pub cpu: usize,
+    /// Running now (the code that becomes the thread), or ready to be switched to.
+    pub start: Start,
     pub pinned: Option<usize>,
     pub mm: Option<Arc<Mm>>,
 }
 
-// SAFETY: `rsp` and `entry` are the only non-Sync fields: `rsp`'s accesses are ordered by
-// `on_cpu`, and only the thread itself uses `entry` (see the type's invariants).
+// SAFETY: `entry` is the only field that is not `Sync`, and only the thread itself uses it (see
+// the type's invariants).
 unsafe impl Sync for Thread {}
 // SAFETY: as above; the closure is `Send`.
 unsafe impl Send for Thread {}
+
+impl Task for Thread {
+    fn sched(&self) -> &SchedEntity {
+        &self.se
+    }
+
+    fn exit_state(&self) -> &ExitState<Self> {
+        &self.exit
+    }
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -110,8 +89,7 @@ impl Thread {
             stack,
             entry,
             idle,
-            running,
-            cpu,
+            start,
             pinned,
             mm,
         } = init;
@@ -119,20 +97,9 @@ impl Thread {
         Arc::new(Thread {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name,
-            state: AtomicU8::new(if running {
-                State::Running
-            } else {
-                State::Ready
-            } as u8),
-            on_cpu: AtomicBool::new(running),
-            rsp: UnsafeCell::new(0),
+            se: SchedEntity::new(start, pinned, idle),
+            exit: ExitState::new(),
             entry: UnsafeCell::new(entry),
-            exit_code: AtomicI64::new(0),
-            done: AtomicBool::new(false),
-            joiners: WaitQueue::new(),
-            last_cpu: AtomicUsize::new(cpu),
-            idle,
-            pinned,
             wake_at: AtomicU64::new(0),
             mm,
             _stack: stack,
@@ -153,25 +120,6 @@ impl Thread {
     pub fn mm(&self) -> Option<&Arc<Mm>> {
         self.mm.as_ref()
     }
-
-    pub(super) fn state(&self) -> State {
-        match self.state.load(Ordering::Acquire) {
-            0 => State::Running,
-            1 => State::Ready,
-            2 => State::Blocked,
-            _ => State::Exited,
-        }
-    }
-
-    pub(super) fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::Release);
-    }
-
-    pub(super) fn cas_state(&self, from: State, to: State) -> bool {
-        self.state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
 }
 
 /// Waits for a thread to finish.
@@ -184,9 +132,8 @@ impl JoinHandle {
     /// Blocks until the thread returns; gives its exit code.
     #[track_caller]
     pub fn join(self) -> i64 {
-        let t = &self.thread;
-        t.joiners.wait_while(|| !t.done.load(Ordering::Acquire));
-        t.exit_code.load(Ordering::Acquire)
+        super::assert_may_sleep();
+        sched_core::join(&super::KERNEL, &self.thread)
     }
 
     /// The thread's id.

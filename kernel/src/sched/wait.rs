@@ -2,23 +2,20 @@
 //!
 //! A waiter checks its condition and enqueues itself under the queue's lock with interrupts
 //! off, and a waker changes the condition before taking that lock, so a wake-up between the
-//! check and the block cannot be lost.
+//! check and the block cannot be lost (`sched_core::WaitQueue`).
 
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use sched_core::{IrqGuard, IrqsOff};
 use spin::Mutex;
-use x86_64::instructions::interrupts;
 
-use super::thread::{State, Thread};
-use super::{current, schedule, wake};
+use super::thread::Thread;
+use super::{KERNEL, NoPreempt, current};
 
 /// Threads blocked until someone wakes them.
-pub struct WaitQueue {
-    waiters: Mutex<VecDeque<Arc<Thread>>>,
-}
+pub struct WaitQueue(sched_core::WaitQueue<Thread>);
 
 impl Default for WaitQueue {
     fn default() -> Self {
@@ -29,49 +26,24 @@ impl Default for WaitQueue {
 impl WaitQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        WaitQueue {
-            waiters: Mutex::new(VecDeque::new()),
-        }
+        WaitQueue(sched_core::WaitQueue::new())
     }
 
     /// Blocks the calling thread as long as `cond()` holds. `cond` is checked under the queue's
-    /// lock, so it must not block or take this queue's lock.
+    /// lock (interrupts off), so it must not block or take this queue's lock.
     #[track_caller]
     pub fn wait_while(&self, cond: impl Fn() -> bool) {
         super::assert_may_sleep();
-        loop {
-            let were_enabled = interrupts::are_enabled();
-            interrupts::disable();
-            {
-                let mut q = self.waiters.lock();
-                if !cond() {
-                    drop(q);
-                    if were_enabled {
-                        interrupts::enable();
-                    }
-                    return;
-                }
-                let me = current();
-                me.set_state(State::Blocked);
-                q.push_back(me);
-            }
-            schedule();
-            if were_enabled {
-                interrupts::enable();
-            }
-        }
+        self.0.wait_while(&KERNEL, cond);
     }
 
-    /// Wakes up to `n` waiters. Returns how many were woken.
+    /// Wakes up to `n` waiters. Returns how many were woken. A woken thread queued on this CPU
+    /// preempts the caller when this returns (if preemption is enabled).
     pub fn wake_n(&self, n: usize) -> usize {
-        let woken: Vec<Arc<Thread>> = interrupts::without_interrupts(|| {
-            let mut q = self.waiters.lock();
-            let k = n.min(q.len());
-            q.drain(..k).collect()
-        });
-        let count = woken.len();
-        woken.into_iter().for_each(wake);
-        count
+        // Keeps "this CPU" stable until the threads are queued; dropping it is the preemption
+        // point.
+        let _np = NoPreempt::new();
+        self.0.wake_n(&KERNEL, n)
     }
 
     /// Wakes every waiter.
@@ -113,22 +85,18 @@ pub fn sleep_ns(ns: u64) {
     let me = current();
     me.wake_at.store(deadline, Ordering::Relaxed);
     while crate::arch::apic::now_ns() < deadline {
-        let were_enabled = interrupts::are_enabled();
-        interrupts::disable();
+        let irqs = IrqGuard::new(&KERNEL);
         {
             let mut s = SLEEPERS.lock();
-            me.set_state(State::Blocked);
+            me.se.set_blocked(&irqs);
             s.push(me.clone());
         }
-        schedule();
-        if were_enabled {
-            interrupts::enable();
-        }
+        sched_core::schedule(&KERNEL, &irqs);
     }
 }
 
 /// Wakes sleepers whose deadline passed. Called from the timer interrupt.
-pub(super) fn wake_sleepers(now: u64) {
+pub(super) fn wake_sleepers(now: u64, irqs: &IrqsOff) {
     let due: Vec<Arc<Thread>> = match SLEEPERS.try_lock() {
         Some(mut s) if !s.is_empty() => {
             let (due, rest): (Vec<_>, Vec<_>) = s
@@ -139,5 +107,7 @@ pub(super) fn wake_sleepers(now: u64) {
         }
         _ => return,
     };
-    due.into_iter().for_each(wake);
+    for t in due {
+        sched_core::wake(&KERNEL, t, irqs);
+    }
 }
