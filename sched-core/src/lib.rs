@@ -47,6 +47,8 @@ extern crate alloc;
 extern crate std;
 
 mod irq;
+#[cfg(all(test, loom))]
+mod loom_tests;
 pub mod primitive;
 mod rq;
 mod schedule;
