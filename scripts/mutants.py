@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mutation check of mm's protocol tests (`make mutants`).
+"""Mutation check of the protocol tests of mm and of the scheduler (`make mutants`).
 
 Each mutation is a realistic one-line (or one-block) protocol bug: a dropped re-check, a weaker
 ordering, a plain store for a compare-and-swap, a free before the flush or the grace period. The
@@ -36,7 +36,8 @@ class Mutant:
     original: str
     replacement: str
     # ("host", filter) runs `cargo test -p mm --lib <filter>`; ("host-release", filter) the same
-    # in release; ("loom", filter) the loom models matching <filter>.
+    # in release; ("loom", filter) the loom models matching <filter>; ("loom-sched", filter) the
+    # scheduler's loom models (crate sched-core) matching <filter>.
     kind: str
     test_filter: str
     why: str
@@ -214,16 +215,67 @@ MUTANTS = [
         "host", "tests::inject",
         "a tree write that runs out of memory does not free the nodes it already made",
     ),
+    Mutant(
+        "sched-wait-check-outside-lock",
+        "sched-core/src/wait.rs",
+        "        let mut q = self.waiters.lock();\n"
+        "        if !cond() {\n"
+        "            return false;\n"
+        "        }\n",
+        "        if !cond() {\n"
+        "            return false;\n"
+        "        }\n"
+        "        let mut q = self.waiters.lock();\n",
+        "loom-sched", "loom_sched_wake_vs_block",
+        "a waiter checks its condition before it takes the wait-queue lock (lost wake-up)",
+    ),
+    Mutant(
+        "sched-on-cpu-release-relaxed",
+        "sched-core/src/schedule.rs",
+        "        prev.sched().on_cpu.store(false, Ordering::Release);\n",
+        "        prev.sched().on_cpu.store(false, Ordering::Relaxed);\n",
+        "loom-sched", "loom_sched_preempted_thread_stolen",
+        "finish_switch clears on_cpu without release: the next CPU may read a stale rsp",
+    ),
+    Mutant(
+        "sched-preempted-not-requeued",
+        "sched-core/src/schedule.rs",
+        "    if !se.idle && se.cas_state(State::Running, State::Ready) {\n"
+        "        rq.push(cur.clone(), irqs);\n"
+        "    }\n",
+        "    if !se.idle {\n"
+        "        se.cas_state(State::Running, State::Ready);\n"
+        "    }\n",
+        "loom-sched", "loom_sched_preempted_thread_stolen",
+        "schedule makes a preempted thread Ready but does not queue it (it is lost)",
+    ),
+    Mutant(
+        "sched-exit-done-relaxed",
+        "sched-core/src/task.rs",
+        "        self.done.store(true, Ordering::Release);\n",
+        "        self.done.store(true, Ordering::Relaxed);\n",
+        "loom-sched", "loom_sched_exit_join",
+        "exit publishes done without release: a joiner may read the exit code before it",
+    ),
+    Mutant(
+        "sched-exit-state-not-set",
+        "sched-core/src/schedule.rs",
+        "    me.sched().set_state(State::Exited);\n",
+        "",
+        "loom-sched", "loom_sched_exit_join",
+        "an exiting thread stays Running, so schedule queues it again",
+    ),
 ]
 
 
 def cargo_cmd(kind: str, test_filter: str, no_run: bool):
     env = dict(os.environ)
     target = env.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    if kind == "loom":
+    if kind in ("loom", "loom-sched"):
         env["RUSTFLAGS"] = (env.get("RUSTFLAGS", "") + " --cfg loom").strip()
         env["CARGO_TARGET_DIR"] = os.path.join(target, "loom")
-        cmd = ["cargo", "test", "-p", "mm", "--release", "--lib"]
+        crate = "mm" if kind == "loom" else "sched-core"
+        cmd = ["cargo", "test", "-p", crate, "--release", "--lib"]
     else:
         env["CARGO_TARGET_DIR"] = target
         cmd = ["cargo", "test", "-p", "mm", "--lib"]
@@ -263,7 +315,7 @@ def try_mutant(m: Mutant, runs: int, timeout: int, logdir: str, all_tests: bool)
                 return "BROKEN", f"does not compile (see {log_path})"
             caught = timeouts = 0
             for _ in range(runs):
-                test_filter = ("loom" if m.kind == "loom" else "") if all_tests else m.test_filter
+                test_filter = ("loom" if m.kind.startswith("loom") else "") if all_tests else m.test_filter
                 cmd, env = cargo_cmd(m.kind, test_filter, no_run=False)
                 rc = run(cmd, env, timeout, log)
                 if rc is None:
@@ -298,7 +350,7 @@ def main():
         sys.exit(f"unknown mutations: {', '.join(sorted(unknown))}")
     if args.list:
         for m in MUTANTS:
-            print(f"{m.name:40} {m.kind:5} {m.test_filter:45} {m.why}")
+            print(f"{m.name:40} {m.kind:10} {m.test_filter:45} {m.why}")
         return
     timeout = int(os.environ.get("MUTANT_TIMEOUT", "900"))
     logdir = tempfile.mkdtemp(prefix="mm-mutants-")

@@ -56,7 +56,6 @@ mod task;
 mod wait;
 mod wake;
 
-
 pub use irq::{IrqGuard, IrqsOff};
 pub use rq::CpuSched;
 pub use schedule::{
@@ -64,8 +63,8 @@ pub use schedule::{
 };
 pub use task::{ExitState, SchedEntity, Start, State, Task};
 pub use wait::WaitQueue;
-pub use wake::{resched_cpu, wake};
 use wake::steal;
+pub use wake::{resched_cpu, wake};
 
 use primitive::{Arc, AtomicBool, UnsafeCell};
 

@@ -6,6 +6,9 @@ use crate::irq::IrqsOff;
 use crate::primitive::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, UnsafeCell};
 use crate::task::Task;
 
+/// (the running thread, the thread the CPU just switched away from)
+type Slots<T> = (Option<Arc<T>>, Option<Arc<T>>);
+
 /// One CPU's scheduler state.
 ///
 /// # Invariants
@@ -16,7 +19,7 @@ pub struct CpuSched<T> {
     queue: Mutex<VecDeque<Arc<T>>>,
     /// (the running thread, the thread this CPU just switched away from and still holds until
     /// the next thread's `finish_switch`)
-    slots: UnsafeCell<(Option<Arc<T>>, Option<Arc<T>>)>,
+    slots: UnsafeCell<Slots<T>>,
     /// Context switches done.
     switches: AtomicU64,
     /// Threads in `queue` (read by other CPUs choosing where to steal or place).
@@ -87,11 +90,7 @@ impl<T: Task> CpuSched<T> {
 
     /// Runs `f` on the slots. Only the owning CPU calls this (callers reach a `CpuSched` of
     /// their own CPU through `Machine::this_cpu_id`, with interrupts off).
-    pub(crate) fn with_slots<R>(
-        &self,
-        _irqs: &IrqsOff,
-        f: impl FnOnce(&mut (Option<Arc<T>>, Option<Arc<T>>)) -> R,
-    ) -> R {
+    pub(crate) fn with_slots<R>(&self, _irqs: &IrqsOff, f: impl FnOnce(&mut Slots<T>) -> R) -> R {
         // SAFETY: the owning CPU with interrupts off is the only user (invariant), and `f`
         // does not reach the slots again.
         self.slots.with_mut(|p| f(unsafe { &mut *p }))

@@ -19,7 +19,9 @@ pub fn current<M: Machine>(m: &M, irqs: &IrqsOff) -> Arc<M::Task> {
 /// Runs `f` on the running thread without touching its reference count.
 pub fn with_current<M: Machine, R>(m: &M, irqs: &IrqsOff, f: impl FnOnce(&M::Task) -> R) -> R {
     this_rq(m, irqs).with_slots(irqs, |s| {
-        f(s.0.as_deref().expect("sched::init_current not run on this CPU"))
+        f(s.0
+            .as_deref()
+            .expect("sched::init_current not run on this CPU"))
     })
 }
 
@@ -69,7 +71,9 @@ fn switch_away<M: Machine>(m: &M, irqs: &IrqsOff) -> bool {
         return false;
     }
     let nse = next.sched();
-    // The CPU that last ran `next` may still be on its stack.
+    // The CPU that last ran `next` may still be on its stack. (Stealers skip such threads and
+    // wakers wait for them, so a popped thread is off its last CPU already unless it is our own
+    // current one; this wait, with its acquire, keeps the `rsp` handoff right regardless.)
     while nse.on_cpu.load(Ordering::Acquire) {
         spin_loop();
     }

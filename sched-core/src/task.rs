@@ -69,7 +69,11 @@ impl SchedEntity {
             Start::Ready { cpu, rsp } => (false, cpu, rsp),
         };
         SchedEntity {
-            state: AtomicU8::new(if running { State::Running } else { State::Ready } as u8),
+            state: AtomicU8::new(if running {
+                State::Running
+            } else {
+                State::Ready
+            } as u8),
             on_cpu: AtomicBool::new(running),
             // INVARIANT: nobody can switch to the thread before it is built.
             rsp: UnsafeCell::new(rsp),

@@ -10,7 +10,10 @@ use crate::{CpuSched, Machine};
 /// A thread that has just blocked may still be on its CPU's stack (`on_cpu`): it is queued only
 /// once that CPU is off it. So the only queued threads still `on_cpu` are ones their own CPU
 /// just preempted, and that CPU finishes its switch without waiting for anyone: a CPU that pops
-/// a thread never waits for a CPU that is itself waiting.
+/// a thread never waits for a CPU that is itself waiting. (Without the wait, a CPU popping such
+/// a thread would wait for the CPU switching away from it, which is safe as long as that CPU
+/// does not pop a thread the first one is switching away from; only stale idle hints sending
+/// two woken threads across at once could make that happen, which the wait rules out.)
 ///
 /// The woken thread's CPU is asked to reschedule (see [`resched_cpu`]).
 pub fn wake<M: Machine>(m: &M, t: Arc<M::Task>, irqs: &IrqsOff) {

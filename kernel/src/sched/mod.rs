@@ -50,8 +50,8 @@ use crate::arch::apic;
 use crate::arch::percpu::{MAX_CPUS, NoPreempt, PERCPU, cpu_id, preempt_count, this_cpu};
 use crate::memory::stack::{Stack, StackError};
 pub(crate) use thread::Entry;
-pub use thread::{JoinHandle, Thread};
 use thread::ThreadInit;
+pub use thread::{JoinHandle, Thread};
 use x86_64::registers::control::Cr3;
 
 use crate::platform::Mm;

@@ -5,12 +5,12 @@
 //! A CPU with nothing to do halts until a reschedule IPI (a flag the IPI sets: an interrupt left
 //! pending), so a lost wake-up leaves every thread waiting: loom reports a
 //! deadlock. Interrupts are never "on": a thread is preempted only where its model calls
-//! [`preempt_point`] or `schedule`.
+//! `schedule`.
 
 use std::boxed::Box;
 use std::cell::Cell;
-use std::sync::{Arc as StdArc, Mutex as StdMutex};
 use std::sync::atomic::{AtomicBool as StdBool, AtomicUsize as StdUsize, Ordering as StdOrdering};
+use std::sync::{Arc as StdArc, Mutex as StdMutex};
 use std::vec::Vec;
 
 use loom::thread;
@@ -210,15 +210,6 @@ pub(super) enum Place {
 /// A kernel thread's code: gets the machine, returns its exit code.
 pub(super) type Body = Box<dyn FnOnce(&Model) -> i64 + Send>;
 
-/// Calls `schedule` if this CPU was asked to reschedule (a preemption point: where an
-/// interrupt would preempt the thread).
-pub(super) fn preempt_point(m: &Model) {
-    let irqs = IrqGuard::new(m);
-    if m.need_resched(m.this_cpu_id(&irqs)).load(Ordering::Relaxed) {
-        schedule(m, &irqs);
-    }
-}
-
 /// Runs one execution of a model: `ncpus` CPUs, a kernel thread per entry of `places`, whose
 /// code `bodies` makes from the threads (to join them). Returns after every thread has exited
 /// and been released; panics (a loom failure) on a deadlock, a lost wake-up, a race on an
@@ -297,8 +288,8 @@ pub(super) fn run(
         remaining: StdUsize::new(places.len()),
     });
     // Boot: each CPU's current thread, then the run queues.
-    for c in 0..ncpus {
-        let cur = running_on(c).map_or_else(|| idle[c].clone(), |i| threads[i].clone());
+    for (c, idle_thread) in idle.iter().enumerate() {
+        let cur = running_on(c).map_or_else(|| idle_thread.clone(), |i| threads[i].clone());
         ME.with(|me| me.set(cur.id));
         // SAFETY: nothing runs yet; the boot code stands for each CPU in turn.
         let irqs = unsafe { IrqsOff::assume() };

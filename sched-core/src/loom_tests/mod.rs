@@ -16,7 +16,7 @@ use loom::sync::atomic::AtomicBool;
 
 use crate::primitive::{Arc, Ordering};
 use crate::{IrqGuard, WaitQueue, join, schedule};
-use machine::{Body, MThread, Model, Place, preempt_point, run};
+use machine::{Body, MThread, Model, Place, run};
 
 fn body(f: impl FnOnce(&Model) -> i64 + Send + 'static) -> Body {
     Box::new(f)
