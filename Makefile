@@ -133,7 +133,7 @@ bench-kernel:
 ## bench kernel); CI runs it before the tests
 check: setup
 	cargo fmt --all --check
-	cargo clippy -p mm -p boot -p benchreport --all-targets -- -D warnings
+	cargo clippy -p mm -p sched-core -p boot -p benchreport --all-targets -- -D warnings
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
 	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings
 
