@@ -7,15 +7,19 @@
 //!
 //! # States
 //! `Running` (a CPU's current thread) -> `Ready` (in a run queue) when preempted or yielding,
-//! -> `Blocked` when it waits (it puts itself on a wait list first, under the list's lock),
-//! -> `Exited` when it ends. Only a waker moves `Blocked` -> `Ready` (a CAS, so one waker
-//! wins), and whoever moves a thread to `Ready` queues it, so a thread is queued at most once.
-//! The CPU that pops a thread makes it `Running`.
+//! -> `Blocked` when it waits (it puts itself on a wait list first, under the list's lock; or,
+//! for a list kept outside this crate, marks itself `Blocked` before it becomes findable there,
+//! see [`block`]), -> `Exited` when it ends. Only a waker moves `Blocked` -> `Ready` (a CAS,
+//! so one waker wins), and whoever moves a thread to `Ready` queues it, so a thread is queued at
+//! most once. The CPU that pops a thread makes it `Running`. Two moves back: a thread that
+//! finds, before it switched away, that it need not block takes `Blocked` -> `Running` (a CAS
+//! that loses to a waker), and `schedule` makes a running thread its affinity sends elsewhere
+//! `Blocked` for the next thread on its CPU to wake (see "Affinity").
 //!
 //! # Who writes what
 //! - `state`: the running thread itself (`Running` -> `Blocked`/`Exited`, release); its CPU in
-//!   `schedule` (`Running` -> `Ready` by CAS, `Ready` -> `Running` for the thread it picked);
-//!   a waker (`Blocked` -> `Ready` by CAS, acq-rel).
+//!   `schedule` (`Running` -> `Ready` or, leaving for its affinity, `Blocked` by CAS, `Ready` ->
+//!   `Running` for the thread it picked); a waker (`Blocked` -> `Ready` by CAS, acq-rel).
 //! - `on_cpu`: set (relaxed) by the CPU that is about to switch to the thread, after it saw it
 //!   clear (acquire); cleared (release) in `finish_switch` by the thread that CPU switched to
 //!   next, once the switch is over and the CPU is off the old stack. A waker waits for it to

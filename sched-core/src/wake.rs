@@ -34,7 +34,7 @@ pub fn wake<M: Machine>(m: &M, t: Arc<M::Task>, irqs: &IrqsOff) {
 /// where it preempts the running thread; else (its affinity changed) the first CPU it may
 /// use. Idleness is a racy hint: two wakers may pick the same idle CPU, and the second thread
 /// waits there for a turn or a stealer.
-pub(crate) fn select_cpu<M: Machine>(m: &M, t: &M::Task) -> usize {
+fn select_cpu<M: Machine>(m: &M, t: &M::Task) -> usize {
     let se = t.sched();
     let usable = |c: usize| se.may_run_on(c) && m.online(c);
     let prev = se.last_cpu.load(Ordering::Relaxed);
@@ -49,8 +49,8 @@ pub(crate) fn select_cpu<M: Machine>(m: &M, t: &M::Task) -> usize {
     if prev_ok {
         return prev;
     }
-    // No allowed CPU online: the mask was checked against the online CPUs when it was set,
-    // and CPUs do not go offline, so this is a CPU that has not come up yet; `prev` ran it.
+    // Some allowed CPU is online (masks are checked against the online CPUs when they are set,
+    // and CPUs do not go offline); `prev`, which ran the thread, if that were ever not so.
     cpus.into_iter().find(|&c| usable(c)).unwrap_or(prev)
 }
 
