@@ -30,16 +30,21 @@ RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 # ARGS goes to the shell in single quotes (a ' inside becomes '\'') and `boot` splits it.
 PROG_FLAGS = $(if $(PROG),--prog '$(PROG)' $(if $(ARGS),--args '$(subst ','\'',$(ARGS))'))
+# make run without PROG: these user programs start at once after the kernel-thread demos
+# (threads faulting on every CPU, 64 threads on futexes, a process killed by a segfault, an exit
+# code), as a show of the whole system
+DEMO_PROGS := faults threads segv_write_ro exit_code
+DEMO_FLAGS  = $(foreach p,$(DEMO_PROGS),--prog target/user/x86_64-unknown-linux-musl/release/$(p)) --together
 
 .PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom mutants check setup toolchain qemu ovmf boot-tool kernel clean \
         bench bench-kernel bench-linux bench-user bench-report user user-toolchain
 
 all: kernel
 
-## run: build and boot in QEMU (SMP=8 MEM=1G UEFI=0 KVM=0 TIMEOUT=300); PROG=<static ELF>
-## ARGS="a 'b c'" packs that program and its arguments into the ramdisk for the kernel to start
-run: setup $(if $(filter 1,$(UEFI)),ovmf) boot-tool kernel
-	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(PROG_FLAGS)
+## run: build and boot in QEMU (SMP=8 MEM=1G UEFI=0 KVM=0 TIMEOUT=300): the kernel's demos, then
+## user programs at once (DEMO_PROGS); PROG=<static ELF> ARGS="a 'b c'" runs that program instead
+run: setup $(if $(filter 1,$(UEFI)),ovmf) boot-tool kernel $(if $(PROG),,user-progs)
+	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(if $(PROG),$(PROG_FLAGS),$(DEMO_FLAGS))
 
 ## gdb: boot a debug kernel that waits for GDB on localhost:1234
 gdb: PROFILE = dev

@@ -641,7 +641,7 @@ pub fn run(kernel: &Path) -> Result<Vec<Check>, String> {
             args: p.args.iter().map(|a| a.to_string()).collect(),
         })
         .collect();
-    let ramdisk = crate::ramdisk::pack(&progs)?;
+    let ramdisk = crate::ramdisk::pack(&progs, false)?;
     let image = crate::image::build(kernel, crate::image::Firmware::Bios, Some(&ramdisk))?;
     let mut checks = Vec::new();
     for smp in SMPS {
