@@ -80,9 +80,9 @@ soak: setup boot-tool
 	SOAK_SECONDS=$$(( $(DURATION) * 60 )) KTEST_SMP=$(SMP) KTEST_TIMEOUT=$$(( $(DURATION) * 60 + 600 )) \
 	  cargo test --release -p ktests --target $(TARGET) --test soak
 
-## loom: model-check the lock protocols (bounded; CI runs it)
+## loom: model-check the lock protocols and the scheduler's handoff protocol (bounded; CI runs it)
 loom: setup
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm --release --lib loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm -p sched-core --release --lib loom
 
 ## mutants: applies each protocol bug listed in scripts/mutants.py (one at a time, the file
 ## restored after each) and runs the tests that must catch it; fails if one is missed
@@ -188,7 +188,7 @@ bench-kernel:
 ## it before the tests
 check: setup
 	cargo fmt --all --check
-	cargo clippy -p mm -p exec -p boot -p benchreport --all-targets -- -D warnings
+	cargo clippy -p mm -p sched-core -p exec -p boot -p benchreport --all-targets -- -D warnings
 	cargo clippy -p mm --features emulated,fault-profile -- -D warnings
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
 	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings

@@ -225,10 +225,7 @@ fn threads_demo() {
     );
     let n = online_count();
     info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
-    let switches: Vec<u64> = PERCPU[..n]
-        .iter()
-        .map(|c| c.sched.switches.load(Ordering::Relaxed))
-        .collect();
+    let switches: Vec<u64> = PERCPU[..n].iter().map(|c| c.sched.switches()).collect();
     info!("threads: context switches per CPU: {switches:?}");
     let tlb = tlb::stats();
     info!(
