@@ -31,6 +31,7 @@ pub enum Errno {
     ESRCH = 3,
     EINTR = 4,
     EBADF = 9,
+    ECHILD = 10,
     EAGAIN = 11,
     ENOMEM = 12,
     EFAULT = 14,
@@ -122,7 +123,7 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
         98 => resources::getrusage(ut, a[0], a[1]),
         99 => resources::sysinfo(a[0]),
         102 | 104 | 107 | 108 => Ok(0),
-        110 => Ok(0),
+        110 => super::fork::getppid(ut),
         131 => sigaltstack(ut, a[0], a[1]),
         157 => prctl(a[0], a[1]),
         158 => arch_prctl(ut, a[0], a[1]),
@@ -160,7 +161,11 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
         273 => Ok(0),
         302 => prlimit64(a[0], a[1], a[2], a[3]),
         318 => getrandom(a[0], a[1]),
+        56 if super::fork::is_fork(a[0]) => super::fork::clone_process(ut, frame, a),
         56 => clone(ut, frame, a),
+        57 | 58 => super::fork::fork(ut, frame),
+        61 => super::fork::wait4(ut, a[0], a[1], a[2], a[3]),
+        247 => super::fork::waitid(ut, a[0], a[1], a[2], a[3]),
         _ => {
             log_unknown(nr);
             Err(Errno::ENOSYS)

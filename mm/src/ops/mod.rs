@@ -1,8 +1,9 @@
 //! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
 //! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
 //! [`madvise`](crate::address_space::AddressSpace::madvise),
-//! [`brk`](crate::address_space::AddressSpace::brk), and stack growth
-//! ([`expand_stack`](crate::address_space::AddressSpace::expand_stack), from the fault path).
+//! [`brk`](crate::address_space::AddressSpace::brk), stack growth
+//! ([`expand_stack`](crate::address_space::AddressSpace::expand_stack), from the fault path), and
+//! `fork`'s [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -28,6 +29,7 @@
 //! with a longer one, write-locking the old one first (see `stack`).
 
 mod brk;
+mod fork;
 mod madvise;
 mod mmap;
 mod mprotect;
@@ -37,6 +39,9 @@ mod stack;
 
 use core::ops::Range;
 
+pub use fork::ForkError;
+#[cfg(test)]
+pub(crate) use fork::skip_parent_vma_lock;
 pub use madvise::{
     MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_NORMAL, MADV_RANDOM,
     MADV_SEQUENTIAL, MADV_WILLNEED, MadviseError,
@@ -82,6 +87,8 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
     Ok(addr..end)
 }
 
+#[cfg(all(test, not(loom)))]
+mod fork_tests;
 #[cfg(all(test, not(loom)))]
 mod madvise_tests;
 #[cfg(all(test, not(loom)))]

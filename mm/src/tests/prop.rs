@@ -9,16 +9,23 @@
 //! translation must still be backed by its PTE (same frame, no permission the PTE lacks): a
 //! missing flush shows up there at once, and later as a read of old data or an access that
 //! should fault and does not.
+//!
+//! `forks_match_a_model_per_process` adds `fork` and exit: each process (the first, and every
+//! copy a fork made of one) has a model of its own, copied at the fork, and the operations go
+//! to any of them. Besides each side against its model, every step checks the frames: each
+//! anonymous frame's reference and map counts equal the PTEs that map it in all processes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use core::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::vec::Vec;
 
 use proptest::prelude::*;
 
 use crate::address_space::AddressSpace;
 use crate::ops::{MapFlags, MprotectError};
-use crate::pgtable::{PTE_PROTNONE, Pte};
+use crate::pgtable::{PTE_PROTNONE, Pte, USER_END};
 use crate::platform::PageTableFlags;
+use crate::platform::PhysFrame;
 use crate::platform::emulated::Emulated;
 use crate::platform::mmu;
 use crate::testutil::{Env, PAGE, PIC_BASE, anon, fixed, prot_of};
@@ -101,6 +108,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The model of everything beyond the pages: which pages are stack pages (`VM_GROWSDOWN`), and
 /// the heap's start and break.
+#[derive(Clone)]
 pub(super) struct Extra {
     stacks: BTreeSet<u64>,
     start_brk: u64,
@@ -400,6 +408,108 @@ proptest! {
                 env.p.bind_cpu(*cpu);
                 apply(&mm, &mut model, &mut extra, op);
                 check_with_stacks(&env, &mm, &model, &extra.stacks);
+                env.mem.rcu().quiescent_state();
+            }
+            env.p.bind_cpu(0);
+        }
+        env.assert_baseline();
+    }
+}
+
+/// What the fork property test does at a step: an operation in one process, a fork of one, or
+/// the exit (drop) of one.
+#[derive(Clone, Debug)]
+enum ForkStep {
+    Op(Op),
+    Fork,
+    Exit,
+}
+
+fn fork_step() -> impl Strategy<Value = ForkStep> {
+    prop_oneof![
+        8 => op().prop_map(ForkStep::Op),
+        1 => Just(ForkStep::Fork),
+        1 => Just(ForkStep::Exit),
+    ]
+}
+
+/// The word each operation writes (at +8) holds, in the frame each mapped page's PTE points to,
+/// the model's byte: a write on one side of a fork never shows on the other.
+fn check_contents(env: &Env, mm: &AddressSpace<Emulated>, model: &Model) {
+    for (&p, &(_, byte)) in model {
+        let e = mm.page_tables().lookup_pte(addr(p));
+        if e.holds_frame() {
+            let w = crate::frame::mem::words(&*env.p, e.frame())[1].load(Ordering::Relaxed);
+            assert_eq!(w, byte as u64, "page {p:#x} holds another process's write");
+        }
+    }
+}
+
+/// Every anonymous frame's reference and map counts are the number of PTEs mapping it, over
+/// all of `mms` (nothing else holds a frame between steps).
+fn check_frame_counts<'a>(env: &Env, mms: impl Iterator<Item = &'a AddressSpace<Emulated>>) {
+    let frames = env.mem.frames();
+    let mut maps: HashMap<PhysFrame, u32> = HashMap::new();
+    for mm in mms {
+        for v in mm.vmas_in(0..USER_END) {
+            for a in v.range().step_by(PAGE as usize) {
+                let e = mm.page_tables().lookup_pte(a);
+                if e.holds_frame() && e.frame() != frames.zero_frame() {
+                    *maps.entry(e.frame()).or_default() += 1;
+                }
+            }
+        }
+    }
+    for (f, n) in maps {
+        let meta = frames.meta(f);
+        assert_eq!(
+            (meta.refcount(), meta.mapcount()),
+            (n, n),
+            "frame {:#x} is mapped {n} times",
+            f.start_address().as_u64()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn forks_match_a_model_per_process(
+        steps in proptest::collection::vec((0..CPUS, 0..4usize, fork_step()), 1..50)
+    ) {
+        let env = Env::new(8, CPUS);
+        {
+            let first = env.mm();
+            let extra = Extra::new(&first);
+            let mut procs: Vec<(AddressSpace<Emulated>, Model, Extra)> =
+                std::vec![(first, Model::new(), extra)];
+            for (cpu, who, step) in &steps {
+                env.p.bind_cpu(*cpu);
+                let i = who % procs.len();
+                match step {
+                    ForkStep::Op(op) => {
+                        let (mm, model, extra) = &mut procs[i];
+                        apply(mm, model, extra, op);
+                    }
+                    ForkStep::Fork if procs.len() < 4 => {
+                        let child = procs[i].0.fork().unwrap();
+                        let model = procs[i].1.clone();
+                        let extra = procs[i].2.clone();
+                        procs.push((child, model, extra));
+                    }
+                    ForkStep::Exit if procs.len() > 1 => drop(procs.swap_remove(i)),
+                    ForkStep::Fork | ForkStep::Exit => {}
+                }
+                for (mm, model, extra) in &procs {
+                    check_with_stacks(&env, mm, model, &extra.stacks);
+                    check_contents(&env, mm, model);
+                }
+                check_frame_counts(&env, procs.iter().map(|(mm, _, _)| mm));
                 env.mem.rcu().quiescent_state();
             }
             env.p.bind_cpu(0);

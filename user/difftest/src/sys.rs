@@ -22,6 +22,12 @@ pub mod nr {
     pub const UNAME: usize = 63;
     pub const CLOCK_GETTIME: usize = 228;
     pub const GETRANDOM: usize = 318;
+    pub const GETPID: usize = 39;
+    pub const FORK: usize = 57;
+    pub const WAIT4: usize = 61;
+    pub const GETPPID: usize = 110;
+    pub const EXIT_GROUP: usize = 231;
+    pub const WAITID: usize = 247;
 }
 
 pub const PROT_READ: usize = 1;
@@ -57,6 +63,7 @@ impl Errno {
             2 => "ENOENT",
             4 => "EINTR",
             9 => "EBADF",
+            10 => "ECHILD",
             11 => "EAGAIN",
             12 => "ENOMEM",
             13 => "EACCES",
@@ -297,4 +304,66 @@ pub unsafe fn call_address(addr: usize) {
     unsafe {
         asm!("call {a}", a = in(reg) addr, clobber_abi("C"));
     }
+}
+
+/// `fork()`: the child's pid in the parent, 0 in the child.
+///
+/// # Safety
+/// In a program with other threads the child must only make raw system calls (what the other
+/// threads held locked stays locked in the child).
+pub unsafe fn fork() -> Result<usize, Errno> {
+    // SAFETY: no arguments; the caller keeps the child to what is safe after a fork.
+    result(unsafe { syscall6(nr::FORK, [0; 6]) })
+}
+
+/// `wait4(pid, &status, options, NULL)`: the pid reaped and its wait status.
+pub fn wait4(pid: isize, options: usize) -> Result<(usize, i32), Errno> {
+    let mut status = 0i32;
+    // SAFETY: the kernel writes the status word only, which lives for the call.
+    let r = unsafe {
+        syscall6(
+            nr::WAIT4,
+            [
+                pid as usize,
+                &mut status as *mut i32 as usize,
+                options,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    result(r).map(|p| (p, status))
+}
+
+/// `waitid(idtype, id, &info, options)`: the 128-byte `siginfo_t` as 32 words.
+pub fn waitid(idtype: usize, id: usize, options: usize) -> Result<[i32; 32], Errno> {
+    let mut info = [0i32; 32];
+    // SAFETY: the kernel writes the 128 bytes of `info`, which live for the call.
+    let r = unsafe {
+        syscall6(
+            nr::WAITID,
+            [idtype, id, info.as_mut_ptr() as usize, options, 0, 0],
+        )
+    };
+    result(r).map(|_| info)
+}
+
+/// `getpid()`.
+pub fn getpid() -> usize {
+    // SAFETY: no arguments, no memory.
+    unsafe { syscall6(nr::GETPID, [0; 6]) as usize }
+}
+
+/// `getppid()`.
+pub fn getppid() -> usize {
+    // SAFETY: no arguments, no memory.
+    unsafe { syscall6(nr::GETPPID, [0; 6]) as usize }
+}
+
+/// `exit_group(code)` at once: no destructors, no buffered output flushed.
+pub fn exit_group(code: i32) -> ! {
+    // SAFETY: the call does not return.
+    unsafe { syscall6(nr::EXIT_GROUP, [code as usize, 0, 0, 0, 0, 0]) };
+    unreachable!("exit_group returned")
 }
