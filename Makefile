@@ -30,16 +30,21 @@ RUN_FLAGS := --smp $(SMP) --mem $(MEM) --timeout $(TIMEOUT) \
              $(if $(filter 1,$(UEFI)),--uefi) $(if $(filter 1,$(KVM)),--kvm)
 # ARGS goes to the shell in single quotes (a ' inside becomes '\'') and `boot` splits it.
 PROG_FLAGS = $(if $(PROG),--prog '$(PROG)' $(if $(ARGS),--args '$(subst ','\'',$(ARGS))'))
+# make run without PROG: these user programs start at once after the kernel-thread demos
+# (threads faulting on every CPU, 64 threads on futexes, a process killed by a segfault, an exit
+# code), as a show of the whole system
+DEMO_PROGS := faults threads segv_write_ro exit_code
+DEMO_FLAGS  = $(foreach p,$(DEMO_PROGS),--prog target/user/x86_64-unknown-linux-musl/release/$(p)) --together
 
 .PHONY: all run gdb test test-long test-loop soak host-test kernel-test loom mutants check setup toolchain qemu ovmf boot-tool kernel clean \
         bench bench-kernel bench-linux bench-user bench-report user user-toolchain
 
 all: kernel
 
-## run: build and boot in QEMU (SMP=8 MEM=1G UEFI=0 KVM=0 TIMEOUT=300); PROG=<static ELF>
-## ARGS="a 'b c'" packs that program and its arguments into the ramdisk for the kernel to start
-run: setup $(if $(filter 1,$(UEFI)),ovmf) boot-tool kernel
-	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(PROG_FLAGS)
+## run: build and boot in QEMU (SMP=8 MEM=1G UEFI=0 KVM=0 TIMEOUT=300): the kernel's demos, then
+## user programs at once (DEMO_PROGS); PROG=<static ELF> ARGS="a 'b c'" runs that program instead
+run: setup $(if $(filter 1,$(UEFI)),ovmf) boot-tool kernel $(if $(PROG),,user-progs)
+	$(BOOT) run $(KERNEL) $(RUN_FLAGS) $(if $(PROG),$(PROG_FLAGS),$(DEMO_FLAGS))
 
 ## gdb: boot a debug kernel that waits for GDB on localhost:1234
 gdb: PROFILE = dev
@@ -75,9 +80,9 @@ soak: setup boot-tool
 	SOAK_SECONDS=$$(( $(DURATION) * 60 )) KTEST_SMP=$(SMP) KTEST_TIMEOUT=$$(( $(DURATION) * 60 + 600 )) \
 	  cargo test --release -p ktests --target $(TARGET) --test soak
 
-## loom: model-check the lock protocols (bounded; CI runs it)
+## loom: model-check the lock protocols and the scheduler's handoff protocol (bounded; CI runs it)
 loom: setup
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm --release --lib loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p mm -p sched-core --release --lib loom
 
 ## mutants: applies each protocol bug listed in scripts/mutants.py (one at a time, the file
 ## restored after each) and runs the tests that must catch it; fails if one is missed
@@ -183,7 +188,7 @@ bench-kernel:
 ## it before the tests
 check: setup
 	cargo fmt --all --check
-	cargo clippy -p mm -p exec -p boot -p benchreport --all-targets -- -D warnings
+	cargo clippy -p mm -p sched-core -p exec -p boot -p benchreport --all-targets -- -D warnings
 	cargo clippy -p mm --features emulated,fault-profile -- -D warnings
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
 	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mutation check of mm's protocol tests (`make mutants`).
+"""Mutation check of the protocol tests of mm and of the scheduler (`make mutants`).
 
 Each mutation is a realistic one-line (or one-block) protocol bug: a dropped re-check, a weaker
 ordering, a plain store for a compare-and-swap, a free before the flush or the grace period. The
@@ -36,7 +36,8 @@ class Mutant:
     original: str
     replacement: str
     # ("host", filter) runs `cargo test -p mm --lib <filter>`; ("host-release", filter) the same
-    # in release; ("loom", filter) the loom models matching <filter>.
+    # in release; ("loom", filter) the loom models matching <filter>; ("loom-sched", filter) the
+    # scheduler's loom models (crate sched-core) matching <filter>.
     kind: str
     test_filter: str
     why: str
@@ -94,6 +95,38 @@ MUTANTS = [
         "    mem.platform().shootdown(mm.cpus(), VirtAddr::new(addr), 1);\n",
         "host", "fault::tests::cow",
         "copy-on-write sets the new PTE before the old translation is shot down",
+    ),
+    Mutant(
+        "fork-parent-vma-not-write-locked",
+        "mm/src/ops/fork.rs",
+        "            if lock {\n",
+        "            if lock && false {\n",
+        "host", "fault_vs_dup_mmap_loses_no_write",
+        "dup_mmap copies a parent VMA's pages without write-locking it (Linux 6.4)",
+    ),
+    Mutant(
+        "fork-parent-pte-left-writable",
+        "mm/src/ops/fork.rs",
+        "                while old.writable() {\n",
+        "                while old.writable() && false {\n",
+        "host", "fork",
+        "dup_mmap shares a frame without write-protecting the parent's PTE",
+    ),
+    Mutant(
+        "fork-no-tlb-flush",
+        "mm/src/ops/fork.rs",
+        "        if let Some(r) = wp {\n",
+        "        if let Some(r) = wp.filter(|_| false) {\n",
+        "host", "fork",
+        "dup_mmap releases the parent's lock without shooting down the write-protected PTEs",
+    ),
+    Mutant(
+        "wp-reuse-ignores-sharing",
+        "mm/src/fault/anon.rs",
+        "        if meta.mapcount() == 1 && meta.refcount() == 1 {\n",
+        "        if meta.refcount() >= 1 {\n",
+        "host", "fork",
+        "do_wp_page reuses a frame another process still maps",
     ),
     Mutant(
         "spinlock-unlock-relaxed",
@@ -252,16 +285,111 @@ MUTANTS = [
         "host", "a_move_waits_for_readers",
         "mremap moves the PTEs before write-locking the old VMA (a fault under its read lock runs on)",
     ),
+    Mutant(
+        "sched-wait-check-outside-lock",
+        "sched-core/src/wait.rs",
+        "        let mut q = self.waiters.lock();\n"
+        "        if !cond() {\n"
+        "            return false;\n"
+        "        }\n",
+        "        if !cond() {\n"
+        "            return false;\n"
+        "        }\n"
+        "        let mut q = self.waiters.lock();\n",
+        "loom-sched", "loom_sched_wake_vs_block",
+        "a waiter checks its condition before it takes the wait-queue lock (lost wake-up)",
+    ),
+    Mutant(
+        "sched-on-cpu-release-relaxed",
+        "sched-core/src/schedule.rs",
+        "        prev.sched().on_cpu.store(false, Ordering::Release);\n",
+        "        prev.sched().on_cpu.store(false, Ordering::Relaxed);\n",
+        "loom-sched", "loom_sched_preempted_thread_stolen",
+        "finish_switch clears on_cpu without release: the next CPU may read a stale rsp",
+    ),
+    Mutant(
+        "sched-preempted-not-requeued",
+        "sched-core/src/schedule.rs",
+        "    } else if !se.idle && se.cas_state(State::Running, State::Ready) {\n"
+        "        rq.push(cur.clone(), irqs);\n"
+        "    }\n",
+        "    } else if !se.idle {\n"
+        "        se.cas_state(State::Running, State::Ready);\n"
+        "    }\n",
+        "loom-sched", "loom_sched_preempted_thread_stolen",
+        "schedule makes a preempted thread Ready but does not queue it (it is lost)",
+    ),
+    Mutant(
+        "sched-exit-done-relaxed",
+        "sched-core/src/task.rs",
+        "        self.done.store(true, Ordering::Release);\n",
+        "        self.done.store(true, Ordering::Relaxed);\n",
+        "loom-sched", "loom_sched_exit_join",
+        "exit publishes done without release: a joiner may read the exit code before it",
+    ),
+    Mutant(
+        "sched-exit-state-not-set",
+        "sched-core/src/schedule.rs",
+        "    me.sched().set_state(State::Exited);\n",
+        "",
+        "loom-sched", "loom_sched_exit_join",
+        "an exiting thread stays Running, so schedule queues it again",
+    ),
+    Mutant(
+        "sched-steal-ignores-affinity",
+        "sched-core/src/rq.rs",
+        "            se.may_run_on(thief) && !se.on_cpu.load(Ordering::Acquire)\n",
+        "            !se.on_cpu.load(Ordering::Acquire)\n",
+        "loom-sched", "loom_sched_affinity_steal",
+        "a stealer takes a thread its affinity keeps off the stealing CPU",
+    ),
+    Mutant(
+        "sched-wake-ignores-affinity",
+        "sched-core/src/wake.rs",
+        "    let usable = |c: usize| se.may_run_on(c) && m.online(c);\n",
+        "    let usable = |c: usize| m.online(c);\n",
+        "loom-sched", "loom_sched_affinity_migrate",
+        "a wake-up queues the thread on a CPU its affinity excludes",
+    ),
+    Mutant(
+        "sched-migrating-thread-requeued",
+        "sched-core/src/schedule.rs",
+        "    if !se.idle && !se.may_run_on(cpu_id) {\n"
+        "        migrates = se.cas_state(State::Running, State::Blocked);\n"
+        "    } else if",
+        "    if false {\n"
+        "    } else if",
+        "loom-sched", "loom_sched_affinity_migrate",
+        "schedule requeues a preempted thread on its CPU although its affinity now excludes it",
+    ),
+    Mutant(
+        "sched-migrating-thread-not-woken",
+        "sched-core/src/schedule.rs",
+        "        if migrates {\n",
+        "        if false && migrates {\n",
+        "loom-sched", "loom_sched_affinity_migrate",
+        "finish_switch does not hand over a thread that left its CPU for its affinity (lost)",
+    ),
+    Mutant(
+        "sched-block-cancel-ignores-stray-wake",
+        "sched-core/src/wait.rs",
+        "    let switch = blocked || !me.sched().cancel_blocked(irqs);\n",
+        "    me.sched().cancel_blocked(irqs);\n"
+        "    let switch = blocked;\n",
+        "loom-sched", "loom_sched_block_cancelled_vs_stray_wake",
+        "a cancelled block runs on although a stray wake-up made it Ready (it runs twice)",
+    ),
 ]
 
 
 def cargo_cmd(kind: str, test_filter: str, no_run: bool):
     env = dict(os.environ)
     target = env.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    if kind == "loom":
+    if kind in ("loom", "loom-sched"):
         env["RUSTFLAGS"] = (env.get("RUSTFLAGS", "") + " --cfg loom").strip()
         env["CARGO_TARGET_DIR"] = os.path.join(target, "loom")
-        cmd = ["cargo", "test", "-p", "mm", "--release", "--lib"]
+        crate = "mm" if kind == "loom" else "sched-core"
+        cmd = ["cargo", "test", "-p", crate, "--release", "--lib"]
     else:
         env["CARGO_TARGET_DIR"] = target
         cmd = ["cargo", "test", "-p", "mm", "--lib"]
@@ -301,7 +429,7 @@ def try_mutant(m: Mutant, runs: int, timeout: int, logdir: str, all_tests: bool)
                 return "BROKEN", f"does not compile (see {log_path})"
             caught = timeouts = 0
             for _ in range(runs):
-                test_filter = ("loom" if m.kind == "loom" else "") if all_tests else m.test_filter
+                test_filter = ("loom" if m.kind.startswith("loom") else "") if all_tests else m.test_filter
                 cmd, env = cargo_cmd(m.kind, test_filter, no_run=False)
                 rc = run(cmd, env, timeout, log)
                 if rc is None:
@@ -329,14 +457,17 @@ def main():
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--all-tests", action="store_true")
+    ap.add_argument("--kind", choices=sorted({m.kind for m in MUTANTS}),
+                    help="only the mutations whose tests are of this kind")
     args = ap.parse_args()
-    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    chosen = [m for m in MUTANTS
+              if (not args.names or m.name in args.names) and (not args.kind or m.kind == args.kind)]
     unknown = set(args.names) - {m.name for m in MUTANTS}
     if unknown:
         sys.exit(f"unknown mutations: {', '.join(sorted(unknown))}")
     if args.list:
-        for m in MUTANTS:
-            print(f"{m.name:40} {m.kind:5} {m.test_filter:45} {m.why}")
+        for m in chosen:
+            print(f"{m.name:40} {m.kind:10} {m.test_filter:45} {m.why}")
         return
     timeout = int(os.environ.get("MUTANT_TIMEOUT", "900"))
     logdir = tempfile.mkdtemp(prefix="mm-mutants-")

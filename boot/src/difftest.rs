@@ -11,10 +11,15 @@
 //! user <pid> out| <text>          one per line written to fd 1 (a partial last line at exit)
 //! user <pid> err| <text>          one per line written to fd 2
 //! user <pid> exit <code>          or: user <pid> killed <signo>
+//! user <pid> fork <ppid>          a process that <ppid> forked, instead of a start line
 //! ```
 //!
 //! Other lines carry their own prefixes and are skipped. Programs run one at a time, in the
-//! table's order, so the n-th process of the log is the n-th program.
+//! table's order (the next starts once every process of the last has ended), so the n-th
+//! process of the log is the n-th program. A forked process belongs to its parent's program:
+//! its `out|`/`err|` lines join that program's output in log order, as they would share its
+//! stdout and stderr on Linux, and its end is its parent's business (`wait4`), not the
+//! program's status.
 //!
 //! The QEMU half, [`run`], packs every program into one ramdisk, boots the kernel with it on 1, 2
 //! and 8 CPUs, and compares each run with the host's outcomes; each run also checks that every
@@ -150,6 +155,34 @@ pub const PROGRAMS: &[Program] = &[
         note: "",
     },
     Program {
+        name: "brk_ops",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
+        name: "mmap_flags",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
+        name: "stack_growth",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
+        name: "stack_guard_segv",
+        args: &[],
+        compare: ALL,
+        expect: Status::Signal(11),
+        note: "",
+    },
+    Program {
         name: "segv_write_ro",
         args: &[],
         compare: ALL,
@@ -207,6 +240,21 @@ pub const PROGRAMS: &[Program] = &[
         expect: Status::Signal(6),
         note: "the program's own panic hook prints the message: the default one prints the \
                thread id",
+    },
+    Program {
+        name: "fork_cow",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
+        name: "fork_race",
+        args: &["40"],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "40 forks: on one CPU its four spinning threads stretch each fork to a few \
+               timeslices; the long run of the same race is tests/fork_stress.rs",
     },
 ];
 
@@ -402,6 +450,8 @@ pub enum LogErrorCause {
     AfterEnd,
     /// A second `start` for a process still running.
     DoubleStart,
+    /// A `fork` line whose parent is not a running process of the log.
+    UnknownParent,
 }
 
 impl fmt::Display for LogError {
@@ -411,6 +461,7 @@ impl fmt::Display for LogError {
             LogErrorCause::BadArgument => "missing or malformed argument",
             LogErrorCause::AfterEnd => "line for a process that already ended",
             LogErrorCause::DoubleStart => "second start of a running process",
+            LogErrorCause::UnknownParent => "fork of a process that is not running",
         };
         write!(f, "kernel log line {}: {cause}: {:?}", self.line, self.text)
     }
@@ -427,6 +478,8 @@ pub fn parse_kernel_lines<'a>(
     lines: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<KernelProcess>, LogError> {
     let mut procs: Vec<KernelProcess> = Vec::new();
+    // Forked processes still running: (pid, index of their program in `procs`).
+    let mut forked: Vec<(u64, usize)> = Vec::new();
     for (i, raw) in lines.into_iter().enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let Some((pid, rest)) = process_line(line) else {
@@ -437,6 +490,40 @@ pub fn parse_kernel_lines<'a>(
             text: line.to_owned(),
             cause,
         };
+        if let Some(ppid) = rest.strip_prefix("fork ") {
+            let ppid: u64 = ppid
+                .trim()
+                .parse()
+                .map_err(|_| error(LogErrorCause::BadArgument))?;
+            let program = forked
+                .iter()
+                .find(|&&(p, _)| p == ppid)
+                .map(|&(_, prog)| prog)
+                .or_else(|| {
+                    procs
+                        .iter()
+                        .rposition(|p| p.pid == ppid && p.outcome.status == Status::Unfinished)
+                })
+                .ok_or_else(|| error(LogErrorCause::UnknownParent))?;
+            if forked.iter().any(|&(p, _)| p == pid) {
+                return Err(error(LogErrorCause::DoubleStart));
+            }
+            forked.push((pid, program));
+            continue;
+        }
+        if let Some(at) = forked.iter().position(|&(p, _)| p == pid) {
+            let out = &mut procs[forked[at].1].outcome;
+            if let Some(text) = tagged_text(rest, "out|") {
+                out.stdout.push(text.to_owned());
+            } else if let Some(text) = tagged_text(rest, "err|") {
+                out.stderr.push(text.to_owned());
+            } else if rest.starts_with("exit ") || rest.starts_with("killed ") {
+                forked.swap_remove(at);
+            } else {
+                return Err(error(LogErrorCause::UnknownKind));
+            }
+            continue;
+        }
         // The process this line belongs to: the latest with this pid.
         let current = procs.iter().rposition(|p| p.pid == pid);
         let running = current.filter(|&c| procs[c].outcome.status == Status::Unfinished);
@@ -648,7 +735,7 @@ pub fn run(kernel: &Path) -> Result<Vec<Check>, String> {
             args: p.args.iter().map(|a| a.to_string()).collect(),
         })
         .collect();
-    let ramdisk = crate::ramdisk::pack(&progs)?;
+    let ramdisk = crate::ramdisk::pack(&progs, false)?;
     let image = crate::image::build(kernel, crate::image::Firmware::Bios, Some(&ramdisk))?;
     let mut checks = Vec::new();
     for smp in SMPS {

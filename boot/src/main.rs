@@ -44,8 +44,8 @@ fn dispatch(args: &[String]) -> Result<bool, String> {
     let (cmd, rest) = args.split_first().ok_or_else(usage)?;
     match cmd.as_str() {
         "run" => {
-            let (elf, opts, progs) = parse_run(rest)?;
-            let image = image::build(&elf, opts.firmware, pack(&progs)?.as_deref())?;
+            let (elf, opts, progs, together) = parse_run(rest)?;
+            let image = image::build(&elf, opts.firmware, pack(&progs, together)?.as_deref())?;
             if opts.gdb {
                 eprintln!("boot: QEMU waits for GDB on localhost:1234 (see README, \"Debugging\")");
             }
@@ -56,8 +56,8 @@ fn dispatch(args: &[String]) -> Result<bool, String> {
             Ok(out.success)
         }
         "image" => {
-            let (elf, opts, progs) = parse_run(rest)?;
-            let ramdisk = pack(&progs)?;
+            let (elf, opts, progs, together) = parse_run(rest)?;
+            let ramdisk = pack(&progs, together)?;
             println!(
                 "{}",
                 image::build(&elf, opts.firmware, ramdisk.as_deref())?.display()
@@ -76,20 +76,25 @@ fn dispatch(args: &[String]) -> Result<bool, String> {
 
 fn usage() -> String {
     "usage: boot run|image <KERNEL-ELF> [--smp N] [--mem SIZE] [--uefi] [--kvm] [--gdb] \
-     [--timeout SECS] [--prog PROGRAM [--args \"ARG ...\"]]... | boot runner <ELF> | boot test"
+     [--timeout SECS] [--prog PROGRAM [--args \"ARG ...\"]]... [--together] | boot runner <ELF> \
+     | boot test"
         .into()
 }
 
 /// The ramdisk for `progs`, if there are any.
-fn pack(progs: &[ramdisk::Prog]) -> Result<Option<Vec<u8>>, String> {
+fn pack(progs: &[ramdisk::Prog], together: bool) -> Result<Option<Vec<u8>>, String> {
     if progs.is_empty() {
         return Ok(None);
     }
-    ramdisk::pack(progs).map(Some)
+    ramdisk::pack(progs, together).map(Some)
 }
 
+/// What `run` and `image` are asked for: the kernel, QEMU's options, the programs, and whether
+/// they start at once (`--together`).
+type RunArgs = (PathBuf, qemu::Options, Vec<ramdisk::Prog>, bool);
+
 /// Parses `<ELF> [options]` for `run` and `image`.
-fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options, Vec<ramdisk::Prog>), String> {
+fn parse_run(args: &[String]) -> Result<RunArgs, String> {
     let mut opts = qemu::Options {
         timeout: None,
         ..Default::default()
@@ -97,6 +102,7 @@ fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options, Vec<ramdisk::Pr
     let mut elf = None;
     let mut progs: Vec<ramdisk::Prog> = Vec::new();
     let mut args_given = false;
+    let mut together = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -120,6 +126,7 @@ fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options, Vec<ramdisk::Pr
             "--uefi" => opts.firmware = Firmware::Uefi,
             "--kvm" => opts.kvm = true,
             "--gdb" => opts.gdb = true,
+            "--together" => together = true,
             "--prog" => {
                 progs.push(ramdisk::Prog {
                     path: PathBuf::from(value("--prog")?),
@@ -142,7 +149,10 @@ fn parse_run(args: &[String]) -> Result<(PathBuf, qemu::Options, Vec<ramdisk::Pr
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
-    Ok((elf.ok_or_else(usage)?, opts, progs))
+    if together && progs.is_empty() {
+        return Err("--together starts the --prog programs at once: give some".into());
+    }
+    Ok((elf.ok_or_else(usage)?, opts, progs, together))
 }
 
 #[cfg(test)]
@@ -151,7 +161,17 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Vec<ramdisk::Prog>, String> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        parse_run(&args).map(|(_, _, progs)| progs)
+        parse_run(&args).map(|(_, _, progs, _)| progs)
+    }
+
+    #[test]
+    fn together_needs_programs() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_run(&args(&["kernel", "--together"])).is_err());
+        let (_, _, progs, together) =
+            parse_run(&args(&["kernel", "--prog", "a", "--together"])).unwrap();
+        assert_eq!((progs.len(), together), (1, true));
+        assert!(!parse_run(&args(&["kernel", "--prog", "a"])).unwrap().3);
     }
 
     #[test]

@@ -15,8 +15,9 @@ pub struct Prog {
     pub args: Vec<String>,
 }
 
-/// Reads, checks and packs `progs`. Returns the archive.
-pub fn pack(progs: &[Prog]) -> Result<Vec<u8>, String> {
+/// Reads, checks and packs `progs` (to start one after the other, or with `together` all at
+/// once). Returns the archive.
+pub fn pack(progs: &[Prog], together: bool) -> Result<Vec<u8>, String> {
     let mut programs = Vec::with_capacity(progs.len());
     for prog in progs {
         let elf = std::fs::read(&prog.path)
@@ -35,7 +36,8 @@ pub fn pack(progs: &[Prog]) -> Result<Vec<u8>, String> {
             .collect();
         programs.push(HostProgram { name, argv, elf });
     }
-    exec::initrd::write(&programs).map_err(|e| format!("cannot pack the programs: {e}"))
+    exec::initrd::write_together(&programs, together)
+        .map_err(|e| format!("cannot pack the programs: {e}"))
 }
 
 /// The program's bytes without debug information.
@@ -155,7 +157,7 @@ mod tests {
             path: path.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
         };
-        let archive = pack(&[prog(&good, &["a b", "c"]), prog(&good, &[])]).unwrap();
+        let archive = pack(&[prog(&good, &["a b", "c"]), prog(&good, &[])], false).unwrap();
         let programs = exec::initrd::read(&archive).unwrap();
         assert_eq!(programs.len(), 2);
         assert_eq!(programs[0].argv, ["static-pie", "a b", "c"]);
@@ -168,9 +170,9 @@ mod tests {
             exec::elf::plan(original, exec::elf::PIE_BASE).map(|p| p.entry)
         );
 
-        let err = pack(&[prog(&bad, &[])]).unwrap_err();
+        let err = pack(&[prog(&bad, &[])], false).unwrap_err();
         assert!(err.contains("not an ELF file"), "{err}");
-        let err = pack(&[prog(&dir.join("missing"), &[])]).unwrap_err();
+        let err = pack(&[prog(&dir.join("missing"), &[])], false).unwrap_err();
         assert!(err.contains("cannot read program"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

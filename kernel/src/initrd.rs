@@ -48,3 +48,9 @@ pub fn ramdisk() -> Option<&'static [u8]> {
 pub fn programs() -> Result<Vec<Program<'static>>, InitrdError> {
     ramdisk().map_or(Ok(Vec::new()), exec::initrd::read)
 }
+
+/// Whether the ramdisk's programs start all at once (`boot run --together`) rather than one after
+/// the other.
+pub fn starts_together() -> bool {
+    ramdisk().is_some_and(exec::initrd::starts_together)
+}

@@ -92,10 +92,6 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     let bsp = [arch::apic::id()];
     let apic_ids = cpus.as_ref().map_or(&bsp[..], |c| &c.apic_ids[..]);
     let smp = arch::smp::start_all(apic_ids);
-    mm::sync::set_preempt_hooks(
-        arch::percpu::preempt_disable_hook,
-        arch::percpu::preempt_enable_hook,
-    );
     platform::init_memory();
     process::init();
     arch::apic::start_timer(arch::smp::TIMER_HZ);

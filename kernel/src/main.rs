@@ -72,7 +72,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             exit(ExitCode::Failed)
         }
     };
-    if !programs.is_empty() {
+    let together = kernel::initrd::starts_together();
+    if !programs.is_empty() && !together {
         // QEMU's exit status says whether the first program exited 0.
         let first_ok = run_programs(&programs);
         exit(if first_ok {
@@ -85,6 +86,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     for policy in [FaultPolicy::PerVmaLock, FaultPolicy::MmapLockOnly] {
         faults_demo(policy);
     }
+    if together && !programs_together(&programs) {
+        exit(ExitCode::Failed)
+    }
     let (used, free_heap) = heap::usage();
     info!(
         "heap: {} KiB used, {} KiB free",
@@ -93,6 +97,51 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     info!("done; leaving QEMU");
     exit(ExitCode::Success)
+}
+
+/// Starts every program of the ramdisk at once (`make run`'s show), waits for them all and prints
+/// how each ended, the memory subsystem's counters over the run, and the frame accounting.
+/// Returns whether every program could be started and every frame came back.
+fn programs_together(programs: &[exec::initrd::Program<'static>]) -> bool {
+    let before_frames = kernel::memory::settled_free_frames();
+    let before = memory().stats().snapshot();
+    let t0 = apic::now_ns();
+    let mut started = Vec::new();
+    let mut all_started = true;
+    for p in programs {
+        match spawn_program(p.elf, p.argv.clone()) {
+            Ok(process) => started.push((p.name.as_str(), process)),
+            Err(e) => {
+                error!("{}: {e}", p.name);
+                all_started = false;
+            }
+        }
+    }
+    for (name, process) in &started {
+        let status = process.wait();
+        info!(
+            "user: {name} (pid {}) ended: {status:?}, {} ms after the start",
+            process.pid(),
+            (apic::now_ns() - t0) / 1_000_000
+        );
+    }
+    // Their children, if they forked, end too before the counts are taken.
+    kernel::user::wait_all();
+    drop(started);
+    let d = memory().stats().snapshot().since(&before);
+    info!(
+        "user: {} faults; VMA_LOCK_SUCCESS={} ABORT={} RETRY={} MISS={} MMAP_LOCK_FALLBACK={} SEGV={}",
+        d.get(Event::Fault),
+        d.get(Event::VmaLockSuccess),
+        d.get(Event::VmaLockAbort),
+        d.get(Event::VmaLockRetry),
+        d.get(Event::VmaLockMiss),
+        d.get(Event::MmapLockFallback),
+        d.get(Event::Segv)
+    );
+    let after_frames = kernel::memory::settled_free_frames();
+    info!("user: free frames before {before_frames}, after {after_frames}");
+    all_started && after_frames == before_frames
 }
 
 /// Runs the ramdisk's programs one after the other, each to its end. Returns whether the first
@@ -105,6 +154,8 @@ fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
         let status = match spawn_program(p.elf, p.argv.clone()) {
             Ok(process) => {
                 let status = process.wait();
+                // Its children too (they may outlive it), before the next program starts.
+                kernel::user::wait_all();
                 info!(
                     "{}: {status:?} after {} ms",
                     p.name,
@@ -174,10 +225,7 @@ fn threads_demo() {
     );
     let n = online_count();
     info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
-    let switches: Vec<u64> = PERCPU[..n]
-        .iter()
-        .map(|c| c.sched.switches.load(Ordering::Relaxed))
-        .collect();
+    let switches: Vec<u64> = PERCPU[..n].iter().map(|c| c.sched.switches()).collect();
     info!("threads: context switches per CPU: {switches:?}");
     let tlb = tlb::stats();
     info!(

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use mm::AddressSpace;
 use mm::memory::Memory;
-use mm::platform::{CpuMask, PhysAddr, PhysFrame, Platform, VirtAddr};
+use mm::platform::{CpuMask, PhysAddr, PhysFrame, Platform, SpinlockPreemption, VirtAddr};
 use mm::rcu::Rcu;
 
 use crate::arch::{apic, percpu, tlb};
@@ -66,6 +66,16 @@ unsafe impl Platform for KernelPlatform {
     }
 
     #[track_caller]
+    /// The per-CPU preemption count, through hooks that record the lock's callers (a plain
+    /// `fn()` cannot carry `#[track_caller]`).
+    fn spinlock_preemption() -> Option<&'static SpinlockPreemption> {
+        static PREEMPTION: SpinlockPreemption = SpinlockPreemption {
+            disable: percpu::preempt_disable_hook,
+            enable: percpu::preempt_enable_hook,
+        };
+        Some(&PREEMPTION)
+    }
+
     fn preempt_disable(&self) {
         percpu::preempt_disable();
     }

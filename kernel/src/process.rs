@@ -47,6 +47,14 @@ impl Process {
         }))
     }
 
+    /// A process around the address space `mm` (a `fork`'s copy).
+    pub fn with_mm(name: impl Into<String>, mm: Mm) -> Arc<Process> {
+        Arc::new(Process {
+            name: name.into(),
+            mm: Arc::new(mm),
+        })
+    }
+
     /// Its address space (for `mmap`, `munmap`, `mprotect`).
     pub fn mm(&self) -> &Arc<Mm> {
         &self.mm

@@ -27,7 +27,7 @@ static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
 /// # Invariants
 /// Every VMA in `tree` is attached, has `vm_mm == id`, and is stored under exactly its own
 /// range; VMAs do not overlap, lie in `[MMAP_MIN_ADDR, USER_END)`, and no two adjacent VMAs have
-/// the same protection (they are merged). PTEs exist only inside VMAs. The tree and the VMAs'
+/// the same protection and flags (they are merged). PTEs exist only inside VMAs. The tree and the VMAs'
 /// lock stamps change only with `mmap_lock` held for write.
 pub struct AddressSpace<P: Platform> {
     id: u64,
@@ -36,6 +36,13 @@ pub struct AddressSpace<P: Platform> {
     pgtables: PageTables<P>,
     cpus: AtomicU64,
     mem: Arc<Memory<P>>,
+    /// Linux's `mm->start_brk` and `mm->brk`: the heap is `[start_brk, brk)` (see `ops::brk`).
+    /// Written only with `mmap_lock` held for write.
+    pub(crate) start_brk: AtomicU64,
+    pub(crate) brk: AtomicU64,
+    /// Linux's `mm->mmap_base`: where the top-down search for free space starts (see
+    /// `ops::mmap`). Written only with `mmap_lock` held for write.
+    pub(crate) mmap_base: AtomicU64,
 }
 
 /// Why an address space is inconsistent (from [`AddressSpace::validate`]).
@@ -55,7 +62,7 @@ pub enum MmValidateError {
         /// The offending VMA's range.
         vma: Range<u64>,
     },
-    /// Two adjacent VMAs with the same protection were not merged.
+    /// Two adjacent VMAs with the same protection and flags were not merged.
     Unmerged {
         /// The address where the first ends and the second starts.
         at: u64,
@@ -87,7 +94,22 @@ impl<P: Platform> AddressSpace<P> {
             pgtables,
             cpus: AtomicU64::new(0),
             mem: mem.clone(),
+            start_brk: AtomicU64::new(0),
+            brk: AtomicU64::new(0),
+            mmap_base: AtomicU64::new(USER_END),
         }
+    }
+
+    /// Sets where `mmap` starts looking for free space, top down (Linux's `mmap_base`: exec puts
+    /// it below the room the stack may grow into). It is [`USER_END`] until set. Rounded down to
+    /// a page.
+    ///
+    /// Locks: takes `mmap_lock` for write.
+    pub fn set_mmap_base(&self, base: u64) {
+        // Lock order: mmap_lock (write), outermost.
+        let _g = self.mmap_write_lock();
+        self.mmap_base
+            .store(base.min(USER_END) & !0xfff, Ordering::Relaxed);
     }
 
     /// The unique id VMAs carry as `vm_mm`.
@@ -210,6 +232,7 @@ impl<P: Platform> AddressSpace<P> {
             if let Some(p) = prev
                 && p.end() == vma.start()
                 && p.prot() == vma.prot()
+                && p.flags() == vma.flags()
             {
                 return Err(MmValidateError::Unmerged { at: vma.start() });
             }

@@ -6,7 +6,7 @@ use alloc::sync::Arc as StdArc;
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
-use loom::sync::atomic::AtomicBool;
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::thread;
 
 use crate::sync::{LockClass, LoomPark, MmapLock, RawSpinLock, RwSemaphore};
@@ -155,6 +155,71 @@ fn loom_vma_foreign_reader_does_not_block_writer() {
         }
         reader.join().unwrap();
         assert_eq!(m.vma.readers(), 0);
+    });
+}
+
+/// The stack of the expansion model: the VMA the fault path finds for the stack's top page.
+struct StackModel {
+    mm: MmapLock<LoomPark>,
+    /// The stack VMA before the expansion, attached.
+    old: VmaLock,
+    /// Its replacement (`[faulting page, end)`), detached until the expansion attaches it.
+    grown: VmaLock,
+    /// The tree's entry for the stack's top page: 0 = `old`, 1 = `grown` (published with a
+    /// release store and walked with acquire loads, as the maple tree does).
+    slot: AtomicUsize,
+}
+
+/// A fault on the stack VMA (`lock_vma_under_rcu` then work under the VMA read lock) racing a
+/// fault below the stack that grows it (`ops::stack::expand_downwards`: `mmap_lock` for write,
+/// `vma_start_write` of the stack, the grown VMA attached and stored, the old one detached). A
+/// fault that holds the stack VMA's read lock must see that VMA stay the tree's until it drops
+/// the lock, whichever VMA it locked; after the expansion, faults lock the grown VMA. Without
+/// the `vma_start_write` the tree changes under the reader (one of the races of Linux 6.4,
+/// whose `expand_stack` ran under the read lock).
+#[test]
+fn loom_fault_vs_stack_expansion() {
+    model(|| {
+        let m = Arc::new(StackModel {
+            mm: MmapLock::new(StdArc::new(LoomPark)),
+            old: VmaLock::new_unlocked(),
+            grown: VmaLock::new_unlocked(),
+            slot: AtomicUsize::new(0),
+        });
+        {
+            let g = m.mm.write();
+            m.old.start_write(&g);
+            m.old.mark_attached(&g);
+        }
+        let e = m.clone();
+        let expander = thread::spawn(move || {
+            let g = e.mm.write();
+            e.old.start_write(&g);
+            // `Vma::new_locked_flags`: stamped while detached, then attached.
+            e.grown.start_write(&g);
+            e.grown.mark_attached(&g);
+            e.slot.store(1, Ordering::Release);
+            e.old.mark_detached(&g);
+        });
+        // The racing fault: walk, lock, re-check, as `lock_vma_under_rcu` does.
+        let found = m.slot.load(Ordering::Acquire);
+        let vma = if found == 0 { &m.old } else { &m.grown };
+        if vma.start_read(&m.mm, || true).is_ok() {
+            let now = m.slot.load(Ordering::Acquire);
+            vma.end_read(&m.mm);
+            assert_eq!(now, found, "the VMA set changed under a read-locked VMA");
+        }
+        expander.join().unwrap();
+        assert!(!m.old.is_attached());
+        assert_eq!(
+            m.old.start_read(&m.mm, || true),
+            Err(StartReadError::Detached)
+        );
+        assert!(
+            m.grown.start_read(&m.mm, || true).is_ok(),
+            "the grown stack stays locked"
+        );
+        m.grown.end_read(&m.mm);
     });
 }
 

@@ -32,6 +32,7 @@ pub struct Memory<P: Platform> {
 impl<P: Platform> Memory<P> {
     /// State for `platform`; takes the zero frame from its pool.
     pub fn new(platform: Arc<P>) -> Result<Arc<Self>, FrameAllocError> {
+        crate::sync::install_preemption(P::spinlock_preemption());
         Ok(Arc::new(Memory {
             rcu: Arc::new(Rcu::new(platform.clone())),
             frames: FrameAllocator::new(platform.clone())?,

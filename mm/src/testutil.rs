@@ -8,7 +8,7 @@ use crate::address_space::AddressSpace;
 use crate::memory::Memory;
 use crate::ops::MapFlags;
 use crate::platform::emulated::Emulated;
-use crate::vma::Prot;
+use crate::vma::{Prot, Vma};
 
 pub(crate) const PAGE: u64 = 4096;
 /// Where picture tests put page 0 of a picture.
@@ -72,12 +72,28 @@ pub(crate) fn prot_of(c: char) -> Prot {
     }
 }
 
-/// Maps `prots` (one char per page, `' '` = leave unmapped) at [`PIC_BASE`], page by page, so
-/// merging happens as it would for separate calls.
+/// A VMA's picture character: its protection's, upper case for a stack (`VM_GROWSDOWN`).
+pub(crate) fn vma_char(v: &Vma) -> char {
+    let c = prot_char(v.prot());
+    if v.grows_down() {
+        c.to_ascii_uppercase()
+    } else {
+        c
+    }
+}
+
+/// Maps `prots` (one char per page, `' '` = leave unmapped, upper case = `MAP_GROWSDOWN`) at
+/// [`PIC_BASE`], page by page, so merging happens as it would for separate calls.
 pub(crate) fn draw(mm: &AddressSpace<Emulated>, prots: &str) {
     for (i, c) in prots.chars().enumerate() {
         if c != ' ' {
-            mm.mmap(PIC_BASE + i as u64 * PAGE, PAGE, prot_of(c), fixed())
+            let flags = if c.is_ascii_uppercase() {
+                fixed() | MapFlags::GROWSDOWN
+            } else {
+                fixed()
+            };
+            let prot = prot_of(c.to_ascii_lowercase());
+            mm.mmap(PIC_BASE + i as u64 * PAGE, PAGE, prot, flags)
                 .unwrap();
         }
     }
@@ -95,7 +111,7 @@ pub(crate) fn picture(mm: &AddressSpace<Emulated>, pages: usize) -> (String, Str
         match vmas.iter().position(|v| v.contains(a)) {
             Some(n) => {
                 letters.push((b'A' + n as u8) as char);
-                prots.push(prot_char(vmas[n].prot()));
+                prots.push(vma_char(&vmas[n]));
             }
             None => {
                 letters.push(' ');

@@ -65,6 +65,71 @@ fn parse_pid_reuse_is_a_new_process_and_output_before_start_counts() {
 }
 
 #[test]
+fn parse_forked_processes_join_their_program() {
+    let log = "\
+user 1 start fork_cow
+user 1 out| parent before
+user 2 fork 1
+user 2 out| child
+user 3 fork 2
+user 3 err| grandchild
+user 2 exit 7
+user 1 out| parent after
+user 1 exit 0
+user 3 out| orphan
+user 3 exit 0
+user 4 start next
+user 4 exit 0
+";
+    let procs = parse_kernel_log(log).unwrap();
+    assert_eq!(
+        procs.len(),
+        2,
+        "a forked process is not a program of its own"
+    );
+    assert_eq!(procs[0].name.as_deref(), Some("fork_cow"));
+    assert_eq!(
+        procs[0].outcome,
+        outcome(
+            &["parent before", "child", "parent after", "orphan"],
+            &["grandchild"],
+            Status::Exit(0)
+        )
+    );
+    assert_eq!(procs[1].name.as_deref(), Some("next"));
+}
+
+#[test]
+fn parse_rejects_a_fork_of_no_running_process() {
+    for (log, line, cause) in [
+        ("user 2 fork 1", 1, LogErrorCause::UnknownParent),
+        (
+            "user 1 start a\nuser 1 exit 0\nuser 2 fork 1",
+            3,
+            LogErrorCause::UnknownParent,
+        ),
+        (
+            "user 1 start a\nuser 2 fork x",
+            2,
+            LogErrorCause::BadArgument,
+        ),
+        (
+            "user 1 start a\nuser 2 fork 1\nuser 2 fork 1",
+            3,
+            LogErrorCause::DoubleStart,
+        ),
+        (
+            "user 1 start a\nuser 2 fork 1\nuser 2 wrote",
+            3,
+            LogErrorCause::UnknownKind,
+        ),
+    ] {
+        let e = parse_kernel_log(log).unwrap_err();
+        assert_eq!((e.line, &e.cause), (line, &cause), "log {log:?}");
+    }
+}
+
+#[test]
 fn parse_lines_drops_carriage_returns_of_a_serial_line() {
     let procs =
         parse_kernel_lines(["user 1 start a\r", "user 1 out| x\r", "user 1 exit 0\r"]).unwrap();

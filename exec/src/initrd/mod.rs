@@ -4,6 +4,8 @@
 //! bin/<name>     an ELF executable
 //! run/<n>        the n-th program to start (n = 0, 1, ... in decimal, no gaps): NUL-terminated
 //!                strings, the first naming a file in bin/, the rest its argv (argv[0] first)
+//! run/together   (optional, empty) start every program at once instead of one after the
+//!                other, each when the one before it has ended
 //! ```
 //! NUL-terminated strings let arguments hold spaces, quotes or newlines. One ELF may be started
 //! several times with different arguments. Anything else in the archive is an error, so a
@@ -20,6 +22,9 @@ use tar_no_std::{CorruptDataError, TarArchiveRef};
 pub const BIN_DIR: &str = "bin/";
 /// Directory of the start list.
 pub const RUN_DIR: &str = "run/";
+/// The marker that asks for every program to start at once ([`starts_together`]).
+pub const TOGETHER: &str = "run/together";
+
 /// Longest program name (ustar keeps 100 bytes of name beside its prefix field).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -116,6 +121,10 @@ pub fn read(archive: &[u8]) -> Result<Vec<Program<'_>>, InitrdError> {
             if bins.insert(name.to_string(), entry.data()).is_some() {
                 return Err(InitrdError::DuplicateProgram(name.to_string()));
             }
+        } else if path == TOGETHER {
+            if !entry.data().is_empty() {
+                return Err(InitrdError::UnknownEntry(path.to_string()));
+            }
         } else if let Some(index) = path.strip_prefix(RUN_DIR) {
             let n = parse_index(index)?;
             if runs.insert(n, entry.data()).is_some() {
@@ -145,6 +154,15 @@ pub fn read(archive: &[u8]) -> Result<Vec<Program<'_>>, InitrdError> {
         });
     }
     Ok(programs)
+}
+
+/// Whether the ramdisk asks for its programs to start at once (the `run/together` marker) rather
+/// than one after the other. A malformed archive says no ([`read`] reports it).
+pub fn starts_together(archive: &[u8]) -> bool {
+    TarArchiveRef::new(archive).is_ok_and(|tar| {
+        tar.entries()
+            .any(|e| e.filename().as_str().is_ok_and(|p| p == TOGETHER))
+    })
 }
 
 /// Checks a `bin/` name.
@@ -184,7 +202,7 @@ fn parse_manifest(index: u32, data: &[u8]) -> Result<Vec<String>, InitrdError> {
 }
 
 #[cfg(any(test, feature = "host"))]
-pub use writer::{HostProgram, WriteError, write};
+pub use writer::{HostProgram, WriteError, write, write_together};
 
 #[cfg(any(test, feature = "host"))]
 mod writer;

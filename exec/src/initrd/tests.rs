@@ -274,3 +274,21 @@ proptest! {
         prop_assert_eq!(got, argvs);
     }
 }
+
+#[test]
+fn together_marker_round_trips_and_must_be_empty() {
+    let progs = [
+        prog("a", &["a"], b"\x7fELF-a"),
+        prog("b", &["b", "x"], b"\x7fELF-b"),
+    ];
+    let one_by_one = write(&progs).unwrap();
+    let together = write_together(&progs, true).unwrap();
+    assert!(!starts_together(&one_by_one));
+    assert!(starts_together(&together));
+    // The marker changes nothing else.
+    assert_eq!(read(&one_by_one).unwrap(), read(&together).unwrap());
+    // A marker with content is not ours.
+    let bad = raw_tar(&[("bin/a", b"\x7fELF"), ("run/0", b"a\0"), (TOGETHER, b"yes")]);
+    assert!(read(&bad).is_err());
+    assert!(!starts_together(b"not a tar archive"));
+}

@@ -49,9 +49,15 @@ impl fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
-/// The ramdisk that starts `programs` in order. The output depends only on the input
-/// (times, owners and modes are fixed), so equal inputs give equal archives.
+/// The ramdisk that starts `programs` in order, each when the one before it has ended. The
+/// output depends only on the input (times, owners and modes are fixed), so equal inputs give
+/// equal archives.
 pub fn write(programs: &[HostProgram]) -> Result<Vec<u8>, WriteError> {
+    write_together(programs, false)
+}
+
+/// [`write`], or with `together` the ramdisk that starts every program at once.
+pub fn write_together(programs: &[HostProgram], together: bool) -> Result<Vec<u8>, WriteError> {
     if programs.is_empty() {
         return Err(WriteError::NoPrograms);
     }
@@ -90,6 +96,9 @@ pub fn write(programs: &[HostProgram]) -> Result<Vec<u8>, WriteError> {
             manifest.push(0);
         }
         add(&format!("{RUN_DIR}{i}"), &manifest, 0o644)?;
+    }
+    if together {
+        add(super::TOGETHER, &[], 0o644)?;
     }
     tar.into_inner().map_err(WriteError::Io)
 }

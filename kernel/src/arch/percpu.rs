@@ -258,7 +258,7 @@ pub fn preempt_enable() {
     }
 }
 
-/// [`preempt_disable`] for `mm`'s spinlocks (`mm::sync::set_preempt_hooks`). A hook is a plain
+/// [`preempt_disable`] for `mm`'s spinlocks (`Platform::spinlock_preemption`). A hook is a plain
 /// `fn()`, through which `#[track_caller]` reports the hook itself, so the owner is recorded as
 /// the return addresses above this frame instead.
 #[inline(never)]

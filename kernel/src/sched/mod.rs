@@ -24,29 +24,47 @@
 //! threads already queued there (the preempted one goes to the back). A new thread does not
 //! preempt its spawner (as on Linux), only a remote CPU.
 //!
-//! Everything here that touches run queues or `current` runs with interrupts off.
+//! # Affinity
+//! Each thread has a CPU mask ([`set_affinity`], Linux's `sched_setaffinity`), respected by
+//! `sched_core` wherever a thread is placed (its header, "Affinity") and here at spawn.
+//!
+//! # User threads
+//! A thread with a [`UserContext`] runs user code: at every switch (`Machine::prepare_switch`)
+//! its user-side registers are saved when its CPU leaves it and loaded when a CPU picks it, and
+//! the CPU's kernel-entry stack (TSS `rsp0`, the `SYSCALL` stack word) is pointed at its kernel
+//! stack. The context switch saves RFLAGS per thread (`switch.rs`): a kernel thread working on
+//! a process's memory keeps user access (SMAP's AC flag) open across switches.
+//!
+//! # The protocol
+//! Run queues, thread states, `on_cpu`, wake-ups, wait queues, stealing and exit are
+//! `sched_core`'s (its header: the states, who writes what, the orderings, the lock order),
+//! model-checked by loom on the same code. This module is its [`Machine`] on x86-64 (the CPU
+//! id from GS, interrupts, the reschedule IPI, CR3 and the user-side registers, the stack
+//! switch in `switch.rs`) and the kernel's side: spawning, affinity, preemption, the idle loop,
+//! the tick, CPU-time accounting. What touches the run queues or
+//! the current thread takes an [`IrqsOff`] proof: from an [`IrqGuard`], or assumed where
+//! interrupts are known to be off (interrupt handlers, a thread's first instructions).
 
 mod switch;
 pub mod thread;
 pub mod wait;
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use spin::Mutex;
+pub use sched_core::ALL_CPUS;
+use sched_core::{IrqGuard, IrqsOff, Machine, Start, State, cpu_bit};
 use x86_64::instructions::interrupts;
 
 use crate::arch::apic;
-use crate::arch::percpu::{MAX_CPUS, NoPreempt, PERCPU, PerCpu, cpu_id, preempt_count, this_cpu};
+use crate::arch::percpu::{MAX_CPUS, NoPreempt, PERCPU, cpu_id, preempt_count, this_cpu};
 use crate::memory::stack::{Stack, StackError};
 pub(crate) use thread::Entry;
+use thread::ThreadInit;
 pub use thread::{JoinHandle, Thread, UserContext};
-use thread::{State, ThreadInit};
 use x86_64::registers::control::Cr3;
 
 use crate::platform::Mm;
@@ -56,163 +74,167 @@ pub use wait::{WaitQueue, block_current, futex_wait, futex_wake, sleep_ns};
 pub const THREAD_STACK_SIZE: usize = 64 * 1024;
 
 /// One CPU's scheduler state.
-pub struct CpuSched {
-    queue: Mutex<VecDeque<Arc<Thread>>>,
-    /// The running thread and the one this CPU just switched away from; see [`Slots`].
-    slots: Slots,
-    /// Context switches done.
-    pub switches: AtomicU64,
-    /// Threads in `queue` (read by other CPUs choosing where to steal or place).
-    queued: AtomicUsize,
-    /// The CPU runs its idle thread (read by wakers choosing a CPU).
-    running_idle: AtomicBool,
-    /// The thread this CPU is switching away from must move to another CPU (its affinity
-    /// changed); only the owning CPU touches it, with interrupts off.
-    migrate_prev: AtomicBool,
-}
+pub type CpuSched = sched_core::CpuSched<Thread>;
 
-/// # Invariants
-/// Only the owning CPU touches these, with interrupts off.
-struct Slots(UnsafeCell<SlotPair>);
+/// This machine, as the scheduler's protocol sees it.
+pub(crate) struct Kernel;
 
-/// (the running thread, the thread this CPU just switched away from)
-type SlotPair = (Option<Arc<Thread>>, Option<Arc<Thread>>);
+pub(crate) static KERNEL: Kernel = Kernel;
 
-// SAFETY: see the invariant: there is no concurrent access.
-unsafe impl Sync for Slots {}
+// CPU masks are one word.
+const _: () = assert!(MAX_CPUS <= 64);
 
-impl CpuSched {
-    /// An empty scheduler state (before the CPU is up).
-    pub const fn new() -> Self {
-        CpuSched {
-            queue: Mutex::new(VecDeque::new()),
-            slots: Slots(UnsafeCell::new((None, None))),
-            switches: AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
-            running_idle: AtomicBool::new(false),
-            migrate_prev: AtomicBool::new(false),
+// SAFETY: `cpu_id` is the CPU running the caller and cannot change while interrupts are off;
+// each id has its own `PERCPU` entry, and only `sched_core` touches its `sched`; `switch_stacks`
+// is the context switch of `switch.rs`, which saves the stack pointer before it loads the next.
+unsafe impl Machine for Kernel {
+    type Task = Thread;
+
+    fn this_cpu_id(&self, _irqs: &IrqsOff) -> usize {
+        cpu_id()
+    }
+
+    fn nr_cpu_ids(&self) -> usize {
+        MAX_CPUS
+    }
+
+    fn online(&self, cpu: usize) -> bool {
+        PERCPU[cpu].online.load(Ordering::Acquire)
+    }
+
+    fn cpu(&self, cpu: usize) -> &CpuSched {
+        &PERCPU[cpu].sched
+    }
+
+    fn need_resched(&self, cpu: usize) -> &AtomicBool {
+        &PERCPU[cpu].need_resched
+    }
+
+    fn send_resched_ipi(&self, cpu: usize) {
+        apic::send_ipi(
+            PERCPU[cpu].apic_id.load(Ordering::Relaxed),
+            apic::vector::RESCHEDULE,
+        );
+    }
+
+    fn idle_thread(&self, cpu: usize) -> Arc<Thread> {
+        IDLE[cpu].get().expect("idle thread registered").clone()
+    }
+
+    fn irqs_disable(&self) -> bool {
+        let were_enabled = interrupts::are_enabled();
+        interrupts::disable();
+        were_enabled
+    }
+
+    unsafe fn irqs_enable(&self) {
+        interrupts::enable();
+    }
+
+    #[track_caller]
+    fn schedule_debug(&self) {
+        debug_assert!(!interrupts::are_enabled());
+        let count = preempt_count();
+        if count != 0 {
+            scheduling_while_atomic(count, core::panic::Location::caller());
         }
     }
 
-    /// Idles: runs its idle thread and has nothing queued (a hint: it may change at once).
-    fn is_idle(&self) -> bool {
-        self.running_idle.load(Ordering::Relaxed) && self.queued.load(Ordering::Relaxed) == 0
+    fn prepare_switch(&self, cpu: usize, prev: &Thread, next: &Thread) {
+        let now = apic::now_ns();
+        prev.account_switch_out(now);
+        next.account_switch_in(now);
+        switch_address_space(cpu, prev, next);
+        if let Some(u) = &prev.user {
+            u.switch_out();
+        }
+        if let Some(u) = &next.user {
+            // Where its entries from ring 3 land: interrupts through the TSS, `SYSCALL` through
+            // the per-CPU word.
+            crate::arch::gdt::set_rsp0(next.stack_top);
+            PERCPU[cpu]
+                .kernel_rsp
+                .store(next.stack_top, Ordering::Relaxed);
+            u.switch_in();
+        }
     }
 
-    /// # Safety
-    /// Interrupts off, on the owning CPU, and no other reference from `slots` alive.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slots(&self) -> &mut SlotPair {
-        // SAFETY: forwarded from the caller.
-        unsafe { &mut *self.slots.0.get() }
+    unsafe fn switch_stacks(&self, save: &sched_core::primitive::UnsafeCell<u64>, next_rsp: u64) {
+        // SAFETY: forwarded from the caller: interrupts are off, `next_rsp` is a saved context
+        // nothing runs, and `save` outlives the switch.
+        save.with_mut(|p| unsafe { switch::switch_stacks(p, next_rsp) });
     }
 
-    fn push(&self, t: Arc<Thread>) {
-        let mut q = self.queue.lock();
-        q.push_back(t);
-        self.queued.store(q.len(), Ordering::Relaxed);
-    }
-
-    /// The first thread that may move to CPU `thief`: allowed there, and not a thread its CPU
-    /// preempted and is still switching away from (only the popping CPU sets `on_cpu`, and this
-    /// runs under the queue lock, so the check holds).
-    fn steal(&self, thief: usize) -> Option<Arc<Thread>> {
-        let mut q = self.queue.lock();
-        let i = q
-            .iter()
-            .position(|t| t.may_run_on(thief) && !t.on_cpu.load(Ordering::Acquire))?;
-        let t = q.remove(i)?;
-        self.queued.store(q.len(), Ordering::Relaxed);
-        Some(t)
-    }
-
-    fn pop(&self) -> Option<Arc<Thread>> {
-        let mut q = self.queue.lock();
-        let t = q.pop_front()?;
-        self.queued.store(q.len(), Ordering::Relaxed);
-        Some(t)
-    }
-}
-
-impl Default for CpuSched {
-    fn default() -> Self {
-        Self::new()
+    fn after_switch(&self) {
+        rcu_advance();
     }
 }
 
 /// Makes the code running on this application processor its idle thread. Called once per AP
 /// during bring-up, before [`idle_loop`].
 pub fn init_cpu() {
-    let cpu = this_cpu();
+    let cpu = this_cpu().id();
     let idle = Thread::new(ThreadInit {
-        name: format!("idle/{}", cpu.id()),
+        name: format!("idle/{cpu}"),
         stack: None,
         entry: None,
         idle: true,
-        running: true,
-        cpu: cpu.id(),
-        allowed: thread::cpu_bit(cpu.id()),
+        start: Start::Running { cpu },
+        allowed: cpu_bit(cpu),
         mm: None,
         user: None,
     });
-    IDLE[cpu.id()].call_once(|| idle.clone());
-    cpu.sched.running_idle.store(true, Ordering::Relaxed);
-    interrupts::without_interrupts(|| {
-        // SAFETY: interrupts are off and we are on the owning CPU.
-        unsafe { cpu.sched.slots().0 = Some(idle) };
-    });
+    IDLE[cpu].call_once(|| idle.clone());
+    let irqs = IrqGuard::new(&KERNEL);
+    sched_core::init_current(&KERNEL, &irqs, idle);
 }
 
 /// Makes the code running on the bootstrap CPU the thread `main`, and gives the BSP an idle
 /// thread of its own to run when `main` blocks.
 pub fn init_bsp() {
-    let cpu = this_cpu();
+    let cpu = this_cpu().id();
     let main = Thread::new(ThreadInit {
         name: String::from("main"),
         stack: None,
         entry: None,
         idle: false,
-        running: true,
-        cpu: cpu.id(),
+        start: Start::Running { cpu },
         allowed: ALL_CPUS,
         mm: None,
         user: None,
     });
     let stack = Stack::new(THREAD_STACK_SIZE).expect("stack for the BSP's idle thread");
-    let top = stack.top().as_u64();
+    // SAFETY: the top of the idle thread's fresh stack, aligned.
+    let rsp = unsafe { switch::initial_stack(stack.top().as_u64(), idle_start) };
     let idle = Thread::new(ThreadInit {
-        name: format!("idle/{}", cpu.id()),
+        name: format!("idle/{cpu}"),
         stack: Some(stack),
         entry: None,
         idle: true,
-        running: false,
-        cpu: cpu.id(),
-        allowed: thread::cpu_bit(cpu.id()),
+        start: Start::Ready { cpu, rsp },
+        allowed: cpu_bit(cpu),
         mm: None,
         user: None,
     });
-    // SAFETY: `top` is the aligned top of the idle thread's fresh stack.
-    let rsp = unsafe { switch::initial_stack(top, idle_start) };
-    // SAFETY: nobody runs the idle thread yet.
-    unsafe { *idle.rsp.get() = rsp };
-    IDLE[cpu.id()].call_once(|| idle);
-    interrupts::without_interrupts(|| {
-        // SAFETY: interrupts are off and we are on the owning CPU.
-        unsafe { cpu.sched.slots().0 = Some(main) };
-    });
+    IDLE[cpu].call_once(|| idle);
+    let irqs = IrqGuard::new(&KERNEL);
+    sched_core::init_current(&KERNEL, &irqs, main);
 }
 
 extern "C" fn idle_start() -> ! {
-    finish_switch();
+    {
+        // SAFETY: a thread starts from a context switch, which runs with interrupts off.
+        let irqs = unsafe { IrqsOff::assume() };
+        sched_core::finish_switch(&KERNEL, &irqs);
+    }
+    interrupts::enable();
     idle_loop()
 }
 
 /// The running thread.
 pub fn current() -> Arc<Thread> {
-    interrupts::without_interrupts(|| {
-        // SAFETY: interrupts are off, on this CPU.
-        unsafe { this_cpu().sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU")
-    })
+    let irqs = IrqGuard::new(&KERNEL);
+    sched_core::current(&KERNEL, &irqs)
 }
 
 static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
@@ -243,18 +265,15 @@ pub(crate) fn only_cpu(cpu: usize) -> u64 {
         cpu < MAX_CPUS && PERCPU[cpu].online.load(Ordering::Acquire),
         "CPU {cpu} is not online"
     );
-    thread::cpu_bit(cpu)
+    cpu_bit(cpu)
 }
-
-/// A CPU mask with every CPU in it.
-pub const ALL_CPUS: u64 = u64::MAX;
 
 /// The online CPUs, as a mask.
 pub fn online_cpus() -> u64 {
     PERCPU
         .iter()
         .filter(|c| c.online.load(Ordering::Acquire))
-        .fold(0, |m, c| m | thread::cpu_bit(c.id()))
+        .fold(0, |m, c| m | cpu_bit(c.id()))
 }
 
 /// Starts a thread in address space `mm` that may run on the CPUs of `allowed` (a mask, which
@@ -272,70 +291,37 @@ pub(crate) fn start(
     let n = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % usable.count_ones() as usize;
     let cpu = nth_cpu(usable, n);
     let stack = Stack::new(THREAD_STACK_SIZE)?;
-    let top = stack.top().as_u64();
+    // SAFETY: the top of the thread's fresh stack, aligned.
+    let rsp = unsafe { switch::initial_stack(stack.top().as_u64(), thread_start) };
     let t = Thread::new(ThreadInit {
         name,
         stack: Some(stack),
         entry: Some(f),
         idle: false,
-        running: false,
-        cpu,
+        start: Start::Ready { cpu, rsp },
         allowed,
         mm,
         user,
     });
-    // SAFETY: `top` is the aligned top of the thread's fresh stack.
-    let rsp = unsafe { switch::initial_stack(top, thread_start) };
-    // SAFETY: nobody runs the thread yet.
-    unsafe { *t.rsp.get() = rsp };
     let handle = JoinHandle { thread: t.clone() };
     let _np = NoPreempt::new();
-    interrupts::without_interrupts(|| PERCPU[cpu].sched.push(t));
-    if cpu != cpu_id() {
-        resched_cpu(cpu);
+    let irqs = IrqGuard::new(&KERNEL);
+    KERNEL.cpu(cpu).push(t, &irqs);
+    // A new thread does not preempt its spawner, only a remote CPU.
+    if cpu != KERNEL.this_cpu_id(&irqs) {
+        sched_core::resched_cpu(&KERNEL, cpu, &irqs);
     }
     Ok(handle)
 }
 
-/// Asks `cpu` to reschedule soon (Linux's `resched_curr`): this CPU at its next preemption
-/// point, another one through a reschedule IPI, sent only if its flag was clear (a set flag
-/// means a reschedule is already on its way: the CPU clears the flag in `schedule` before it
-/// looks at its queue).
-fn resched_cpu(cpu: usize) {
-    let target = &PERCPU[cpu];
-    if cpu == cpu_id() {
-        target.need_resched.store(true, Ordering::Relaxed);
-    } else if !target.need_resched.swap(true, Ordering::AcqRel)
-        && target.online.load(Ordering::Acquire)
-    {
-        apic::send_ipi(
-            target.apic_id.load(Ordering::Relaxed),
-            apic::vector::RESCHEDULE,
-        );
-    }
-}
-
-/// Makes a blocked thread runnable again (no-op if it is not blocked).
-///
-/// A thread that has just blocked may still be on its CPU's stack (`on_cpu`): it is queued only
-/// once that CPU is off it. Otherwise two CPUs each switching away from a blocking thread could
-/// each pick up (steal) the other's, and each wait, interrupts off, for the other to finish
-/// switching: a deadlock. This way the only queued threads still `on_cpu` are ones their own
-/// CPU just preempted, and that CPU finishes its switch without waiting for anyone.
-///
+/// Makes a blocked thread runnable again (no-op if it is not blocked); see `sched_core::wake`.
 /// The woken thread's CPU reschedules promptly (see the module header): this CPU before
 /// `wake` returns, if preemption is enabled; another one through a reschedule IPI.
 pub fn wake(t: Arc<Thread>) {
     // Keeps "this CPU" stable until the thread is queued; dropping it is the preemption point.
     let _np = NoPreempt::new();
-    if t.cas_state(State::Blocked, State::Ready) {
-        while t.on_cpu.load(Ordering::Acquire) {
-            core::hint::spin_loop();
-        }
-        let cpu = select_cpu(&t);
-        interrupts::without_interrupts(|| PERCPU[cpu].sched.push(t));
-        resched_cpu(cpu);
-    }
+    let irqs = IrqGuard::new(&KERNEL);
+    sched_core::wake(&KERNEL, t, &irqs);
 }
 
 /// Makes a thread enter the kernel soon: wakes it if it is blocked, and if it runs on another
@@ -343,39 +329,15 @@ pub fn wake(t: Arc<Thread>) {
 /// e.g. leaving a killed process). A thread that is just starting or stopping there may miss
 /// the IPI; its next tick does the same.
 pub fn kick(t: Arc<Thread>) {
-    if t.on_cpu.load(Ordering::Acquire) {
-        let cpu = t.last_cpu.load(Ordering::Relaxed);
+    if t.se.on_cpu() {
+        let cpu = t.se.last_cpu();
         let _np = NoPreempt::new();
-        if cpu != cpu_id() {
-            resched_cpu(cpu);
+        let irqs = IrqGuard::new(&KERNEL);
+        if cpu != KERNEL.this_cpu_id(&irqs) {
+            sched_core::resched_cpu(&KERNEL, cpu, &irqs);
         }
     }
     wake(t);
-}
-
-/// The CPU a woken thread is queued on, among those it may run on: the CPU it last ran on if
-/// that one idles (its caches may still hold the thread's data); else any idle CPU; else the
-/// CPU it last ran on, where it preempts the running thread; else (its affinity changed) the
-/// first CPU it may use. Idleness is a racy hint: two wakers may pick the same idle CPU, and
-/// the second thread waits there for a turn or a stealer.
-fn select_cpu(t: &Thread) -> usize {
-    let usable = t.allowed() & online_cpus();
-    let prev = t.last_cpu.load(Ordering::Relaxed);
-    let prev_ok = t.may_run_on(prev);
-    if prev_ok && PERCPU[prev].sched.is_idle() {
-        return prev;
-    }
-    if let Some(c) = PERCPU
-        .iter()
-        .find(|c| usable & thread::cpu_bit(c.id()) != 0 && c.sched.is_idle())
-    {
-        return c.id();
-    }
-    if prev_ok || usable == 0 {
-        prev
-    } else {
-        nth_cpu(usable, 0)
-    }
 }
 
 /// The CPU of the `n`th set bit of `mask` (which has more than `n` bits set).
@@ -403,24 +365,26 @@ pub enum AffinityError {
 /// CPU), at its CPU's next reschedule if it runs (asked for here by a reschedule IPI); a thread
 /// already waiting in a queue of a CPU it left may run there for one more time slice.
 pub fn set_affinity(t: &Arc<Thread>, mask: u64) -> Result<(), AffinityError> {
-    if t.idle {
+    if t.se.is_idle() {
         return Err(AffinityError::Idle);
     }
     let usable = mask & online_cpus();
     if usable == 0 {
         return Err(AffinityError::NoOnlineCpu);
     }
-    t.allowed.store(usable, Ordering::Relaxed);
+    t.se.set_allowed(usable);
     if with_current(|me| core::ptr::eq(me, &**t)) {
-        // `schedule` moves a thread that may not stay on its CPU (`migrate_prev`); a tick may
-        // do it first, so this re-checks wherever it runs.
-        while !t.may_run_on(cpu_id()) {
+        // `schedule` moves a thread that may not stay on its CPU (`sched_core`'s header,
+        // "Affinity"); a tick may do it first, so this re-checks wherever it runs.
+        while !t.se.may_run_on(cpu_id()) {
             yield_now();
         }
-    } else if t.state() == State::Running {
-        let cpu = t.last_cpu.load(Ordering::Relaxed);
-        if !t.may_run_on(cpu) {
-            resched_cpu(cpu);
+    } else if t.se.state() == State::Running {
+        let cpu = t.se.last_cpu();
+        if !t.se.may_run_on(cpu) {
+            let _np = NoPreempt::new();
+            let irqs = IrqGuard::new(&KERNEL);
+            sched_core::resched_cpu(&KERNEL, cpu, &irqs);
         }
     }
     Ok(())
@@ -429,7 +393,7 @@ pub fn set_affinity(t: &Arc<Thread>, mask: u64) -> Result<(), AffinityError> {
 /// Panics if the caller may not give up the CPU (preemption disabled: a spinlock or an RCU read
 /// section held): switching away would leave the section open with the CPU's count wrong for
 /// every thread that runs there next. Called by everything that blocks, to name the caller;
-/// `schedule` checks the same as its last line of defence.
+/// `schedule` checks the same as its last line of defence (`Machine::schedule_debug`).
 #[track_caller]
 pub(crate) fn assert_may_sleep() {
     let count = preempt_count();
@@ -481,91 +445,15 @@ pub fn resident_threads() -> usize {
 #[track_caller]
 pub fn yield_now() {
     assert_may_sleep();
-    let were_enabled = interrupts::are_enabled();
-    interrupts::disable();
-    schedule();
-    if were_enabled {
-        interrupts::enable();
-    }
+    let irqs = IrqGuard::new(&KERNEL);
+    schedule(&irqs);
 }
 
-/// Picks the next thread for this CPU and switches to it. Interrupts must be off. The current
+/// Picks the next thread for this CPU and switches to it (`sched_core::schedule`). The current
 /// thread goes back to the queue if it is still `Running`; a `Blocked` or `Exited` one does not.
 #[track_caller]
-pub(crate) fn schedule() {
-    debug_assert!(!interrupts::are_enabled());
-    let count = preempt_count();
-    if count != 0 {
-        scheduling_while_atomic(count, core::panic::Location::caller());
-    }
-    let cpu = this_cpu();
-    // Before looking at the queue: a waker that queues after this sees the flag clear and
-    // kicks us again.
-    cpu.need_resched.store(false, Ordering::Relaxed);
-    // SAFETY: interrupts are off, on this CPU; the borrow ends before the switch.
-    let cur = unsafe { cpu.sched.slots().0.clone() }.expect("sched::init_cpu not run on this CPU");
-    // A running thread whose affinity no longer allows this CPU is not queued here: it leaves
-    // as if it blocked, and `finish_switch` wakes it onto an allowed CPU once this CPU is off
-    // its stack (pushing it elsewhere now, still `on_cpu`, could deadlock two CPUs each
-    // waiting for the other's switch to finish).
-    let mut migrate = false;
-    if !cur.idle {
-        if cur.may_run_on(cpu.id()) {
-            if cur.cas_state(State::Running, State::Ready) {
-                cpu.sched.push(cur.clone());
-            }
-        } else {
-            migrate = cur.cas_state(State::Running, State::Blocked);
-        }
-    }
-    let next = match cpu.sched.pop().or_else(|| steal(cpu)) {
-        Some(t) => t,
-        None if cur.idle || cur.state() == State::Running => return,
-        // Nothing else to run: the idle thread, which is never queued.
-        None => idle_thread(cpu),
-    };
-    if Arc::ptr_eq(&next, &cur) {
-        cur.set_state(State::Running);
-        return;
-    }
-    cpu.sched.migrate_prev.store(migrate, Ordering::Relaxed);
-    let now = apic::now_ns();
-    cur.account_switch_out(now);
-    next.account_switch_in(now);
-    // The CPU that last ran `next` may still be on its stack.
-    while next.on_cpu.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
-    next.on_cpu.store(true, Ordering::Relaxed);
-    next.set_state(State::Running);
-    next.last_cpu.store(cpu.id(), Ordering::Relaxed);
-    cpu.sched.running_idle.store(next.idle, Ordering::Relaxed);
-    switch_address_space(cpu.id(), &next);
-    if let Some(u) = &cur.user {
-        u.switch_out();
-    }
-    if let Some(u) = &next.user {
-        // Where its entries from ring 3 land: interrupts through the TSS, `SYSCALL` through the
-        // per-CPU word.
-        crate::arch::gdt::set_rsp0(next.stack_top);
-        cpu.kernel_rsp.store(next.stack_top, Ordering::Relaxed);
-        u.switch_in();
-    }
-    let save = cur.rsp.get();
-    // SAFETY: `on_cpu` was clear, so the CPU that saved `next`'s rsp is done with it.
-    let next_rsp = unsafe { *next.rsp.get() };
-    {
-        // SAFETY: interrupts are off, on this CPU.
-        let slots = unsafe { cpu.sched.slots() };
-        slots.1 = slots.0.replace(next);
-    }
-    cpu.sched.switches.fetch_add(1, Ordering::Relaxed);
-    // Keep the refcount of `cur` above zero across the switch through `slots.1`.
-    drop(cur);
-    // SAFETY: interrupts are off; `next_rsp` was saved by `switch_stacks` or built by
-    // `initial_stack`, and its stack is alive (the thread is referenced by `slots.0`).
-    unsafe { switch::switch_stacks(save, next_rsp) };
-    finish_switch();
+pub(crate) fn schedule(irqs: &IrqsOff) {
+    sched_core::schedule(&KERNEL, irqs);
 }
 
 /// Loads `next`'s page table if this CPU runs another one, and keeps each address space's CPU
@@ -573,13 +461,10 @@ pub(crate) fn schedule() {
 /// joins `next`'s mask before loading its root, and leaves the previous address space's mask
 /// after loading another root, whose CR3 write flushed every translation of the previous one
 /// (`AddressSpace::cpus` explains why a shootdown initiator then either sees this CPU in the
-/// mask or finds nothing of that address space cached here).
-fn switch_address_space(cpu: usize, next: &Thread) {
-    // The running thread is still `slots.0`: the thread whose root is loaded (every switch to a
-    // thread loads its root here).
-    // SAFETY: interrupts are off, on this CPU (`schedule`), which holds no borrow of the slots.
-    let prev = unsafe { PERCPU[cpu].sched.slots() }.0.as_deref();
-    let prev_mm = prev.and_then(|t| t.mm.as_deref());
+/// mask or finds nothing of that address space cached here). `prev` is the thread whose root is
+/// loaded (every switch to a thread loads its root here).
+fn switch_address_space(cpu: usize, prev: &Thread, next: &Thread) {
+    let prev_mm = prev.mm.as_deref();
     let next_mm = next.mm.as_deref();
     let root = next_mm.map_or_else(crate::memory::kernel_root, |mm| mm.page_tables().root());
     if let Some(mm) = next_mm {
@@ -605,59 +490,24 @@ fn switch_address_space(cpu: usize, next: &Thread) {
 
 /// Runs `f` on the running thread without touching its reference count (no shared write).
 pub fn with_current<R>(f: impl FnOnce(&Thread) -> R) -> R {
-    let t: *const Thread = interrupts::without_interrupts(|| {
-        // SAFETY: interrupts are off, on this CPU.
-        let slot = unsafe { &this_cpu().sched.slots().0 };
-        Arc::as_ptr(slot.as_ref().expect("sched::init_cpu not run on this CPU"))
-    });
+    let t: *const Thread = {
+        let irqs = IrqGuard::new(&KERNEL);
+        sched_core::with_current(&KERNEL, &irqs, |t| t as *const Thread)
+    };
     // SAFETY: the running thread is alive as long as it runs, and it is the one running `f`:
     // even if it is preempted and moves, its `Arc` lives on in a run queue or a CPU's slot.
     f(unsafe { &*t })
 }
 
-/// Runs on the new thread right after a switch, on whatever CPU it now is: releases the thread
-/// this CPU switched away from, and lets RCU advance.
-fn finish_switch() {
-    let cpu = this_cpu();
-    // SAFETY: interrupts are off, on this CPU.
-    let prev = unsafe { cpu.sched.slots().1.take() };
-    if let Some(prev) = prev {
-        prev.on_cpu.store(false, Ordering::Release);
-        if cpu.sched.migrate_prev.swap(false, Ordering::Relaxed) {
-            // Its affinity excludes this CPU (see `schedule`): a wake-up queues it on an
-            // allowed one, unless something woke it already.
-            wake(prev.clone());
-        }
-        // Dropping `prev` may free an exited thread's stack: we are off it now.
-        drop(prev);
-    }
-    rcu_advance();
-}
-
-fn idle_thread(cpu: &PerCpu) -> Arc<Thread> {
-    IDLE[cpu.id()]
-        .get()
-        .expect("idle thread registered")
-        .clone()
-}
-
 /// Each CPU's idle thread, to switch to when nothing is ready.
 static IDLE: [spin::Once<Arc<Thread>>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 
-/// Takes a thread from the longest other queue.
-fn steal(me: &PerCpu) -> Option<Arc<Thread>> {
-    let victim = PERCPU
-        .iter()
-        .filter(|c| c.id() != me.id() && c.online.load(Ordering::Relaxed))
-        .max_by_key(|c| c.sched.queued.load(Ordering::Relaxed))?;
-    if victim.sched.queued.load(Ordering::Relaxed) == 0 {
-        return None;
-    }
-    victim.sched.steal(me.id())
-}
-
 extern "C" fn thread_start() -> ! {
-    finish_switch();
+    {
+        // SAFETY: a thread starts from a context switch, which runs with interrupts off.
+        let irqs = unsafe { IrqsOff::assume() };
+        sched_core::finish_switch(&KERNEL, &irqs);
+    }
     if with_current(|t| t.mm.is_some() && t.user.is_none()) {
         // A kernel thread working on a process's memory touches it directly, so it runs with
         // user access open (SMAP); `switch_stacks` keeps the flag across switches.
@@ -680,45 +530,41 @@ extern "C" fn thread_start() -> ! {
 pub fn exit(code: i64) -> ! {
     assert_may_sleep();
     let me = current();
-    assert!(!me.idle, "the idle thread cannot exit");
+    assert!(!me.se.is_idle(), "the idle thread cannot exit");
     // SAFETY: we are the thread (`Thread`'s invariants). If `exit` runs inside the closure,
     // the frames that borrow it are abandoned for good: nothing unwinds into them.
     let entry = unsafe { (*me.entry.get()).take() };
     // Here, not where the last `Arc<Thread>` goes (possibly a scheduler path with interrupts
     // off): the captures may be the last owners of an address space, whose teardown may sleep.
-    // Before `done`, so that a joiner sees them dropped.
+    // Before the exit code is published, so that a joiner sees them dropped.
     drop(entry);
-    me.exit_code.store(code, Ordering::Release);
-    interrupts::disable();
-    me.set_state(State::Exited);
-    me.done.store(true, Ordering::Release);
-    me.joiners.wake_all();
+    // No `Arc` of ourselves may live in this frame: it is never resumed to drop it.
     drop(me);
-    schedule();
+    let irqs = IrqGuard::new(&KERNEL);
+    sched_core::exit(&KERNEL, &irqs, code);
     unreachable!("an exited thread was scheduled again");
 }
 
-/// This CPU's idle loop: runs ready threads, halts when there are none.
+/// This CPU's idle loop: runs ready threads, halts when there are none. Entered with
+/// interrupts on.
 pub fn idle_loop() -> ! {
-    let cpu = this_cpu();
     loop {
-        interrupts::disable();
-        rcu_advance();
-        // Runs our queue's head or a thread stolen from another CPU, if there is one; returns
-        // here when this CPU has nothing to do again.
-        schedule();
-        interrupts::enable();
+        {
+            let irqs = IrqGuard::new(&KERNEL);
+            rcu_advance();
+            // Runs our queue's head or a thread stolen from another CPU, if there is one;
+            // returns here when this CPU has nothing to do again.
+            schedule(&irqs);
+        }
         // Free the stacks of exited threads here, where waiting for a shootdown costs nothing.
         crate::memory::stack::try_reap();
-        interrupts::disable();
-        if cpu.sched.queued.load(Ordering::Relaxed) == 0
-            && !cpu.need_resched.load(Ordering::Relaxed)
-        {
+        let irqs = IrqGuard::new(&KERNEL);
+        if sched_core::idle_may_halt(&KERNEL, &irqs) {
             // Woken by the next tick (which retries stealing) or a reschedule IPI (a waker
-            // sends one when it finds our flag clear, which `schedule` made it above).
+            // sends one when it finds our flag clear, which `schedule` made it above). The
+            // halt turns interrupts on itself.
+            core::mem::forget(irqs);
             interrupts::enable_and_hlt();
-        } else {
-            interrupts::enable();
         }
     }
 }
@@ -726,23 +572,27 @@ pub fn idle_loop() -> ! {
 /// The timer tick: wake sleepers, let RCU advance (it may wake its callback thread), and
 /// preempt, or if preemption is disabled have the thread rescheduled when it enables it.
 pub(crate) fn tick() {
+    // SAFETY: interrupt handlers run with interrupts off (interrupt gates).
+    let irqs = unsafe { IrqsOff::assume() };
     let cpu = this_cpu();
     cpu.ticks.fetch_add(1, Ordering::Relaxed);
-    wait::wake_sleepers(apic::now_ns());
+    wait::wake_sleepers(apic::now_ns(), &irqs);
     rcu_advance();
-    preempt_from_interrupt();
+    preempt_from_interrupt(&irqs);
 }
 
 /// A reschedule IPI: another CPU queued work here (and set our `need_resched`).
 pub(crate) fn reschedule_ipi() {
-    preempt_from_interrupt();
+    // SAFETY: interrupt handlers run with interrupts off (interrupt gates).
+    let irqs = unsafe { IrqsOff::assume() };
+    preempt_from_interrupt(&irqs);
 }
 
-/// The end of an interrupt that asks for a reschedule (interrupts off): now, or at the
-/// interrupted thread's `preempt_enable` to zero.
-fn preempt_from_interrupt() {
+/// The end of an interrupt that asks for a reschedule: now, or at the interrupted thread's
+/// `preempt_enable` to zero.
+fn preempt_from_interrupt(irqs: &IrqsOff) {
     if preempt_count() == 0 {
-        schedule();
+        schedule(irqs);
     } else {
         this_cpu().need_resched.store(true, Ordering::Relaxed);
     }
@@ -755,12 +605,11 @@ pub(crate) fn preempt_schedule() {
     if !interrupts::are_enabled() {
         return;
     }
-    interrupts::disable();
+    let irqs = IrqGuard::new(&KERNEL);
     // Re-checked with interrupts off: an interrupt may have rescheduled us meanwhile.
     if preempt_count() == 0 && this_cpu().need_resched.load(Ordering::Relaxed) {
-        schedule();
+        schedule(&irqs);
     }
-    interrupts::enable();
 }
 
 static RCU_HOOK: AtomicUsize = AtomicUsize::new(0);

@@ -1,36 +1,20 @@
 //! Kernel threads.
 //!
-//! # States
-//! `Running` (on a CPU) -> `Ready` (in a run queue) when preempted or yielding, -> `Blocked` when
-//! it waits (it puts itself on a wait queue first, under the queue's lock), -> `Exited` when its
-//! closure returns. Only a waker moves `Blocked` -> `Ready`, and whoever does a move to `Ready`
-//! puts the thread in a run queue, so a thread is queued at most once.
-//!
-//! `on_cpu` stays set until the CPU that ran the thread is off its stack. A waker waits for it to
-//! clear before queueing a woken thread; a preempted thread is queued by its own CPU while still
-//! `on_cpu`, and a CPU that steals it waits for the clear, which that CPU, in the middle of its
-//! switch, never waits for anything to give.
+//! A thread's scheduling state (`Running`/`Ready`/`Blocked`/`Exited`, `on_cpu`, the saved stack
+//! pointer) and its exit status are `sched_core`'s, whose header describes the protocol; this
+//! type adds what the kernel runs: a name, a stack, the entry closure, an address space, a user
+//! thread's user-side state, and the counters it keeps about itself.
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use sched_core::{ExitState, SchedEntity, Start, State, Task};
 
 use crate::memory::stack::Stack;
 use crate::platform::Mm;
-
-use super::wait::WaitQueue;
-
-/// A thread's scheduling state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    Running = 0,
-    Ready = 1,
-    Blocked = 2,
-    Exited = 3,
-}
 
 /// What a thread that runs user code carries besides its kernel side: the register state the
 /// CPU does not save on a kernel entry (FPU/SSE/AVX, the FS and GS bases). Implemented by the
@@ -50,31 +34,14 @@ pub(crate) type Entry = Box<dyn FnMut() -> i64 + Send>;
 /// A kernel thread.
 ///
 /// # Invariants
-/// - `rsp` is written only by the CPU switching away from the thread and read only by the CPU
-///   switching to it, after it saw `on_cpu` clear (acquire), which the first CPU released after
-///   the write.
-/// - `entry` is set at creation and touched afterwards only by the thread itself (called in
-///   `thread_start`, taken and dropped in `exit`), or by `Drop` when it never ran.
+/// `entry` is set at creation and touched afterwards only by the thread itself (called in
+/// `thread_start`, taken and dropped in `exit`), or by `Drop` when it never ran.
 pub struct Thread {
     pub(super) id: u64,
     pub(super) name: String,
-    pub(super) state: AtomicU8,
-    pub(super) on_cpu: AtomicBool,
-    pub(super) rsp: UnsafeCell<u64>,
+    pub(super) se: SchedEntity,
+    pub(super) exit: ExitState<Thread>,
     pub(super) entry: UnsafeCell<Option<Entry>>,
-    pub(super) exit_code: AtomicI64,
-    pub(super) done: AtomicBool,
-    pub(super) joiners: WaitQueue,
-    /// The CPU it last ran on (a hint for where to queue it when woken).
-    pub(super) last_cpu: AtomicUsize,
-    /// Idle threads run only on their own CPU and are never queued.
-    pub(super) idle: bool,
-    /// The CPUs the thread may run on (bit `n`: CPU `n`; never empty). Changed only by
-    /// [`set_affinity`](super::set_affinity); every path that places the thread on a CPU
-    /// (spawn, wake, requeue after preemption, stealing) reads it there.
-    pub(super) allowed: AtomicU64,
-    /// Counters the thread keeps about itself, on a cache line of their own.
-    stats: ThreadStats,
     /// Where a woken sleeper sees the deadline it waited for.
     pub(super) wake_at: AtomicU64,
     /// The address space the thread runs in; kernel threads have none and run on the kernel's
@@ -85,16 +52,10 @@ pub struct Thread {
     pub(super) user: Option<Arc<dyn UserContext>>,
     /// The top of the thread's kernel stack (0 for threads on a boot stack).
     pub(super) stack_top: u64,
+    /// Counters the thread keeps about itself, on a cache line of their own.
+    stats: ThreadStats,
     _stack: Option<Stack>,
 }
-
-/// The bit of `cpu` in a CPU mask.
-pub(super) const fn cpu_bit(cpu: usize) -> u64 {
-    1 << cpu
-}
-
-// CPU masks are one word.
-const _: () = assert!(crate::arch::percpu::MAX_CPUS <= 64);
 
 /// What a thread counts about itself: written only by the CPU running it (the thread itself, or
 /// its CPU switching to or away from it), read by anyone. A cache line of its own, so that the
@@ -119,20 +80,29 @@ pub(super) struct ThreadInit {
     pub entry: Option<Entry>,
     /// An idle thread: runs only on its CPU, never queued.
     pub idle: bool,
-    /// Already running (the code that becomes the thread is on a CPU now).
-    pub running: bool,
-    pub cpu: usize,
-    /// The CPUs it may run on (see [`Thread::allowed`]).
+    /// Running now (the code that becomes the thread), or ready to be switched to.
+    pub start: Start,
+    /// The CPUs it may run on (a mask; see `SchedEntity::allowed`).
     pub allowed: u64,
     pub mm: Option<Arc<Mm>>,
     pub user: Option<Arc<dyn UserContext>>,
 }
 
-// SAFETY: `rsp` and `entry` are the only non-Sync fields: `rsp`'s accesses are ordered by
-// `on_cpu`, and only the thread itself uses `entry` (see the type's invariants).
+// SAFETY: `entry` is the only field that is not `Sync`, and only the thread itself uses it (see
+// the type's invariants).
 unsafe impl Sync for Thread {}
 // SAFETY: as above; the closure is `Send`.
 unsafe impl Send for Thread {}
+
+impl Task for Thread {
+    fn sched(&self) -> &SchedEntity {
+        &self.se
+    }
+
+    fn exit_state(&self) -> &ExitState<Self> {
+        &self.exit
+    }
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -156,37 +126,24 @@ impl Thread {
             stack,
             entry,
             idle,
-            running,
-            cpu,
+            start,
             allowed,
             mm,
             user,
         } = init;
-        debug_assert!(allowed != 0, "a thread that may run nowhere");
         let stack_top = stack.as_ref().map_or(0, |s| s.top().as_u64());
         LIVE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Thread {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name,
-            state: AtomicU8::new(if running {
-                State::Running
-            } else {
-                State::Ready
-            } as u8),
-            on_cpu: AtomicBool::new(running),
-            rsp: UnsafeCell::new(0),
+            se: SchedEntity::new(start, allowed, idle),
+            exit: ExitState::new(),
             entry: UnsafeCell::new(entry),
-            exit_code: AtomicI64::new(0),
-            done: AtomicBool::new(false),
-            joiners: WaitQueue::new(),
-            last_cpu: AtomicUsize::new(cpu),
-            idle,
-            allowed: AtomicU64::new(allowed),
-            stats: ThreadStats::default(),
             wake_at: AtomicU64::new(0),
             mm,
             user,
             stack_top,
+            stats: ThreadStats::default(),
             _stack: stack,
         })
     }
@@ -218,12 +175,7 @@ impl Thread {
 
     /// The CPUs the thread may run on, as a mask (bit `n`: CPU `n`).
     pub fn allowed(&self) -> u64 {
-        self.allowed.load(Ordering::Relaxed)
-    }
-
-    /// Whether the thread may run on `cpu`.
-    pub(super) fn may_run_on(&self, cpu: usize) -> bool {
-        self.allowed() & cpu_bit(cpu) != 0
+        self.se.allowed()
     }
 
     /// Counts a page fault the thread took and that was resolved (Linux's `min_flt`). Called
@@ -276,26 +228,7 @@ impl Thread {
 
     /// Whether the thread waits (a snapshot: a waker may move it on at once).
     pub fn is_blocked(&self) -> bool {
-        self.state() == State::Blocked
-    }
-
-    pub(super) fn state(&self) -> State {
-        match self.state.load(Ordering::Acquire) {
-            0 => State::Running,
-            1 => State::Ready,
-            2 => State::Blocked,
-            _ => State::Exited,
-        }
-    }
-
-    pub(super) fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::Release);
-    }
-
-    pub(super) fn cas_state(&self, from: State, to: State) -> bool {
-        self.state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.se.state() == State::Blocked
     }
 }
 
@@ -309,9 +242,8 @@ impl JoinHandle {
     /// Blocks until the thread returns; gives its exit code.
     #[track_caller]
     pub fn join(self) -> i64 {
-        let t = &self.thread;
-        t.joiners.wait_while(|| !t.done.load(Ordering::Acquire));
-        t.exit_code.load(Ordering::Acquire)
+        super::assert_may_sleep();
+        sched_core::join(&super::KERNEL, &self.thread)
     }
 
     /// The thread's id.

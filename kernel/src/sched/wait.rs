@@ -2,23 +2,20 @@
 //!
 //! A waiter checks its condition and enqueues itself under the queue's lock with interrupts
 //! off, and a waker changes the condition before taking that lock, so a wake-up between the
-//! check and the block cannot be lost.
+//! check and the block cannot be lost (`sched_core::WaitQueue`).
 
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use sched_core::{IrqGuard, IrqsOff};
 use spin::Mutex;
-use x86_64::instructions::interrupts;
 
-use super::thread::{State, Thread};
-use super::{current, schedule, wake};
+use super::thread::Thread;
+use super::{KERNEL, NoPreempt, current};
 
 /// Threads blocked until someone wakes them.
-pub struct WaitQueue {
-    waiters: Mutex<VecDeque<Arc<Thread>>>,
-}
+pub struct WaitQueue(sched_core::WaitQueue<Thread>);
 
 impl Default for WaitQueue {
     fn default() -> Self {
@@ -29,49 +26,24 @@ impl Default for WaitQueue {
 impl WaitQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        WaitQueue {
-            waiters: Mutex::new(VecDeque::new()),
-        }
+        WaitQueue(sched_core::WaitQueue::new())
     }
 
     /// Blocks the calling thread as long as `cond()` holds. `cond` is checked under the queue's
-    /// lock, so it must not block or take this queue's lock.
+    /// lock (interrupts off), so it must not block or take this queue's lock.
     #[track_caller]
     pub fn wait_while(&self, cond: impl Fn() -> bool) {
         super::assert_may_sleep();
-        loop {
-            let were_enabled = interrupts::are_enabled();
-            interrupts::disable();
-            {
-                let mut q = self.waiters.lock();
-                if !cond() {
-                    drop(q);
-                    if were_enabled {
-                        interrupts::enable();
-                    }
-                    return;
-                }
-                let me = current();
-                me.set_state(State::Blocked);
-                q.push_back(me);
-            }
-            schedule();
-            if were_enabled {
-                interrupts::enable();
-            }
-        }
+        self.0.wait_while(&KERNEL, cond);
     }
 
-    /// Wakes up to `n` waiters. Returns how many were woken.
+    /// Wakes up to `n` waiters. Returns how many were woken. A woken thread queued on this CPU
+    /// preempts the caller when this returns (if preemption is enabled).
     pub fn wake_n(&self, n: usize) -> usize {
-        let woken: Vec<Arc<Thread>> = interrupts::without_interrupts(|| {
-            let mut q = self.waiters.lock();
-            let k = n.min(q.len());
-            q.drain(..k).collect()
-        });
-        let count = woken.len();
-        woken.into_iter().for_each(wake);
-        count
+        // Keeps "this CPU" stable until the threads are queued; dropping it is the preemption
+        // point.
+        let _np = NoPreempt::new();
+        self.0.wake_n(&KERNEL, n)
     }
 
     /// Wakes every waiter.
@@ -113,22 +85,18 @@ pub fn sleep_ns(ns: u64) {
     let me = current();
     me.wake_at.store(deadline, Ordering::Relaxed);
     while crate::arch::apic::now_ns() < deadline {
-        let were_enabled = interrupts::are_enabled();
-        interrupts::disable();
+        let irqs = IrqGuard::new(&KERNEL);
         {
             let mut s = SLEEPERS.lock();
-            me.set_state(State::Blocked);
+            me.se.set_blocked(&irqs);
             s.push(me.clone());
         }
-        schedule();
-        if were_enabled {
-            interrupts::enable();
-        }
+        sched_core::schedule(&KERNEL, &irqs);
     }
 }
 
 /// Wakes sleepers whose deadline passed. Called from the timer interrupt.
-pub(super) fn wake_sleepers(now: u64) {
+pub(super) fn wake_sleepers(now: u64, irqs: &IrqsOff) {
     let due: Vec<Arc<Thread>> = match SLEEPERS.try_lock() {
         Some(mut s) if !s.is_empty() => {
             let (due, rest): (Vec<_>, Vec<_>) = s
@@ -139,48 +107,36 @@ pub(super) fn wake_sleepers(now: u64) {
         }
         _ => return,
     };
-    due.into_iter().for_each(wake);
+    for t in due {
+        sched_core::wake(&KERNEL, t, irqs);
+    }
 }
 
-/// Blocks the calling thread until a waker calls [`wake`] on it or, with a `deadline`
+/// Blocks the calling thread until a waker calls [`wake`](super::wake) on it or, with a `deadline`
 /// (`apic::now_ns` time), until that passes; may also return spuriously. For waits whose queue
 /// lives elsewhere (user futexes): `enqueue` runs with interrupts off and must put the thread
 /// where its waker finds it, under the lock that waker takes, and return `false` to not block
 /// after all (the condition it checked under that lock no longer holds). The thread is marked
-/// blocked before `enqueue` runs, so a waker that finds it there afterwards cannot lose it.
+/// blocked before `enqueue` runs, so a waker that finds it there afterwards cannot lose it
+/// (`sched_core::block`, which also handles a stray wake-up racing an `enqueue` that says no).
 #[track_caller]
 pub fn block_current(deadline: Option<u64>, enqueue: impl FnOnce(&Arc<Thread>) -> bool) {
     super::assert_may_sleep();
-    let were_enabled = interrupts::are_enabled();
-    interrupts::disable();
-    let me = current();
-    me.set_state(State::Blocked);
-    if !enqueue(&me) {
-        // Take the state back. A stray wake-up (one meant for an earlier wait) may have made us
-        // Ready meanwhile and now waits for this CPU to leave our stack: then switch away and let
-        // it queue us.
-        if !me.cas_state(State::Blocked, State::Running) {
-            drop(me);
-            schedule();
+    let irqs = IrqGuard::new(&KERNEL);
+    let blocked = sched_core::block(&KERNEL, &irqs, |me| {
+        if !enqueue(me) {
+            return false;
         }
-        if were_enabled {
-            interrupts::enable();
+        if let Some(deadline) = deadline {
+            me.wake_at.store(deadline, Ordering::Relaxed);
+            SLEEPERS.lock().push(me.clone());
         }
-        return;
-    }
-    if let Some(deadline) = deadline {
-        me.wake_at.store(deadline, Ordering::Relaxed);
-        SLEEPERS.lock().push(me.clone());
-    }
-    drop(me);
-    schedule();
-    if deadline.is_some() {
+        true
+    });
+    if blocked && deadline.is_some() {
         // Woken before the deadline: leave the sleepers, so its wake-up does not hit a later
         // wait (one already taken out by the tick may still arrive: waits re-check).
         let me = current();
-        interrupts::without_interrupts(|| SLEEPERS.lock().retain(|t| !Arc::ptr_eq(t, &me)));
-    }
-    if were_enabled {
-        interrupts::enable();
+        SLEEPERS.lock().retain(|t| !Arc::ptr_eq(t, &me));
     }
 }

@@ -15,17 +15,23 @@ use exec::stack::{Machine, StackError};
 use mm::ops::MapFlags;
 use mm::vma::Prot;
 
-use super::{Brk, UserProcess, start_thread};
+use super::{UserProcess, start_thread};
 use crate::arch::fpu::FpuState;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess::copy_to_user;
 
 /// Where a static-PIE program is loaded (Linux's `ELF_ET_DYN_BASE`, without randomization).
 const PIE_BASE: u64 = 0x5555_5555_4000;
-/// The top of the main thread's stack, and its size (Linux's default `RLIMIT_STACK`, mapped
-/// up front: the stack does not grow yet).
+/// The top of the main thread's stack. The stack is a `MAP_GROWSDOWN` mapping: the initial
+/// stack's pages and [`STACK_EXPAND`] below them, grown by faults below it up to mm's
+/// `STACK_LIMIT` (Linux's default `RLIMIT_STACK`, 8 MiB).
 const STACK_TOP: u64 = 0x7fff_ffff_f000;
-const STACK_SIZE: u64 = 8 << 20;
+/// What is mapped below the initial stack up front (Linux's `stack_expand` in `setup_arg_pages`).
+const STACK_EXPAND: u64 = 128 << 10;
+/// How far below the stack's top `mmap` starts placing mappings (Linux's `mmap_base`: the
+/// stack limit plus the guard gap, at least 128 MiB; no randomization), so that they leave the
+/// stack room to grow.
+const MMAP_BASE: u64 = STACK_TOP - (128 << 20);
 /// The environment every program gets.
 const ENVP: [&str; 2] = ["HOME=/", "PATH=/bin"];
 
@@ -66,10 +72,8 @@ pub fn spawn_program(elf: &'static [u8], argv: Vec<String>) -> Result<Arc<UserPr
     let stack =
         exec::stack::build(STACK_TOP, &argv, &ENVP, &plan, &machine).map_err(ExecError::Args)?;
     let process = UserProcess::new(&name).map_err(|_| ExecError::OutOfMemory)?;
-    *process.brk.lock() = Brk {
-        start: plan.brk,
-        current: plan.brk,
-    };
+    process.mm().set_brk_start(plan.brk);
+    process.mm().set_mmap_base(MMAP_BASE);
     crate::serial_println!("user {} start {}", process.pid, argv.join(" "));
     let fpu = FpuState::new().ok_or(ExecError::OutOfMemory)?;
     let pid = process.pid;
@@ -133,8 +137,14 @@ fn load(
             .map_err(LoadError::Protect)?;
     }
     let stack_prot = if plan.stack_exec { rw | Prot::EXEC } else { rw };
-    mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, stack_prot, fixed)
-        .map_err(LoadError::Map)?;
+    let stack_bottom = (stack.rsp & !0xfff) - STACK_EXPAND;
+    mm.mmap(
+        stack_bottom,
+        STACK_TOP - stack_bottom,
+        stack_prot,
+        fixed | MapFlags::GROWSDOWN,
+    )
+    .map_err(LoadError::Map)?;
     copy_to_user(stack.rsp, &stack.bytes).map_err(|_| LoadError::Copy)?;
     Ok(TrapFrame::new_user(plan.entry, stack.rsp))
 }

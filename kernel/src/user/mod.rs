@@ -17,16 +17,24 @@
 //! # Console
 //! Writes to fds 1 and 2 go to the serial log one line at a time, as `user <pid> out| <line>`
 //! (or `err|`); a process's start and end are logged as `user <pid> start <argv...>` and
-//! `user <pid> exit <code>` or `user <pid> killed <signal>`. Test drivers compare these lines
-//! with the same program's output on Linux.
+//! `user <pid> exit <code>` or `user <pid> killed <signal>`; a process made by `fork` starts
+//! with `user <pid> fork <parent pid>` instead. Test drivers compare these lines with the same
+//! program's output on Linux (a forked process's lines count as its program's).
+//!
+//! # Processes
+//! `fork` (and `clone` without `CLONE_VM`, see `fork`) makes a child that the parent reaps with
+//! `wait4`/`waitid`. A parent that ends first leaves its children running, parented to nothing
+//! (`getppid` then gives 0, as for a program the kernel started); [`wait_all`] waits for every
+//! process, so the kernel can check that all frames came back.
 
 mod exec;
+mod fork;
 mod futex;
 mod resources;
 mod syscall;
 
 use alloc::string::String;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -42,6 +50,7 @@ use crate::process::Process;
 use crate::sched::{self, Thread, UserContext, WaitQueue};
 
 pub use exec::{ExecError, spawn_program};
+pub use fork::wait_all;
 
 /// Signal numbers the kernel itself raises.
 pub mod signal {
@@ -84,8 +93,6 @@ pub struct UserProcess {
     done: AtomicBool,
     /// Who waits for `done`.
     waiters: WaitQueue,
-    /// The program break: `[start, current)` is the heap.
-    brk: Mutex<Brk>,
     /// Unfinished output lines of fds 1 and 2.
     console: Mutex<[Vec<u8>; 2]>,
     /// Bytes written to fds 1 and 2 in all.
@@ -96,6 +103,13 @@ pub struct UserProcess {
     /// Updated under the `threads` lock as a thread leaves the list, so a sum taken under that
     /// lock counts every thread once.
     exited: Mutex<Usage>,
+    /// The process that forked it (none for a program the kernel started); its pid is
+    /// `getppid` while it lives.
+    parent: Option<Weak<UserProcess>>,
+    /// Children not yet reaped by `wait4`/`waitid` (see `fork`).
+    children: Mutex<Vec<Arc<UserProcess>>>,
+    /// Where `wait4`/`waitid` wait for a child to end.
+    child_exit: WaitQueue,
 }
 
 /// Resource usage counts, as `getrusage` reports them.
@@ -122,19 +136,18 @@ impl Usage {
     }
 }
 
-/// The program break.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Brk {
-    pub start: u64,
-    pub current: u64,
-}
-
 impl UserProcess {
     fn new(name: &str) -> Result<Arc<UserProcess>, mm::frame::FrameAllocError> {
-        let process = Process::new(name)?;
-        Ok(Arc::new(UserProcess {
+        Ok(Self::with_process(Process::new(name)?, None))
+    }
+
+    /// A process around `process` (its address space), forked by `parent` if any.
+    fn with_process(process: Arc<Process>, parent: Option<Weak<UserProcess>>) -> Arc<UserProcess> {
+        fork::LIVE.fetch_add(1, Ordering::AcqRel);
+        let name = String::from(process.name());
+        Arc::new(UserProcess {
             pid: NEXT_TID.fetch_add(1, Ordering::Relaxed),
-            name: String::from(name),
+            name,
             process,
             live: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
@@ -142,12 +155,14 @@ impl UserProcess {
             status: Mutex::new(None),
             done: AtomicBool::new(false),
             waiters: WaitQueue::new(),
-            brk: Mutex::new(Brk::default()),
             console: Mutex::new([Vec::new(), Vec::new()]),
             written: AtomicU64::new(0),
             sigactions: Mutex::new([[0; 4]; 64]),
             exited: Mutex::new(Usage::default()),
-        }))
+            parent,
+            children: Mutex::new(Vec::new()),
+            child_exit: WaitQueue::new(),
+        })
     }
 
     /// Its pid.
@@ -266,6 +281,19 @@ impl UserProcess {
         }
         self.done.store(true, Ordering::Release);
         self.waiters.wake_all();
+        if let Some(parent) = self.parent.as_ref().and_then(Weak::upgrade) {
+            parent.child_exit.wake_all();
+        }
+        fork::process_ended();
+    }
+}
+
+impl Drop for UserProcess {
+    fn drop(&mut self) {
+        // Made but never started (a spawn or fork that failed half-way): it ends here.
+        if !self.done.load(Ordering::Acquire) {
+            fork::process_ended();
+        }
     }
 }
 

@@ -120,6 +120,17 @@ pub(super) fn getrusage(ut: &UserThread, who: u64, usage: u64) -> Result {
     Ok(0)
 }
 
+/// Writes `u` as a `struct rusage` at `addr` (`wait4`'s report of a child).
+pub(super) fn write_rusage(addr: u64, u: Usage) -> Result {
+    let r = Rusage {
+        utime: Timeval::from_ns(u.cpu_ns),
+        minflt: u.min_flt as i64,
+        ..Rusage::default()
+    };
+    write_user(addr, &r)?;
+    Ok(0)
+}
+
 /// `struct sysinfo` (x86-64: 112 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]

@@ -31,6 +31,7 @@ pub enum Errno {
     ESRCH = 3,
     EINTR = 4,
     EBADF = 9,
+    ECHILD = 10,
     EAGAIN = 11,
     ENOMEM = 12,
     EFAULT = 14,
@@ -123,7 +124,7 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
         98 => resources::getrusage(ut, a[0], a[1]),
         99 => resources::sysinfo(a[0]),
         102 | 104 | 107 | 108 => Ok(0),
-        110 => Ok(0),
+        110 => super::fork::getppid(ut),
         131 => sigaltstack(ut, a[0], a[1]),
         157 => prctl(a[0], a[1]),
         158 => arch_prctl(ut, a[0], a[1]),
@@ -161,7 +162,11 @@ fn call(ut: &Arc<UserThread>, frame: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Re
         273 => Ok(0),
         302 => prlimit64(a[0], a[1], a[2], a[3]),
         318 => getrandom(a[0], a[1]),
+        56 if super::fork::is_fork(a[0]) => super::fork::clone_process(ut, frame, a),
         56 => clone(ut, frame, a),
+        57 | 58 => super::fork::fork(ut, frame),
+        61 => super::fork::wait4(ut, a[0], a[1], a[2], a[3]),
+        247 => super::fork::waitid(ut, a[0], a[1], a[2], a[3]),
         _ => {
             log_unknown(nr);
             Err(Errno::ENOSYS)
@@ -317,6 +322,9 @@ const MAP_PRIVATE: u64 = 0x02;
 const MAP_SHARED_VALIDATE: u64 = 0x03;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_GROWSDOWN: u64 = 0x100;
+const MAP_NORESERVE: u64 = 0x4000;
+const MAP_POPULATE: u64 = 0x8000;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 
 /// `mmap`'s protection: Linux ignores bits it does not know there.
@@ -324,8 +332,8 @@ fn mmap_prot(bits: u64) -> Prot {
     Prot::from_bits_truncate((bits & PROT_MASK) as u32)
 }
 
-/// `mprotect`'s protection: unknown bits are `EINVAL` (and `PROT_GROWSDOWN`/`UP` too, as no
-/// mapping here grows).
+/// `mprotect`'s protection: unknown bits are `EINVAL` (and `PROT_GROWSDOWN`/`UP` too: extending
+/// a change to the whole stack is not supported).
 fn mprotect_prot(bits: u64) -> Result<Prot> {
     if bits & !(PROT_MASK | PROT_SEM) != 0 {
         return Err(Errno::EINVAL);
@@ -339,7 +347,8 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     match flags & MAP_SHARED_VALIDATE {
         MAP_PRIVATE => {}
         MAP_SHARED | MAP_SHARED_VALIDATE if flags & MAP_ANONYMOUS != 0 => {
-            // Shared anonymous memory does not exist yet.
+            // Shared anonymous memory does not exist yet (Linux maps it; nothing here could
+            // share it before fork exists): refused with EINVAL, documented in the README.
             return Err(Errno::EINVAL);
         }
         MAP_SHARED | MAP_SHARED_VALIDATE => {}
@@ -361,6 +370,15 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
         mflags |= MapFlags::FIXED_NOREPLACE;
     } else if flags & MAP_FIXED != 0 {
         mflags |= MapFlags::FIXED;
+    }
+    for (bit, f) in [
+        (MAP_GROWSDOWN, MapFlags::GROWSDOWN),
+        (MAP_NORESERVE, MapFlags::NORESERVE),
+        (MAP_POPULATE, MapFlags::POPULATE),
+    ] {
+        if flags & bit != 0 {
+            mflags |= f;
+        }
     }
     use mm::ops::{MmapError, RangeError};
     match ut.process.mm().mmap(addr, len, prot, mflags) {
@@ -434,30 +452,10 @@ fn mremap(ut: &UserThread, old: u64, old_len: u64, new_len: u64, flags: u64, new
     }
 }
 
-/// The program break: `brk(0)` (or any address it cannot move to) returns the current break;
-/// moving it maps or unmaps whole pages between the old and the new break.
+/// The program break (mm's `brk`): `brk(0)` (or any address it cannot move to) returns the
+/// current break; it never fails.
 fn brk(ut: &UserThread, want: u64) -> Result {
-    let mm = ut.process.mm();
-    let mut b = *ut.process.brk.lock();
-    let page_up = |x: u64| (x + 0xfff) & !0xfff;
-    if want < b.start || want > mm::pgtable::USER_END {
-        return Ok(b.current);
-    }
-    let (old_end, new_end) = (page_up(b.current), page_up(want));
-    if new_end > old_end {
-        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED_NOREPLACE;
-        if mm
-            .mmap(old_end, new_end - old_end, Prot::READ | Prot::WRITE, flags)
-            .is_err()
-        {
-            return Ok(b.current);
-        }
-    } else if new_end < old_end && mm.munmap(new_end, old_end - new_end).is_err() {
-        return Ok(b.current);
-    }
-    b.current = want;
-    *ut.process.brk.lock() = b;
-    Ok(want)
+    Ok(ut.process.mm().brk(want))
 }
 
 /// Signal numbers are 1..=64.

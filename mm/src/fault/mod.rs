@@ -6,6 +6,8 @@
 //!                  | no VMA / VMA locked / moved: VMA_LOCK_ABORT, fall back
 //!                  | Retry (page table vanished under us): VMA_LOCK_RETRY, fall back
 //!   fallback:   mmap_read_lock -> vma_lookup -> handle_vma_fault (repeat while Retry)
+//!                  | no VMA, a VM_GROWSDOWN VMA above: drop the lock, expand_stack (mmap_lock
+//!                    for write, vma_start_write of the stack), retake the read lock, look again
 //! handle_vma_fault: access check -> handle_pte_fault
 //!   PTE empty                         -> do_anonymous_page (zero frame on read, new frame on write)
 //!   present, read-only, write access  -> do_wp_page (reuse if sole owner, else copy)
@@ -147,9 +149,22 @@ pub fn handle_mm_fault<P: Platform>(
     mem.count(Event::MmapLockFallback);
     profile::stamp(&**mem.platform(), Stamp::Walk);
     // Lock order: mmap_lock (read) is the outermost lock.
-    let g = mm.mmap_read_lock();
+    let mut g = mm.mmap_read_lock();
     loop {
         let Some(vma) = mm.vma_lookup(&g, addr) else {
+            let below_stack = mm
+                .vmas_in(addr..USER_END)
+                .first()
+                .is_some_and(|v| v.grows_down());
+            if below_stack {
+                // Growing changes the VMA set: only under mmap_lock for write.
+                drop(g);
+                if mm.expand_stack(addr).is_ok() {
+                    // Lock order: mmap_lock (read), outermost.
+                    g = mm.mmap_read_lock();
+                    continue;
+                }
+            }
             return finish(
                 mm,
                 FaultResult::Segv {

@@ -1,6 +1,9 @@
 //! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
 //! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
 //! [`madvise`](crate::address_space::AddressSpace::madvise),
+//! [`brk`](crate::address_space::AddressSpace::brk), stack growth
+//! ([`expand_stack`](crate::address_space::AddressSpace::expand_stack), from the fault path),
+//! `fork`'s [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module), and
 //! [`mremap`](crate::address_space::AddressSpace::mremap).
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
@@ -11,7 +14,8 @@
 //! VMA over the edited range and every VMA that changes (`vma_start_write`), replaces the
 //! changed ones in the tree with their replacements (complete and write-locked from birth) in
 //! one tree write, so running out of memory leaves everything as it was, and detaches the old
-//! ones. Page-table changes of the edited range follow while everything is still locked, and
+//! ones. (An `mprotect` over more VMAs that stay apart than one tree write can store, which
+//! only VMA flags make possible, goes a VMA at a time and may stop partway, as Linux's does.) Page-table changes of the edited range follow while everything is still locked, and
 //! their flush token is flushed before the lock drops. Faults on the affected range meanwhile
 //! fail the lockless path (VMA missing, detached or locked) and wait on `mmap_lock`.
 //!
@@ -25,16 +29,27 @@
 //! `vma_end_write_all`) and zaps under the read lock, so faults on other VMAs waiting for
 //! `mmap_lock` are not held up by the zap; the range has no VMA left for a fault to reach.
 //! `mremap` moves PTEs to a new range with both ranges' VMAs write-locked (see its module).
+//!
+//! VMAs carry flags besides their protection (`VM_GROWSDOWN`); neighbours merge only when both
+//! are equal, and `mprotect` keeps each VMA's flags. `brk` and stack growth are rewrites too:
+//! `brk` edits the heap's pages with `rewrite`, and `expand_downwards` replaces the stack VMA
+//! with a longer one, write-locking the old one first (see `stack`).
 
+mod brk;
+mod fork;
 mod madvise;
 mod mmap;
 mod mprotect;
 mod mremap;
 mod munmap;
 mod rewrite;
+mod stack;
 
 use core::ops::Range;
 
+pub use fork::ForkError;
+#[cfg(test)]
+pub(crate) use fork::skip_parent_vma_lock;
 pub use madvise::{
     MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_NORMAL, MADV_RANDOM,
     MADV_SEQUENTIAL, MADV_WILLNEED, MadviseError,
@@ -44,6 +59,7 @@ pub use mprotect::MprotectError;
 pub use mremap::{MremapError, MremapFlags};
 pub use munmap::MunmapError;
 pub(crate) use rewrite::{TreeOutOfMemory, rewrite};
+pub use stack::{ExpandError, STACK_GUARD_GAP, STACK_LIMIT};
 
 use crate::pgtable::USER_END;
 
@@ -81,8 +97,12 @@ pub(crate) fn user_range(addr: u64, len: u64) -> Result<Range<u64>, RangeError> 
 }
 
 #[cfg(all(test, not(loom)))]
+mod fork_tests;
+#[cfg(all(test, not(loom)))]
 mod madvise_tests;
 #[cfg(all(test, not(loom)))]
 mod mremap_tests;
+#[cfg(test)]
+mod stack_tests;
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -1,6 +1,7 @@
 //! `mprotect`: changes the protection of a mapped range.
 
-use super::{RangeError, TreeOutOfMemory, rewrite, user_range};
+use super::rewrite::{Edit, rewrite_edit};
+use super::{RangeError, TreeOutOfMemory, user_range};
 use crate::address_space::AddressSpace;
 use crate::platform::Platform;
 use crate::vma::Prot;
@@ -19,8 +20,8 @@ pub enum MprotectError {
 }
 
 impl<P: Platform> AddressSpace<P> {
-    /// `mprotect(addr, len, prot)`: splits VMAs at the range's ends, gives the range `prot`,
-    /// merges with neighbours of the same protection, and downgrades the PTEs (with a shootdown
+    /// `mprotect(addr, len, prot)`: splits VMAs at the range's ends, gives the range `prot`
+    /// (each VMA keeps its flags), merges with neighbours of the same protection, and downgrades the PTEs (with a shootdown
     /// if a permission was removed). Permissions are added lazily: a write fault on a page made
     /// writable decides in `do_wp_page`. A zero length succeeds without doing anything. Replaced
     /// VMAs and tree nodes are freed after an RCU grace period ([`Rcu::throttle`] bounds them).
@@ -49,7 +50,7 @@ impl<P: Platform> AddressSpace<P> {
         if covered < range.end {
             return Err(MprotectError::NotMapped);
         }
-        rewrite(self, &g, range.clone(), Some(prot))
+        rewrite_edit(self, &g, range.clone(), Edit::Protect(prot))
             .map_err(|TreeOutOfMemory| MprotectError::OutOfMemory)?;
         let flush = self.page_tables().change_protection(&g, range, prot);
         flush.flush(&**self.memory().platform(), self.cpus());

@@ -31,13 +31,13 @@
 use core::ops::Range;
 
 use super::munmap::unmap_downgraded;
+use super::rewrite::{Attr, Edit, rewrite_edit};
 use super::{MMAP_MIN_ADDR, PAGE, RangeError, TreeOutOfMemory, rewrite, user_range};
 use crate::address_space::AddressSpace;
 use crate::maple::GapDir;
 use crate::pgtable::USER_END;
 use crate::platform::Platform;
 use crate::sync::MmapWriteGuard;
-use crate::vma::Prot;
 
 bitflags::bitflags! {
     /// `MREMAP_*` flags.
@@ -129,7 +129,7 @@ impl<P: Platform> AddressSpace<P> {
         }
         let old = old_addr..old_addr + old_len;
         if to_new_addr {
-            return self.mremap_to(g, old, vma.prot(), new_len, flags, new_addr);
+            return self.mremap_to(g, old, (vma.prot(), vma.flags()), new_len, flags, new_addr);
         }
         if new_len <= old_len {
             if new_len < old_len {
@@ -142,7 +142,7 @@ impl<P: Platform> AddressSpace<P> {
         let grown = old.end..old_addr.saturating_add(new_len);
         if old.end == vma.end() && grown.end <= USER_END && self.vmas_in(grown.clone()).is_empty() {
             // `vma_expand`: a longer VMA replaces it (merged with an equal neighbour after).
-            rewrite(self, &g, grown, Some(vma.prot()))?;
+            rewrite_edit(self, &g, grown, Edit::Map((vma.prot(), vma.flags())))?;
             return Ok(old_addr);
         }
         if !flags.contains(MremapFlags::MAYMOVE) {
@@ -152,7 +152,13 @@ impl<P: Platform> AddressSpace<P> {
             .tree()
             .find_gap(new_len, PAGE, MMAP_MIN_ADDR, USER_END, GapDir::TopDown)
             .ok_or(MremapError::NoSpace)?;
-        self.move_vma(g, old, vma.prot(), start..start + new_len, true)
+        self.move_vma(
+            g,
+            old,
+            (vma.prot(), vma.flags()),
+            start..start + new_len,
+            true,
+        )
     }
 
     /// `mremap_to`: the move to a given address (`FIXED`: exactly there, replacing what is
@@ -164,7 +170,7 @@ impl<P: Platform> AddressSpace<P> {
         &self,
         g: MmapWriteGuard<'_, P>,
         mut old: Range<u64>,
-        prot: Prot,
+        attr: Attr,
         new_len: u64,
         flags: MremapFlags,
         new_addr: u64,
@@ -198,10 +204,10 @@ impl<P: Platform> AddressSpace<P> {
             }
         };
         let unmap_old = !flags.contains(MremapFlags::DONTUNMAP);
-        self.move_vma(g, old, prot, dest, unmap_old)
+        self.move_vma(g, old, attr, dest, unmap_old)
     }
 
-    /// `move_vma`: maps `dest` (free) with `prot`, moves the PTEs of `old` (inside one VMA, no
+    /// `move_vma`: maps `dest` (free) with `attr` (the moved VMA's protection and flags), moves the PTEs of `old` (inside one VMA, no
     /// longer than `dest`) to its start, and unmaps `old` unless `unmap_old` is false.
     ///
     /// Locks: `mmap_lock` for write (`g`) on entry; none on exit.
@@ -209,7 +215,7 @@ impl<P: Platform> AddressSpace<P> {
         &self,
         g: MmapWriteGuard<'_, P>,
         old: Range<u64>,
-        prot: Prot,
+        attr: Attr,
         dest: Range<u64>,
         unmap_old: bool,
     ) -> Result<u64, MremapError> {
@@ -225,7 +231,7 @@ impl<P: Platform> AddressSpace<P> {
             cleanup(&g);
             return Err(MremapError::OutOfMemory);
         }
-        if rewrite(self, &g, dest.clone(), Some(prot)).is_err() {
+        if rewrite_edit(self, &g, dest.clone(), Edit::Map(attr)).is_err() {
             cleanup(&g);
             return Err(MremapError::OutOfMemory);
         }

@@ -9,17 +9,33 @@ use core::ops::Range;
 
 use super::PAGE;
 use crate::address_space::AddressSpace;
+use crate::maple::MapleTree;
 use crate::pgtable::USER_END;
 use crate::platform::Platform;
 use crate::sync::MmapWriteGuard;
-use crate::vma::{Prot, Vma};
+use crate::vma::{Prot, VmFlags, Vma};
 
 /// The tree could not allocate a node while VMAs were being replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TreeOutOfMemory;
 
-/// A VMA as the plan sees it: its range and protection.
-pub(crate) type Seg = (Range<u64>, Prot);
+/// What a VMA is apart from its range: adjacent VMAs merge when these are equal.
+pub(crate) type Attr = (Prot, VmFlags);
+
+/// A VMA as the plan sees it: its range and attributes.
+pub(crate) type Seg = (Range<u64>, Attr);
+
+/// What a rewrite does to its range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Edit {
+    /// Unmap it (`munmap`).
+    Unmap,
+    /// Map it anew with these attributes (`mmap`).
+    Map(Attr),
+    /// Give every VMA over it this protection, keeping its flags (`mprotect`; the range must
+    /// be mapped throughout, or the holes stay holes).
+    Protect(Prot),
+}
 
 /// What a rewrite changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,9 +49,9 @@ pub(crate) struct RewritePlan {
     pub(crate) span: Range<u64>,
 }
 
-/// Gives `edit` the protection `new` (`None`: unmapped), merging with neighbours of equal
-/// protection, as described in the `ops` header. Returns the VMAs that were replaced (already
-/// write-locked and detached).
+/// Gives `edit` the protection `new` (`None`: unmapped) and no flags, merging with neighbours of
+/// equal protection, as described in the `ops` header. Returns the VMAs that were replaced
+/// (already write-locked and detached).
 ///
 /// Locks: `mmap_lock` for write (`g`) on entry and exit; write-locks every VMA over `edit`
 /// (the caller changes its pages next) and every VMA it replaces, until `g` drops.
@@ -44,6 +60,22 @@ pub(crate) fn rewrite<P: Platform>(
     g: &MmapWriteGuard<'_, P>,
     edit: Range<u64>,
     new: Option<Prot>,
+) -> Result<Vec<Arc<Vma>>, TreeOutOfMemory> {
+    let new = match new {
+        Some(p) => Edit::Map((p, VmFlags::empty())),
+        None => Edit::Unmap,
+    };
+    rewrite_edit(mm, g, edit, new)
+}
+
+/// [`rewrite`] with any [`Edit`].
+///
+/// Locks: as [`rewrite`].
+pub(crate) fn rewrite_edit<P: Platform>(
+    mm: &AddressSpace<P>,
+    g: &MmapWriteGuard<'_, P>,
+    edit: Range<u64>,
+    new: Edit,
 ) -> Result<Vec<Arc<Vma>>, TreeOutOfMemory> {
     debug_assert!(g.holds(mm.mmap_lock()));
     let window = edit.start.saturating_sub(PAGE)..edit.end.saturating_add(PAGE).min(USER_END);
@@ -55,35 +87,56 @@ pub(crate) fn rewrite<P: Platform>(
         // Lock order: mmap_lock (write) > VMA write lock.
         v.start_write(g);
     }
-    let layout: Vec<Seg> = old.iter().map(|v| (v.range(), v.prot())).collect();
-    match plan_rewrite(&layout, edit, new) {
+    let layout: Vec<Seg> = old
+        .iter()
+        .map(|v| (v.range(), (v.prot(), v.flags())))
+        .collect();
+    match plan_rewrite(&layout, edit.clone(), new) {
+        Some(plan) if plan.added.len() > MapleTree::<Arc<Vma>, P>::MAX_SPAN_ENTRIES => {
+            // Only `Protect` over VMAs that stay apart (their flags differ) gets here: `Map` and
+            // `Unmap` leave at most three pieces. One VMA at a time then, each a small rewrite;
+            // running out of memory midway leaves the first ones changed, as Linux's mprotect
+            // may.
+            debug_assert!(matches!(new, Edit::Protect(_)));
+            let mut removed = Vec::new();
+            for v in old
+                .iter()
+                .filter(|v| v.start() < edit.end && v.end() > edit.start)
+            {
+                let part = v.start().max(edit.start)..v.end().min(edit.end);
+                removed.extend(rewrite_edit(mm, g, part, new)?);
+            }
+            Ok(removed)
+        }
         Some(plan) => apply(mm, g, old, plan),
         None => Ok(Vec::new()),
     }
 }
 
-/// The plan for giving `edit` the protection `new` (`None`: unmapped), given `old`: the VMAs
-/// that overlap `edit` widened by a page on each side (sorted, disjoint, adjacent ones of equal
-/// protection merged, as in any address space). The new layout is the edit applied, then
-/// adjacent VMAs of equal protection merged; VMAs it has exactly as they were are kept, and the
-/// others replaced. `None` when nothing changes.
-pub(crate) fn plan_rewrite(
-    old: &[Seg],
-    edit: Range<u64>,
-    new: Option<Prot>,
-) -> Option<RewritePlan> {
+/// The plan for applying `new` to `edit`, given `old`: the VMAs that overlap `edit` widened by
+/// a page on each side (sorted, disjoint, adjacent ones of equal attributes merged, as in any
+/// address space). The new layout is the edit applied, then adjacent VMAs of equal attributes
+/// merged; VMAs it has exactly as they were are kept, and the others replaced. `None` when
+/// nothing changes.
+pub(crate) fn plan_rewrite(old: &[Seg], edit: Range<u64>, new: Edit) -> Option<RewritePlan> {
     // The new layout of the area the old VMAs and the edit cover.
     let mut segs: Vec<Seg> = Vec::with_capacity(old.len() + 2);
-    for (r, p) in old {
+    for (r, a) in old {
         if r.start < edit.start {
-            segs.push((r.start..r.end.min(edit.start), *p));
+            segs.push((r.start..r.end.min(edit.start), *a));
         }
         if r.end > edit.end {
-            segs.push((r.start.max(edit.end)..r.end, *p));
+            segs.push((r.start.max(edit.end)..r.end, *a));
+        }
+        if let Edit::Protect(p) = new {
+            let inside = r.start.max(edit.start)..r.end.min(edit.end);
+            if inside.start < inside.end {
+                segs.push((inside, (p, a.1)));
+            }
         }
     }
-    if let Some(p) = new {
-        segs.push((edit.clone(), p));
+    if let Edit::Map(a) = new {
+        segs.push((edit.clone(), a));
     }
     segs.sort_by_key(|(r, _)| r.start);
     let mut merged: Vec<Seg> = Vec::with_capacity(segs.len());
@@ -98,28 +151,42 @@ pub(crate) fn plan_rewrite(
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     for (i, seg) in old.iter().enumerate() {
         if merged.contains(seg) {
-            kept.push(seg.0.clone());
+            kept.push(i);
         } else {
             removed.push(i);
         }
     }
-    let added: Vec<Seg> = merged
+    let mut added: Vec<Seg> = merged
         .into_iter()
-        .filter(|(r, _)| !kept.contains(r))
+        .filter(|seg| !kept.iter().any(|&k| old[k] == *seg))
         .collect();
     if removed.is_empty() && added.is_empty() {
         return None;
     }
-    // No kept VMA overlaps the span: a kept VMA that met the edit would contain it and have its
-    // protection, and then nothing changes at all.
-    let span = removed
+    let mut span = removed
         .iter()
         .map(|&i| old[i].0.clone())
         .chain(added.iter().map(|(r, _)| r.clone()))
         .fold(edit, |a, r| a.start.min(r.start)..a.end.max(r.end));
+    // A kept VMA that meets the span is replaced by a copy of itself: the span is stored in
+    // one write and would trim it. With `Map` or `Unmap` there is none (a kept VMA that met the
+    // edit would contain it with its attributes, and then nothing changes at all); `Protect`
+    // keeps a VMA whose protection is already the new one beside one it changes that it cannot
+    // merge with (other flags, a hole between them).
+    while let Some(pos) = kept
+        .iter()
+        .position(|&k| old[k].0.start < span.end && old[k].0.end > span.start)
+    {
+        let k = kept.remove(pos);
+        span = span.start.min(old[k].0.start)..span.end.max(old[k].0.end);
+        removed.push(k);
+        added.push(old[k].clone());
+    }
+    removed.sort_unstable();
+    added.sort_by_key(|(r, _)| r.start);
     debug_assert!(
         kept.iter()
-            .all(|k| k.end <= span.start || k.start >= span.end)
+            .all(|&k| old[k].0.end <= span.start || old[k].0.start >= span.end)
     );
     Some(RewritePlan {
         removed,
@@ -151,7 +218,7 @@ fn apply<P: Platform>(
     let added: Vec<Arc<Vma>> = plan
         .added
         .into_iter()
-        .map(|(r, p)| Vma::new_locked(g, mm.id(), r, p))
+        .map(|(r, (p, f))| Vma::new_locked_flags(g, mm.id(), r, p, f))
         .collect();
     for v in &removed {
         // Lock order: mmap_lock (write) > VMA write lock.
@@ -186,8 +253,17 @@ mod tests {
         [Prot::READ, Prot::READ | Prot::WRITE, Prot::empty()][usize::from(i % 3)]
     }
 
-    /// The merged layout of a page-by-page model (page -> protection).
-    fn layout(model: &BTreeMap<u64, Prot>) -> Vec<Seg> {
+    /// Attributes by number: the three protections, and a read-write stack.
+    fn attr_of(i: u8) -> Attr {
+        if i % 4 == 3 {
+            (Prot::READ | Prot::WRITE, VmFlags::GROWSDOWN)
+        } else {
+            (prot_of(i % 4), VmFlags::empty())
+        }
+    }
+
+    /// The merged layout of a page-by-page model (page -> attributes).
+    fn layout(model: &BTreeMap<u64, Attr>) -> Vec<Seg> {
         let mut out: Vec<Seg> = Vec::new();
         for (&page, &p) in model {
             let r = page * PAGE..(page + 1) * PAGE;
@@ -206,22 +282,36 @@ mod tests {
         /// with the edit applied; it replaces only what changes, inside its span.
         #[test]
         fn a_plan_turns_the_layout_into_the_edited_model(
-            pages in proptest::collection::vec(proptest::option::of(0u8..3), PAGES as usize),
+            pages in proptest::collection::vec(proptest::option::of(0u8..4), PAGES as usize),
             start in 1..PAGES,
             len in 1..8u64,
-            new in proptest::option::of(0u8..3),
+            kind in 0u8..3,
+            what in 0u8..4,
         ) {
-            let before: BTreeMap<u64, Prot> = (1..PAGES)
-                .filter_map(|i| pages[i as usize].map(|p| (i, prot_of(p))))
+            let before: BTreeMap<u64, Attr> = (1..PAGES)
+                .filter_map(|i| pages[i as usize].map(|p| (i, attr_of(p))))
                 .collect();
             let end = (start + len).min(PAGES);
-            let new = new.map(prot_of);
+            let new = match kind {
+                0 => Edit::Unmap,
+                1 => Edit::Map(attr_of(what)),
+                _ => Edit::Protect(prot_of(what)),
+            };
             let mut after = before.clone();
             for page in start..end {
                 match new {
-                    Some(p) => after.insert(page, p),
-                    None => after.remove(&page),
-                };
+                    Edit::Map(a) => {
+                        after.insert(page, a);
+                    }
+                    Edit::Unmap => {
+                        after.remove(&page);
+                    }
+                    Edit::Protect(p) => {
+                        if let Some(a) = after.get_mut(&page) {
+                            a.0 = p;
+                        }
+                    }
+                }
             }
             let all = layout(&before);
             let edit = start * PAGE..end * PAGE;
@@ -243,8 +333,10 @@ mod tests {
             for (r, _) in removed.iter().copied().chain(&plan.added) {
                 prop_assert!(plan.span.start <= r.start && r.end <= plan.span.end);
             }
-            for seg in &plan.added {
-                prop_assert!(!old.contains(seg), "{:?} replaced by itself", seg);
+            if !matches!(new, Edit::Protect(_)) {
+                for seg in &plan.added {
+                    prop_assert!(!old.contains(seg), "{:?} replaced by itself", seg);
+                }
             }
             let mut result: Vec<Seg> = all
                 .iter()

@@ -2,7 +2,8 @@
 //!
 //! Everything `mm` needs from hardware comes through [`Platform`]: where a physical frame lives in
 //! the kernel's address space, raw frames from the boot memory map, TLB maintenance, which CPU is
-//! running, blocking and waking, and a clock. The kernel implements it on real x86-64; host tests
+//! running, preemption (also for `mm`'s spinlocks: [`Platform::spinlock_preemption`]), blocking
+//! and waking, and a clock. The kernel implements it on real x86-64; host tests
 //! use `emulated::Emulated` (RAM in a host buffer, std threads standing in for CPUs), so the same
 //! code runs under `cargo test` and on eight CPUs in QEMU.
 //!
@@ -63,6 +64,18 @@ impl CpuMask {
     }
 }
 
+/// `preempt_disable` and `preempt_enable` as plain functions, for `mm`'s spinlocks (see
+/// [`Platform::spinlock_preemption`]). A plain `fn()` cannot carry its caller's location: a
+/// platform that records where preemption was disabled must find it another way (the kernel
+/// records the return addresses).
+#[derive(Debug)]
+pub struct SpinlockPreemption {
+    /// Disables preemption (nests).
+    pub disable: fn(),
+    /// Undoes one `disable`; may be a preemption point.
+    pub enable: fn(),
+}
+
 /// What `mm` needs from the machine.
 ///
 /// # Safety
@@ -106,6 +119,19 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// Flushes `pages` pages from `start` out of the TLBs of every CPU in `cpus` (including this
     /// one, if it is in the set) and waits until they all have.
     fn shootdown(&self, cpus: CpuMask, start: VirtAddr, pages: usize);
+
+    /// The preemption switch `mm`'s spinlocks use, which have no platform value at hand (a lock
+    /// lives in a page-table page's metadata, in a tree, in a frame cache): every lock disables
+    /// preemption from before it is taken until after it is released. `None` (the default)
+    /// where threads are not preempted behind a lock's back (host tests: each CPU is a thread).
+    /// [`Memory::new`](crate::Memory::new) installs it, once per machine: the first machine's
+    /// choice holds.
+    fn spinlock_preemption() -> Option<&'static SpinlockPreemption>
+    where
+        Self: Sized,
+    {
+        None
+    }
 
     /// Keeps the current thread on this CPU until [`preempt_enable`](Platform::preempt_enable).
     /// Nests.

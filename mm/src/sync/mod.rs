@@ -31,5 +31,5 @@ pub(crate) use park::LoomPark;
 pub use park::Park;
 pub use rwsem::{RWSEM_WAIT_TIMEOUT_NS, RwSemaphore};
 #[cfg(not(loom))]
-pub use spinlock::set_preempt_hooks;
+pub(crate) use spinlock::install_preemption;
 pub use spinlock::{LockClass, RawSpinGuard, RawSpinLock, SpinGuard, SpinLock};

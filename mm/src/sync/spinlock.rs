@@ -6,8 +6,11 @@
 //!
 //! A holder must not be preempted (a waiter on the same CPU that cannot be preempted itself, say
 //! inside an RCU read section, would spin forever): on a machine with preemption the platform
-//! installs [`set_preempt_hooks`], and every lock disables preemption from before it is taken
-//! until after it is released, as Linux's `spin_lock` does.
+//! says how to disable it ([`Platform::spinlock_preemption`], installed by `Memory::new`), and
+//! every lock disables preemption from before it is taken until after it is released, as Linux's
+//! `spin_lock` does.
+//!
+//! [`Platform::spinlock_preemption`]: crate::platform::Platform::spinlock_preemption
 //!
 //! Lock order: each lock has a [`LockClass`]; in debug builds with `std` (host tests) taking a
 //! lock while holding one of the same or a later class panics, which catches an inversion the
@@ -19,27 +22,47 @@ use core::ops::{Deref, DerefMut};
 
 use core::sync::atomic::AtomicPtr;
 
+use crate::platform::SpinlockPreemption;
+
 use crate::primitive::{AtomicBool, Ordering, spin_loop};
 
-/// `preempt_disable` and `preempt_enable` of the machine, as installed by the platform; null
-/// where threads are not preempted behind the lock's back (host tests: each "CPU" is a thread).
-static PREEMPT_DISABLE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
-static PREEMPT_ENABLE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+/// The machine's preemption switch, as its platform gave it; null where threads are not
+/// preempted behind the lock's back (host tests: each "CPU" is a thread).
+static PREEMPTION: AtomicPtr<SpinlockPreemption> = AtomicPtr::new(core::ptr::null_mut());
 
-/// Makes every spinlock of `mm` disable preemption while held. Call once at boot, before any
-/// lock is taken.
+/// Makes every spinlock of `mm` disable preemption while held, the first time a machine gives a
+/// switch (`Memory::new`, before any lock of that machine is taken).
 #[cfg(not(loom))]
-pub fn set_preempt_hooks(disable: fn(), enable: fn()) {
-    PREEMPT_DISABLE.store(disable as *mut (), Ordering::Release);
-    PREEMPT_ENABLE.store(enable as *mut (), Ordering::Release);
+pub(crate) fn install_preemption(p: Option<&'static SpinlockPreemption>) {
+    if let Some(p) = p {
+        let p = p as *const SpinlockPreemption as *mut SpinlockPreemption;
+        let _ = PREEMPTION.compare_exchange(
+            core::ptr::null_mut(),
+            p,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
 }
 
-fn preempt_hook(hook: &AtomicPtr<()>) {
-    let f = hook.load(Ordering::Acquire);
-    if !f.is_null() {
-        // SAFETY: only `set_preempt_hooks` stores non-null values, and they are `fn()`s.
-        let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(f) };
-        f();
+/// Loom models run without preemption.
+#[cfg(loom)]
+pub(crate) fn install_preemption(_: Option<&'static SpinlockPreemption>) {}
+
+fn preemption() -> Option<&'static SpinlockPreemption> {
+    // SAFETY: only `install_preemption` stores here: null or a `&'static SpinlockPreemption`.
+    unsafe { PREEMPTION.load(Ordering::Acquire).as_ref() }
+}
+
+fn preempt_disable() {
+    if let Some(p) = preemption() {
+        (p.disable)();
+    }
+}
+
+fn preempt_enable() {
+    if let Some(p) = preemption() {
+        (p.enable)();
     }
 }
 
@@ -142,7 +165,7 @@ impl RawSpinLock {
     }
 
     fn lock_as(&self, class: LockClass) -> RawSpinGuard<'_> {
-        preempt_hook(&PREEMPT_DISABLE);
+        preempt_disable();
         order::acquire(class);
         loop {
             if self.try_acquire() {
@@ -160,9 +183,9 @@ impl RawSpinLock {
 
     /// Takes the lock if it is free.
     pub fn try_lock(&self) -> Option<RawSpinGuard<'_>> {
-        preempt_hook(&PREEMPT_DISABLE);
+        preempt_disable();
         if !self.try_acquire() {
-            preempt_hook(&PREEMPT_ENABLE);
+            preempt_enable();
             return None;
         }
         order::acquire(self.class);
@@ -209,7 +232,7 @@ impl Drop for RawSpinGuard<'_> {
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
         order::release(self.class);
-        preempt_hook(&PREEMPT_ENABLE);
+        preempt_enable();
     }
 }
 

@@ -29,6 +29,17 @@ bitflags::bitflags! {
     }
 }
 
+bitflags::bitflags! {
+    /// Properties of a VMA other than its protection (Linux's `vm_flags` beyond `VM_READ` ..).
+    /// Adjacent VMAs merge only when these are equal too.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct VmFlags: u32 {
+        /// `VM_GROWSDOWN`: a stack; a fault below it grows it downwards (`expand_downwards`),
+        /// and no other mapping is placed within `STACK_GUARD_GAP` below it.
+        const GROWSDOWN = 1 << 8;
+    }
+}
+
 /// One mapped area `[start, end)` of an address space.
 ///
 /// # Invariants
@@ -42,6 +53,7 @@ pub struct Vma {
     vm_start: u64,
     vm_end: u64,
     prot: Prot,
+    flags: VmFlags,
     vm_mm: u64,
 }
 
@@ -52,6 +64,17 @@ impl Vma {
         vm_mm: u64,
         range: Range<u64>,
         prot: Prot,
+    ) -> Arc<Vma> {
+        Self::new_locked_flags(guard, vm_mm, range, prot, VmFlags::empty())
+    }
+
+    /// [`new_locked`](Self::new_locked) with `flags`.
+    pub fn new_locked_flags<W: Park>(
+        guard: &MmapWriteGuard<'_, W>,
+        vm_mm: u64,
+        range: Range<u64>,
+        prot: Prot,
+        flags: VmFlags,
     ) -> Arc<Vma> {
         debug_assert!(
             range.start < range.end
@@ -64,6 +87,7 @@ impl Vma {
             vm_start: range.start,
             vm_end: range.end,
             prot,
+            flags,
             vm_mm,
         })
     }
@@ -86,6 +110,16 @@ impl Vma {
     /// The access the area allows.
     pub fn prot(&self) -> Prot {
         self.prot
+    }
+
+    /// Its flags (`VM_GROWSDOWN`).
+    pub fn flags(&self) -> VmFlags {
+        self.flags
+    }
+
+    /// Whether it is a stack that grows down.
+    pub fn grows_down(&self) -> bool {
+        self.flags.contains(VmFlags::GROWSDOWN)
     }
 
     /// The id of the address space the VMA belongs to.
@@ -128,8 +162,8 @@ impl core::fmt::Debug for Vma {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "Vma({:#x}..{:#x} {:?})",
-            self.vm_start, self.vm_end, self.prot
+            "Vma({:#x}..{:#x} {:?} {:?})",
+            self.vm_start, self.vm_end, self.prot, self.flags
         )
     }
 }

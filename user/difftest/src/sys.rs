@@ -19,9 +19,16 @@ pub mod nr {
     pub const MREMAP: usize = 25;
     pub const WRITEV: usize = 20;
     pub const NANOSLEEP: usize = 35;
+    pub const GETRUSAGE: usize = 98;
     pub const UNAME: usize = 63;
     pub const CLOCK_GETTIME: usize = 228;
     pub const GETRANDOM: usize = 318;
+    pub const GETPID: usize = 39;
+    pub const FORK: usize = 57;
+    pub const WAIT4: usize = 61;
+    pub const GETPPID: usize = 110;
+    pub const EXIT_GROUP: usize = 231;
+    pub const WAITID: usize = 247;
 }
 
 pub const PROT_READ: usize = 1;
@@ -31,6 +38,10 @@ pub const MAP_SHARED: usize = 0x01;
 pub const MAP_PRIVATE: usize = 0x02;
 pub const MAP_FIXED: usize = 0x10;
 pub const MAP_ANONYMOUS: usize = 0x20;
+pub const MAP_GROWSDOWN: usize = 0x100;
+pub const MAP_NORESERVE: usize = 0x4000;
+pub const MAP_POPULATE: usize = 0x8000;
+pub const MAP_FIXED_NOREPLACE: usize = 0x10_0000;
 pub const CLOCK_MONOTONIC: usize = 1;
 pub const PAGE_SIZE: usize = 4096;
 
@@ -53,6 +64,7 @@ impl Errno {
             2 => "ENOENT",
             4 => "EINTR",
             9 => "EBADF",
+            10 => "ECHILD",
             11 => "EAGAIN",
             12 => "ENOMEM",
             13 => "EACCES",
@@ -186,6 +198,15 @@ pub unsafe fn brk(addr: usize) -> usize {
     unsafe { syscall6(nr::BRK, [addr, 0, 0, 0, 0, 0]) as usize }
 }
 
+/// The calling process's minor page faults so far (`getrusage(RUSAGE_SELF).ru_minflt`).
+pub fn minor_faults() -> Result<u64, Errno> {
+    // `struct rusage`: two `timeval`s, then 14 longs; `ru_minflt` is the fifth of those.
+    let mut ru = [0u64; 18];
+    // SAFETY: the kernel writes the 144 bytes of `ru`, which nothing else uses.
+    result(unsafe { syscall6(nr::GETRUSAGE, [0, ru.as_mut_ptr() as usize, 0, 0, 0, 0]) })?;
+    Ok(ru[8])
+}
+
 /// `write(fd, addr, len)` with a raw address: the kernel only reads `addr..addr + len`, and a bad
 /// range gets `EFAULT`, so no address can harm the program.
 pub fn write_raw(fd: usize, addr: usize, len: usize) -> Result<usize, Errno> {
@@ -304,4 +325,66 @@ pub unsafe fn call_address(addr: usize) {
     unsafe {
         asm!("call {a}", a = in(reg) addr, clobber_abi("C"));
     }
+}
+
+/// `fork()`: the child's pid in the parent, 0 in the child.
+///
+/// # Safety
+/// In a program with other threads the child must only make raw system calls (what the other
+/// threads held locked stays locked in the child).
+pub unsafe fn fork() -> Result<usize, Errno> {
+    // SAFETY: no arguments; the caller keeps the child to what is safe after a fork.
+    result(unsafe { syscall6(nr::FORK, [0; 6]) })
+}
+
+/// `wait4(pid, &status, options, NULL)`: the pid reaped and its wait status.
+pub fn wait4(pid: isize, options: usize) -> Result<(usize, i32), Errno> {
+    let mut status = 0i32;
+    // SAFETY: the kernel writes the status word only, which lives for the call.
+    let r = unsafe {
+        syscall6(
+            nr::WAIT4,
+            [
+                pid as usize,
+                &mut status as *mut i32 as usize,
+                options,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    result(r).map(|p| (p, status))
+}
+
+/// `waitid(idtype, id, &info, options)`: the 128-byte `siginfo_t` as 32 words.
+pub fn waitid(idtype: usize, id: usize, options: usize) -> Result<[i32; 32], Errno> {
+    let mut info = [0i32; 32];
+    // SAFETY: the kernel writes the 128 bytes of `info`, which live for the call.
+    let r = unsafe {
+        syscall6(
+            nr::WAITID,
+            [idtype, id, info.as_mut_ptr() as usize, options, 0, 0],
+        )
+    };
+    result(r).map(|_| info)
+}
+
+/// `getpid()`.
+pub fn getpid() -> usize {
+    // SAFETY: no arguments, no memory.
+    unsafe { syscall6(nr::GETPID, [0; 6]) as usize }
+}
+
+/// `getppid()`.
+pub fn getppid() -> usize {
+    // SAFETY: no arguments, no memory.
+    unsafe { syscall6(nr::GETPPID, [0; 6]) as usize }
+}
+
+/// `exit_group(code)` at once: no destructors, no buffered output flushed.
+pub fn exit_group(code: i32) -> ! {
+    // SAFETY: the call does not return.
+    unsafe { syscall6(nr::EXIT_GROUP, [code as usize, 0, 0, 0, 0, 0]) };
+    unreachable!("exit_group returned")
 }
