@@ -192,6 +192,8 @@ check: setup
 	cargo clippy -p mm --features emulated,fault-profile -- -D warnings
 	cargo clippy -p kernel -p ktests --target $(TARGET) --all-targets -- -D warnings
 	cargo clippy -p kernel --target $(TARGET) --features bench --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps -p mm -p exec -p sched-core
+	RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps -p kernel --target $(TARGET)
 
 kernel:
 	KERNEL_LOG=$(LOG) cargo build -p kernel --target $(TARGET) --profile $(PROFILE)

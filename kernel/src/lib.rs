@@ -1,8 +1,36 @@
 //! The kernel around `mm`: boot, serial console, descriptor tables and exception handlers,
-//! physical memory and the heap, ACPI, and the in-QEMU test framework.
+//! physical memory and the heap, ACPI, the scheduler, user processes, and the in-QEMU test
+//! framework.
 //!
 //! Every kernel binary (the kernel itself, its unit tests, each integration test under `tests/`)
 //! starts by calling [`init`].
+//!
+//! # Layers
+//! Each layer uses only the ones below it; a lower layer reaches a higher one only through a
+//! typed hook the higher one installs at boot (listed with each layer):
+//!
+//! 1. [`arch`]: the CPU. Per-CPU area and preemption count, GDT/TSS, IDT and the entry stubs,
+//!    `SYSCALL`, FPU state, SMEP/SMAP and the user-copy helpers, the local APIC, TLB shootdown
+//!    IPIs, the RTC. Hooks: `idt::set_sched_interrupts` (the scheduler's tick and reschedule
+//!    work), `percpu::set_preempt_schedule` (the preemption point of `preempt_enable`),
+//!    `idt::set_page_fault_hook` (the fault path), `idt::set_user_entry` (system calls, ring-3
+//!    exceptions, the return to ring 3).
+//! 2. [`memory`]: the frame pool, the kernel heap, kernel stacks, the kernel page table; the
+//!    machine's `mm` platform type ([`memory::KernelPlatform`], [`memory::Mm`]).
+//! 3. [`sched`]: threads on `sched-core`'s run queues, preemption, wait queues, sleeping.
+//!    Hook: `sched::set_rcu_hook` (`mm`'s RCU grace periods advance at the tick).
+//! 4. [`platform`]: `mm`'s `Platform` seam on this machine (its blocking uses the scheduler's
+//!    wait queues) and the machine-wide `mm` state with its RCU thread.
+//! 5. [`process`]: address spaces and their kernel threads, and the page-fault path into
+//!    `mm::handle_mm_fault`. Hook: `process::set_user_segv` (a ring-3 fault ends its process).
+//! 6. [`user`]: ring-3 processes running Linux programs: loading, system calls, futexes, fork.
+//!
+//! Beside them: [`smp`] brings up the other CPUs (it needs arch, memory for the trampoline page
+//! and stacks, and the scheduler for their idle threads); [`acpi`] reads the CPU list (memory);
+//! [`initrd`] the bootloader's ramdisk; [`serial`] and [`log`] are the console every layer
+//! writes to (`log` reads the CPU number from the per-CPU area: the one edge back into `arch`,
+//! through its macros); [`testing`] and [`qemu`] serve the test kernels; `bench` (feature
+//! `bench`) sits on top. The kernel's locks and their order are in `kernel/LOCKING.md`.
 
 #![no_std]
 #![cfg_attr(test, no_main)]
@@ -24,6 +52,7 @@ pub mod process;
 pub mod qemu;
 pub mod sched;
 pub mod serial;
+pub mod smp;
 pub mod testing;
 pub mod user;
 
@@ -51,7 +80,7 @@ pub const BOOTLOADER_CONFIG: BootloaderConfig = {
 pub struct Boot {
     pub memory: memory::MemorySummary,
     pub cpus: Result<acpi::Cpus, acpi::AcpiError>,
-    pub smp: arch::smp::SmpReport,
+    pub smp: smp::SmpReport,
     /// Time from entering the kernel to all CPUs online, in microseconds.
     pub boot_us: u64,
 }
@@ -83,7 +112,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     let xapic = cpus
         .as_ref()
         .map_or(DEFAULT_XAPIC, |c| c.local_apic_address);
-    arch::apic::init_cpu(xapic);
+    arch::apic::init_cpu(memory::phys_to_virt(x86_64::PhysAddr::new(xapic)));
     arch::apic::calibrate();
     arch::percpu::PERCPU[0]
         .online
@@ -91,10 +120,11 @@ pub fn init(boot_info: &'static mut BootInfo) -> &'static Boot {
     sched::init_bsp();
     let bsp = [arch::apic::id()];
     let apic_ids = cpus.as_ref().map_or(&bsp[..], |c| &c.apic_ids[..]);
-    let smp = arch::smp::start_all(apic_ids);
+    let smp = smp::start_all(apic_ids);
     platform::init_memory();
     process::init();
-    arch::apic::start_timer(arch::smp::TIMER_HZ);
+    user::init();
+    arch::apic::start_timer(smp::TIMER_HZ);
     x86_64::instructions::interrupts::enable();
     // The trampoline's identity mapping may linger in the APs' TLBs.
     arch::tlb::shootdown(u64::MAX, x86_64::VirtAddr::zero(), u64::MAX);

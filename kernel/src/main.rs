@@ -54,7 +54,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             cpu.apic_id.load(Ordering::Relaxed),
             if apic::is_x2apic() { "x2APIC" } else { "xAPIC" },
             apic::timer_hz() / 1000,
-            kernel::arch::smp::TIMER_HZ,
+            kernel::smp::TIMER_HZ,
             apic::tsc_mhz()
         );
     }
@@ -103,7 +103,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// how each ended, the memory subsystem's counters over the run, and the frame accounting.
 /// Returns whether every program could be started and every frame came back.
 fn programs_together(programs: &[exec::initrd::Program<'static>]) -> bool {
-    let before_frames = kernel::memory::settled_free_frames();
+    let before_frames = kernel::platform::settled_free_frames();
     let before = memory().stats().snapshot();
     let t0 = apic::now_ns();
     let mut started = Vec::new();
@@ -139,7 +139,7 @@ fn programs_together(programs: &[exec::initrd::Program<'static>]) -> bool {
         d.get(Event::MmapLockFallback),
         d.get(Event::Segv)
     );
-    let after_frames = kernel::memory::settled_free_frames();
+    let after_frames = kernel::platform::settled_free_frames();
     info!("user: free frames before {before_frames}, after {after_frames}");
     all_started && after_frames == before_frames
 }
@@ -147,7 +147,7 @@ fn programs_together(programs: &[exec::initrd::Program<'static>]) -> bool {
 /// Runs the ramdisk's programs one after the other, each to its end. Returns whether the first
 /// one exited with code 0.
 fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
-    let before = kernel::memory::settled_free_frames();
+    let before = kernel::platform::settled_free_frames();
     let mut first_ok = None;
     for p in programs {
         let t0 = apic::now_ns();
@@ -171,7 +171,7 @@ fn run_programs(programs: &[exec::initrd::Program<'static>]) -> bool {
         first_ok.get_or_insert(status == Some(Status::Exited(0)));
     }
     // Every process is gone: all their frames (and their threads' stacks) must be back.
-    let after = kernel::memory::settled_free_frames();
+    let after = kernel::platform::settled_free_frames();
     info!(
         "programs: {} ran; free frames before {before}, after {after}",
         programs.len()
@@ -225,7 +225,7 @@ fn threads_demo() {
     );
     let n = online_count();
     info!("threads: threads that ran on each CPU: {:?}", &per_cpu[..n]);
-    let switches: Vec<u64> = PERCPU[..n].iter().map(|c| c.sched.switches()).collect();
+    let switches: Vec<u64> = (0..n).map(sched::switches).collect();
     info!("threads: context switches per CPU: {switches:?}");
     let tlb = tlb::stats();
     info!(

@@ -103,7 +103,26 @@ impl Process {
 /// Routes page faults on user-half addresses to `mm`, and ring-3 entries to the user layer.
 pub fn init() {
     install_fault_hook();
-    crate::user::init();
+}
+
+/// Ends the process of a ring-3 fault `mm` could not resolve (the user layer's `segv`, above
+/// this one, installs it): never returns.
+pub type UserSegv = fn(frame: &TrapFrame, addr: u64, why: &str, access: Access) -> !;
+
+static USER_SEGV: spin::Once<UserSegv> = spin::Once::new();
+
+/// Installs what ends a process on a ring-3 fault (once).
+pub fn set_user_segv(f: UserSegv) {
+    USER_SEGV.call_once(|| f);
+}
+
+/// A ring-3 fault that cannot be resolved: the user layer ends the process. Ring-3 code runs
+/// only once that layer is installed.
+fn user_segv(frame: &TrapFrame, addr: u64, why: &str, access: Access) -> ! {
+    let segv = USER_SEGV
+        .get()
+        .expect("ring-3 code runs only once the user layer is installed");
+    segv(frame, addr, why, access)
 }
 
 /// Routes page faults on user-half addresses to `mm`.
@@ -140,7 +159,7 @@ pub(crate) fn handle_user_fault(
     let access = Access::from_error_code(error.bits());
     if addr.as_u64() >= mm::pgtable::USER_END {
         if frame.from_user() {
-            crate::user::segv(frame, addr.as_u64(), "kernel address", access);
+            user_segv(frame, addr.as_u64(), "kernel address", access);
         }
         return false;
     }
@@ -178,7 +197,7 @@ pub(crate) fn handle_user_fault(
                 FaultResult::Segv { reason, .. } => reason_text(reason),
                 _ => "out of memory",
             };
-            crate::user::segv(frame, addr.as_u64(), why, access);
+            user_segv(frame, addr.as_u64(), why, access);
         }
         if crate::arch::uaccess::fixup(frame) {
             return true;

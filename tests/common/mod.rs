@@ -2,9 +2,9 @@
 
 #![allow(dead_code)]
 
-/// Free frames once the machine has settled (see `kernel::memory::settled_free_frames`).
+/// Free frames once the machine has settled (see `kernel::platform::settled_free_frames`).
 pub fn free_frames() -> u64 {
-    kernel::memory::settled_free_frames()
+    kernel::platform::settled_free_frames()
 }
 
 /// Heap bytes in use.

@@ -6,7 +6,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use volatile::VolatilePtr;
-use x86_64::PhysAddr;
+use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
@@ -63,15 +63,15 @@ fn has_x2apic() -> bool {
     core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0
 }
 
-/// Enables this CPU's local APIC (x2APIC mode when available). The first call picks the mode.
-pub fn init_cpu(xapic_phys: u64) {
+/// Enables this CPU's local APIC (x2APIC mode when available), whose xAPIC registers are mapped at
+/// `xapic`. The first call picks the mode.
+pub fn init_cpu(xapic: VirtAddr) {
     let mode = *MODE.call_once(|| {
         if has_x2apic() {
             Mode::X2Apic
         } else {
-            let va = crate::memory::phys_to_virt(PhysAddr::new(xapic_phys));
             Mode::XApic {
-                base: NonNull::new(va.as_mut_ptr()).expect("APIC base at null"),
+                base: NonNull::new(xapic.as_mut_ptr()).expect("APIC base at null"),
             }
         }
     });
@@ -94,7 +94,7 @@ pub fn init_cpu(xapic_phys: u64) {
 pub fn init_cpu_ap() {
     assert!(MODE.get().is_some(), "the BSP's APIC first");
     // The mode (and the xAPIC base) is already set: the address is not looked at again.
-    init_cpu(0);
+    init_cpu(VirtAddr::zero());
 }
 
 /// Whether the APIC runs in x2APIC mode.

@@ -1,6 +1,6 @@
 //! The interrupt descriptor table and what each vector does.
 //!
-//! Every vector enters through its stub in `trap.rs`, which calls [`dispatch`] with the saved
+//! Every vector enters through its stub in `trap.rs`, which calls `dispatch` with the saved
 //! [`TrapFrame`]. An exception in ring 3 goes to the process layer ([`UserEntry::exception`]),
 //! which ends the process: it never reaches the kernel's panic path. A page fault first goes to
 //! the installed [`PageFaultHook`] (the memory subsystem's fault path); only a kernel-mode fault
@@ -57,6 +57,23 @@ pub struct UserEntry {
 }
 
 static USER_ENTRY: spin::Once<&'static UserEntry> = spin::Once::new();
+
+/// What the timer and the reschedule IPI do beyond acknowledging the interrupt: the scheduler's
+/// tick and preemption, installed by it (the scheduler sits above `arch`). Before it is
+/// installed they only count and acknowledge.
+pub struct SchedInterrupts {
+    /// The timer tick (interrupts off, the interrupt acknowledged).
+    pub tick: fn(),
+    /// A reschedule IPI (interrupts off, acknowledged).
+    pub reschedule: fn(),
+}
+
+static SCHED_INTERRUPTS: spin::Once<&'static SchedInterrupts> = spin::Once::new();
+
+/// Installs the scheduler's interrupt work (once).
+pub fn set_sched_interrupts(s: &'static SchedInterrupts) {
+    SCHED_INTERRUPTS.call_once(|| s);
+}
 
 /// Installs the process layer's entry points (once).
 pub fn set_user_entry(entry: &'static UserEntry) {
@@ -147,12 +164,16 @@ pub(super) fn dispatch(frame: &mut TrapFrame) {
             // Acknowledge first: the tick may switch to another thread, which must get further
             // ticks.
             apic::eoi();
-            crate::sched::tick();
+            if let Some(s) = SCHED_INTERRUPTS.get() {
+                (s.tick)();
+            }
         }
         vector::RESCHEDULE => {
             count_interrupt();
             apic::eoi();
-            crate::sched::reschedule_ipi();
+            if let Some(s) = SCHED_INTERRUPTS.get() {
+                (s.reschedule)();
+            }
         }
         vector::TLB_SHOOTDOWN => {
             count_interrupt();

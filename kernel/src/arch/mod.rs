@@ -7,7 +7,6 @@ pub mod gdt;
 pub mod idt;
 pub mod percpu;
 pub mod rtc;
-pub mod smp;
 pub mod syscall;
 pub mod tlb;
 pub mod trap;

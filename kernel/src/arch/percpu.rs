@@ -18,8 +18,6 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsiz
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
 
-use crate::sched::CpuSched;
-
 /// CPUs the kernel supports (`mm` keeps per-CPU state for as many).
 pub const MAX_CPUS: usize = mm::platform::MAX_CPUS;
 
@@ -55,8 +53,6 @@ pub struct PerCpu {
     pub interrupts: AtomicU64,
     /// `CALL` IPIs received (the IPI test counts them).
     pub ipi_calls: AtomicU64,
-    /// The scheduler's state for this CPU.
-    pub sched: CpuSched,
     /// The top of the running user thread's kernel stack: where `SYSCALL` entry switches the
     /// stack to (the TSS's `rsp0` holds the same for interrupts). Written at each switch to a
     /// user thread, read by this CPU's entry code.
@@ -81,7 +77,6 @@ impl PerCpu {
             ticks: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
             ipi_calls: AtomicU64::new(0),
-            sched: CpuSched::new(),
             kernel_rsp: AtomicU64::new(0),
             user_rsp: AtomicU64::new(0),
             tss: AtomicPtr::new(core::ptr::null_mut()),
@@ -252,10 +247,22 @@ pub fn preempt_enable() {
     if READY.load(Ordering::Relaxed) {
         let before = preempt_count_add(-1);
         assert!(before != 0, "unbalanced preempt_enable");
-        if before == 1 && this_cpu().need_resched.load(Ordering::Relaxed) {
-            crate::sched::preempt_schedule();
+        if before == 1
+            && this_cpu().need_resched.load(Ordering::Relaxed)
+            && let Some(schedule) = PREEMPT_SCHEDULE.get()
+        {
+            schedule();
         }
     }
+}
+
+/// What `preempt_enable` calls when the count drops to zero with a reschedule pending: the
+/// scheduler's `preempt_schedule`, installed by it (the scheduler sits above `arch`).
+static PREEMPT_SCHEDULE: spin::Once<fn()> = spin::Once::new();
+
+/// Installs the scheduler's preemption point (once).
+pub fn set_preempt_schedule(f: fn()) {
+    PREEMPT_SCHEDULE.call_once(|| f);
 }
 
 /// [`preempt_disable`] for `mm`'s spinlocks (`Platform::spinlock_preemption`). A hook is a plain

@@ -1,5 +1,5 @@
 //! Entry from interrupts and exceptions: one assembly stub per vector builds a [`TrapFrame`] on
-//! the stack and calls [`trap_dispatch`]; the way back restores it and `iretq`s.
+//! the stack and calls `trap_dispatch`; the way back restores it and `iretq`s.
 //!
 //! # Entry from ring 3
 //! The CPU switches to the TSS's `rsp0` (the running user thread's kernel stack) before it pushes

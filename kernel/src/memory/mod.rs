@@ -197,22 +197,12 @@ use x86_64::structures::paging::{
     Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
 };
 
-/// Free frames once the machine has settled: every exited thread released (a CPU releases the
-/// last thread it ran at its next switch) and its stack unmapped, `mm`'s deferred frees run and
-/// its per-CPU caches flushed. Kernel page tables made meanwhile (for new stack slots) stay for
-/// good, so they count as free. Two calls with nothing alive in between give equal counts: the
-/// exact accounting the tests and the program runner check. Blocks (up to 10 s, then panics).
-pub fn settled_free_frames() -> u64 {
-    let resident = crate::sched::resident_threads();
-    let deadline = crate::arch::apic::now_ns() + 10_000_000_000;
-    while crate::sched::live_threads() > resident {
-        assert!(
-            crate::arch::apic::now_ns() < deadline,
-            "exited threads are never released"
-        );
-        crate::sched::sleep_ns(5_000_000);
-    }
-    stack::reap();
-    crate::platform::memory().quiesce();
-    FRAMES.stats().1 + kernel_table_frames()
-}
+/// The machine, as `mm` sees it. Zero-sized: every method goes to kernel globals. Its
+/// `mm::Platform` implementation is in `platform` (it blocks on the scheduler's wait queues,
+/// which sit above this layer); the type is named here so that the scheduler, below `platform`,
+/// can name an address space.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelPlatform;
+
+/// An address space of this machine.
+pub type Mm = mm::AddressSpace<KernelPlatform>;

@@ -67,7 +67,7 @@ use thread::ThreadInit;
 pub use thread::{JoinHandle, Thread, UserContext};
 use x86_64::registers::control::Cr3;
 
-use crate::platform::Mm;
+use crate::memory::Mm;
 pub use wait::{WaitQueue, block_current, futex_wait, futex_wake, sleep_ns};
 
 /// Stack size of spawned threads.
@@ -75,6 +75,15 @@ pub const THREAD_STACK_SIZE: usize = 64 * 1024;
 
 /// One CPU's scheduler state.
 pub type CpuSched = sched_core::CpuSched<Thread>;
+
+/// Every CPU's scheduler state, indexed by CPU number (the scheduler's own per-CPU data: `arch`'s
+/// per-CPU area, below it, knows nothing of threads).
+static CPUS: [CpuSched; MAX_CPUS] = [const { CpuSched::new() }; MAX_CPUS];
+
+/// Context switches `cpu` has done.
+pub fn switches(cpu: usize) -> u64 {
+    CPUS[cpu].switches()
+}
 
 /// This machine, as the scheduler's protocol sees it.
 pub(crate) struct Kernel;
@@ -103,7 +112,7 @@ unsafe impl Machine for Kernel {
     }
 
     fn cpu(&self, cpu: usize) -> &CpuSched {
-        &PERCPU[cpu].sched
+        &CPUS[cpu]
     }
 
     fn need_resched(&self, cpu: usize) -> &AtomicBool {
@@ -192,6 +201,12 @@ pub fn init_cpu() {
 /// Makes the code running on the bootstrap CPU the thread `main`, and gives the BSP an idle
 /// thread of its own to run when `main` blocks.
 pub fn init_bsp() {
+    static INTERRUPTS: crate::arch::idt::SchedInterrupts = crate::arch::idt::SchedInterrupts {
+        tick,
+        reschedule: reschedule_ipi,
+    };
+    crate::arch::idt::set_sched_interrupts(&INTERRUPTS);
+    crate::arch::percpu::set_preempt_schedule(preempt_schedule);
     let cpu = this_cpu().id();
     let main = Thread::new(ThreadInit {
         name: String::from("main"),
@@ -612,19 +627,18 @@ pub(crate) fn preempt_schedule() {
     }
 }
 
-static RCU_HOOK: AtomicUsize = AtomicUsize::new(0);
+/// The function that advances RCU grace periods (`mm`'s RCU, above the scheduler).
+static RCU_HOOK: spin::Once<fn()> = spin::Once::new();
 
 /// Installs the function that advances RCU grace periods, called with interrupts off from the
 /// timer tick, at context switch and in the idle loop (it must not block or run callbacks).
+/// Once: the first call's function holds.
 pub fn set_rcu_hook(hook: fn()) {
-    RCU_HOOK.store(hook as *const () as usize, Ordering::Release);
+    RCU_HOOK.call_once(|| hook);
 }
 
 fn rcu_advance() {
-    let h = RCU_HOOK.load(Ordering::Acquire);
-    if h != 0 {
-        // SAFETY: only `set_rcu_hook` stores non-zero values, and they are `fn()`s.
-        let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
+    if let Some(hook) = RCU_HOOK.get() {
         hook();
     }
 }

@@ -13,8 +13,8 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sched_core::{ExitState, SchedEntity, Start, State, Task};
 
+use crate::memory::Mm;
 use crate::memory::stack::Stack;
-use crate::platform::Mm;
 
 /// What a thread that runs user code carries besides its kernel side: the register state the
 /// CPU does not save on a kernel entry (FPU/SSE/AVX, the FS and GS bases). Implemented by the

@@ -10,7 +10,7 @@
 //! A process ends when its last thread does. `exit` ends one thread; `exit_group`, a fatal
 //! exception or a fatal signal to itself ends them all: the process is marked killed, every
 //! thread of it is woken from an interruptible wait (futex, sleep), and each thread leaves at its
-//! next return to ring 3 ([`return_to_user`]). Nothing is delivered to a user signal handler:
+//! next return to ring 3 (`return_to_user`). Nothing is delivered to a user signal handler:
 //! dispositions are recorded and reported back, and a fatal signal ends the process as its
 //! default action would.
 //!
@@ -518,4 +518,5 @@ pub fn init() {
         return_to_user,
     };
     crate::arch::idt::set_user_entry(&ENTRY);
+    crate::process::set_user_segv(segv);
 }

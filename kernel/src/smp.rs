@@ -16,9 +16,9 @@ use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::gdt::{CpuTables, DOUBLE_FAULT_STACK_SIZE};
-use super::percpu::{self, MAX_CPUS, PERCPU};
-use super::{apic, idt};
+use crate::arch::gdt::{CpuTables, DOUBLE_FAULT_STACK_SIZE};
+use crate::arch::percpu::{self, MAX_CPUS, PERCPU};
+use crate::arch::{apic, idt};
 use crate::memory::stack::Stack;
 use crate::memory::{self, TRAMPOLINE_PAGE, map_kernel_page, phys_to_virt, unmap_kernel_page};
 
@@ -185,7 +185,7 @@ extern "C" fn ap_entry(cpu: usize) -> ! {
     let top = VirtAddr::from_ptr(df_stack.as_ptr()) + DOUBLE_FAULT_STACK_SIZE as u64;
     Box::leak(Box::new(CpuTables::new(top))).load();
     idt::load();
-    super::init_cpu_features();
+    crate::arch::init_cpu_features();
     apic::init_cpu_ap();
     PERCPU[cpu].apic_id.store(apic::id(), Ordering::Relaxed);
     crate::sched::init_cpu();
