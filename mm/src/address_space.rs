@@ -27,7 +27,7 @@ static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
 /// # Invariants
 /// Every VMA in `tree` is attached, has `vm_mm == id`, and is stored under exactly its own
 /// range; VMAs do not overlap, lie in `[MMAP_MIN_ADDR, USER_END)`, and no two adjacent VMAs have
-/// the same protection and flags (they are merged). PTEs exist only inside VMAs. The tree and the VMAs'
+/// the same attributes (protection, flags, shared object and offset) (they are merged). PTEs exist only inside VMAs. The tree and the VMAs'
 /// lock stamps change only with `mmap_lock` held for write.
 pub struct AddressSpace<P: Platform> {
     id: u64,
@@ -62,7 +62,8 @@ pub enum MmValidateError {
         /// The offending VMA's range.
         vma: Range<u64>,
     },
-    /// Two adjacent VMAs with the same protection and flags were not merged.
+    /// Two adjacent VMAs with the same protection, flags and shared object (at contiguous
+    /// offsets) were not merged.
     Unmerged {
         /// The address where the first ends and the second starts.
         at: u64,
@@ -231,8 +232,7 @@ impl<P: Platform> AddressSpace<P> {
             }
             if let Some(p) = prev
                 && p.end() == vma.start()
-                && p.prot() == vma.prot()
-                && p.flags() == vma.flags()
+                && p.attr() == vma.attr()
             {
                 return Err(MmValidateError::Unmerged { at: vma.start() });
             }

@@ -2,13 +2,15 @@
 //! allocator (with the frame metadata and the zero frame), the event counters, and the fault
 //! policy.
 
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::frame::{FrameAllocError, FrameAllocator};
 use crate::platform::Platform;
 use crate::rcu::Rcu;
 use crate::stats::{Event, Stats};
+use crate::vma::SharedAnon;
+use crate::vma::shared::PutFrame;
 
 /// Which lock page faults take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +82,24 @@ impl<P: Platform> Memory<P> {
         self.policy.store(policy as u8, Ordering::Relaxed);
     }
 
+    /// A new, empty shared anonymous object (`MAP_SHARED|MAP_ANONYMOUS`) whose pages come
+    /// from this machine's frames and go back to them when it is dropped.
+    pub fn new_shared_anon(self: &Arc<Self>) -> Arc<SharedAnon> {
+        let weak: Weak<Memory<P>> = Arc::downgrade(self);
+        SharedAnon::new(weak)
+    }
+
     /// Runs every deferred free (RCU callbacks) and gives the per-CPU frame caches back to the
     /// platform: afterwards the platform's free-frame count is exact. Call outside any lock and
     /// RCU read section, e.g. before dropping the last handle (pending callbacks hold one).
     pub fn quiesce(&self) {
         self.rcu.barrier();
         self.frames.drain_caches();
+    }
+}
+
+impl<P: Platform> PutFrame for Memory<P> {
+    fn put_frame(&self, frame: crate::platform::PhysFrame) {
+        self.frames.put(frame);
     }
 }

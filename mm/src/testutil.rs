@@ -11,6 +11,15 @@ use crate::platform::emulated::Emulated;
 use crate::vma::{Prot, Vma};
 
 pub(crate) const PAGE: u64 = 4096;
+
+/// A frame owner for shared objects that are never faulted (they hold no frames to give back).
+pub(crate) struct NoFrames;
+
+impl crate::vma::shared::PutFrame for NoFrames {
+    fn put_frame(&self, _frame: crate::platform::PhysFrame) {
+        unreachable!("an object of a plan-only test held a frame")
+    }
+}
 /// Where picture tests put page 0 of a picture.
 pub(crate) const PIC_BASE: u64 = 0x10_0000;
 

@@ -1,4 +1,8 @@
-//! Anonymous memory: `do_anonymous_page` and `do_wp_page`.
+//! Anonymous memory: `do_anonymous_page`, `do_shared_page` and `do_wp_page`.
+//!
+//! A shared VMA (`MAP_SHARED`) maps its object's pages: found or allocated (zeroed) in the
+//! object under its lock, mapped writable if the VMA allows, on reads too (never the zero frame,
+//! never copied), so a write through any mapping is seen by all of them.
 //!
 //! Frames are allocated *before* the PTE lock is taken (allocation may have to go to the shared
 //! pool), and the PTE is re-checked under the lock: of two CPUs faulting the same page, the one
@@ -19,7 +23,7 @@ use crate::frame::{FrameKind, FrameRef};
 use crate::pgtable::{Pte, PteGuard, pte_flags_for};
 use crate::platform::{PageTableFlags, Platform, VirtAddr};
 use crate::stats::Event;
-use crate::vma::Vma;
+use crate::vma::{ShmLink, Vma};
 
 use super::Access;
 
@@ -68,6 +72,60 @@ pub(super) fn do_anonymous_page<P: Platform>(
     Outcome::Done(FaultResult::Resolved)
 }
 
+/// `do_shared_page` (Linux's `do_shared_fault` on shmem): fills an empty PTE of a shared VMA
+/// with the object's page at that index, allocating a zeroed one if the object has none. The
+/// PTE gets a reference and a map count of its own; the object keeps its own reference.
+///
+/// Locks: VMA read lock or `mmap_lock` read on entry and exit; takes and drops the object's
+/// lock (a leaf, never under the PTE lock), then the PTE lock.
+pub(super) fn do_shared_page<P: Platform>(
+    mm: &AddressSpace<P>,
+    vma: &Vma,
+    link: &ShmLink,
+    addr: u64,
+) -> Outcome {
+    let mem = mm.memory();
+    let frames = mem.frames();
+    let index = link.index(addr);
+    let frame = match link.obj.find(index) {
+        // The object keeps its pages while a VMA (ours) holds it: the frame is in use.
+        Some(f) => frames.get(f),
+        None => {
+            let Ok(new) = frames.alloc_zeroed(FrameKind::Anon) else {
+                return Outcome::Done(FaultResult::Oom);
+            };
+            // Another fault may have stored a page meanwhile: then ours goes back.
+            let ours = new.frame();
+            let (f, stored) = link.obj.insert(index, ours);
+            if stored {
+                // The allocation's reference is the object's now; the PTE takes another.
+                let _ = new.into_raw();
+                mem.count(Event::AnonFrameMapped);
+            } else {
+                drop(new);
+            }
+            frames.get(f)
+        }
+    };
+    let mut flags = pte_flags_for(vma.prot(), true) | PageTableFlags::ACCESSED;
+    if flags.contains(PageTableFlags::WRITABLE) {
+        flags |= PageTableFlags::DIRTY;
+    }
+    // Lock order: VMA read lock / mmap_lock > PTE lock.
+    let Some(pte) = mm.page_tables().pte_offset_map_lock(addr) else {
+        return Outcome::Retry;
+    };
+    if !pte.get(addr).is_empty() {
+        drop(pte);
+        mem.count(Event::FaultRaceLost);
+        return Outcome::Done(FaultResult::Resolved);
+    }
+    frames.meta(frame.frame()).map();
+    pte.set(addr, Pte::new(frame.into_raw(), flags));
+    drop(pte);
+    Outcome::Done(FaultResult::Resolved)
+}
+
 /// `do_wp_page`: a write to a present, read-only PTE in a writable VMA. An anonymous frame
 /// mapped once and owned by nobody else is made writable in place ([`wp_page_reuse`]); the
 /// zero frame (or a shared frame) is copied into a new frame ([`wp_page_copy`]).
@@ -83,6 +141,11 @@ pub(super) fn do_wp_page<P: Platform>(
 ) -> Outcome {
     let frames = mm.memory().frames();
     let old = orig.frame();
+    if vma.shared().is_some() {
+        // `wp_page_shared`: the page is the object's, written in place by every mapping (the
+        // PTE is read-only only because the VMA was, until an mprotect).
+        return wp_page_reuse(mm, addr, pte, orig);
+    }
     if old != frames.zero_frame() {
         let meta = frames.meta(old);
         if meta.mapcount() == 1 && meta.refcount() == 1 {

@@ -9,8 +9,9 @@
 //!                  | no VMA, a VM_GROWSDOWN VMA above: drop the lock, expand_stack (mmap_lock
 //!                    for write, vma_start_write of the stack), retake the read lock, look again
 //! handle_vma_fault: access check -> handle_pte_fault
-//!   PTE empty                         -> do_anonymous_page (zero frame on read, new frame on write)
-//!   present, read-only, write access  -> do_wp_page (reuse if sole owner, else copy)
+//!   PTE empty, private VMA            -> do_anonymous_page (zero frame on read, new frame on write)
+//!   PTE empty, shared VMA             -> do_shared_page (the object's page, found or allocated)
+//!   present, read-only, write access  -> do_wp_page (shared VMA or sole owner: reuse, else copy)
 //!   present and sufficient            -> spurious (another CPU won): flush the local TLB entry
 //! ```
 //! A `Segv` is only ever decided with a lock that makes it true: under the VMA read lock for an
@@ -282,6 +283,9 @@ fn handle_pte_fault<P: Platform>(
     if entry.is_empty() {
         drop(pte);
         profile::stamp(&**mm.memory().platform(), Stamp::Pgtable);
+        if let Some(link) = vma.shared() {
+            return anon::do_shared_page(mm, vma, link, addr);
+        }
         return anon::do_anonymous_page(mm, vma, addr, access);
     }
     if !entry.present() {

@@ -80,7 +80,7 @@ impl<P: Platform> AddressSpace<P> {
             {
                 return false;
             }
-            let heap = (Prot::READ | Prot::WRITE, VmFlags::empty());
+            let heap = (Prot::READ | Prot::WRITE, VmFlags::empty(), None);
             if let Err(TreeOutOfMemory) = rewrite_edit(self, g, old_end..new_end, Edit::Map(heap)) {
                 return false;
             }

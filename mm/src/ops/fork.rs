@@ -18,6 +18,9 @@
 //! 4. One shootdown of the write-protected span to the CPUs that ran the parent, then both
 //!    `mmap_lock`s drop (and with them every VMA write lock).
 //!
+//! A shared VMA (`MAP_SHARED`) is copied with its object and no PTEs: the child faults the
+//! object's pages in, and a write on either side goes to the one shared page.
+//!
 //! After that a write on either side faults into `do_wp_page`, which reuses a frame mapped once
 //! and owned by nobody else, and copies one still shared (`fault::anon`).
 //!
@@ -126,7 +129,7 @@ impl<P: Platform> AddressSpace<P> {
                 // the module header.
                 vma.start_write(g);
             }
-            let copy = Vma::new_locked_flags(cg, child.id(), vma.range(), vma.prot(), vma.flags());
+            let copy = Vma::new_locked_attr(cg, child.id(), vma.range(), vma.attr());
             copy.lock().mark_attached(cg);
             if let Err(e) = child.tree().insert(copy.range(), copy) {
                 let (InsertError::NoMemory(v)
@@ -134,6 +137,11 @@ impl<P: Platform> AddressSpace<P> {
                 | InsertError::InvalidRange(v)) = e;
                 v.lock().mark_detached(cg);
                 return Err(ForkError::OutOfMemory);
+            }
+            if vma.shared().is_some() {
+                // The child maps the same object; its faults find the pages there (Linux leaves
+                // shared mappings to fault too). Nothing to write-protect: writes are shared.
+                continue;
             }
             for chunk in pmd_chunks(vma.range()) {
                 self.copy_pte_range(child, chunk, wp)?;

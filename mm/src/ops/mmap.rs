@@ -1,4 +1,5 @@
-//! `mmap`: creates an anonymous private mapping.
+//! `mmap`: creates an anonymous mapping, private or shared (`MAP_SHARED`: a new
+//! [`SharedAnon`](crate::vma::SharedAnon) object, page 0 at the start of the mapping).
 //!
 //! Placement follows Linux's `get_unmapped_area`: a hint (rounded down to a page, then, unless
 //! that is 0, raised to [`MMAP_MIN_ADDR`] when below it: `round_hint_to_min`) is used when the range is free and
@@ -17,13 +18,16 @@ use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::maple::GapDir;
 use crate::pgtable::USER_END;
 use crate::platform::Platform;
-use crate::vma::{Prot, VmFlags};
+use crate::vma::{Prot, ShmLink, VmFlags};
 
 bitflags::bitflags! {
-    /// `MAP_*` flags. Only private anonymous mappings exist so far.
+    /// `MAP_*` flags. Anonymous mappings only, private or shared.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct MapFlags: u32 {
-        /// `MAP_PRIVATE` (required).
+        /// `MAP_SHARED`: writes are seen by every mapping of the same pages (also across
+        /// `fork`). Exactly one of `SHARED` and `PRIVATE`.
+        const SHARED = 1 << 0;
+        /// `MAP_PRIVATE`: copy-on-write across `fork`.
         const PRIVATE = 1 << 1;
         /// `MAP_FIXED`: exactly at `addr`, replacing whatever is mapped there.
         const FIXED = 1 << 4;
@@ -47,7 +51,8 @@ pub enum MmapError {
     BadRange(RangeError),
     /// Unknown protection bits.
     BadProt,
-    /// Unknown or unsupported flags (shared or file mappings, both FIXED kinds).
+    /// Unknown or unsupported flags (file mappings, both or neither of `SHARED` and
+    /// `PRIVATE`, both FIXED kinds, a shared stack).
     BadFlags,
     /// `FIXED_NOREPLACE` and something is mapped there.
     AlreadyMapped,
@@ -58,7 +63,7 @@ pub enum MmapError {
 }
 
 impl<P: Platform> AddressSpace<P> {
-    /// `mmap(addr, len, prot, flags)` for anonymous private memory. Without a FIXED flag `addr`
+    /// `mmap(addr, len, prot, flags)` for anonymous memory, private or shared. Without a FIXED flag `addr`
     /// is a hint (see the module header; `0` for none). Returns the start of the mapping.
     /// Frames are allocated at fault time, or before returning with `MAP_POPULATE` (if that
     /// runs out of memory, the new mapping is removed again). What it replaces is freed after
@@ -73,8 +78,10 @@ impl<P: Platform> AddressSpace<P> {
             return Err(MmapError::BadProt);
         }
         if !MapFlags::all().contains(flags)
-            || !flags.contains(MapFlags::PRIVATE | MapFlags::ANONYMOUS)
+            || !flags.contains(MapFlags::ANONYMOUS)
+            || flags.contains(MapFlags::PRIVATE) == flags.contains(MapFlags::SHARED)
             || flags.contains(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE)
+            || flags.contains(MapFlags::SHARED | MapFlags::GROWSDOWN)
         {
             return Err(MmapError::BadFlags);
         }
@@ -111,7 +118,10 @@ impl<P: Platform> AddressSpace<P> {
             Some(Ok(r)) if self.is_unmapped_area(&r) => r,
             _ => self.unmapped_area_topdown(len).ok_or(MmapError::NoSpace)?,
         };
-        rewrite_edit(self, &g, range.clone(), Edit::Map((prot, vm_flags)))
+        let shared = flags
+            .contains(MapFlags::SHARED)
+            .then(|| ShmLink::new(self.memory().new_shared_anon(), range.start, 0));
+        rewrite_edit(self, &g, range.clone(), Edit::Map((prot, vm_flags, shared)))
             .map_err(|TreeOutOfMemory| MmapError::OutOfMemory)?;
         // MAP_FIXED over existing mappings: their pages go (a no-op on a free range). `rewrite`
         // write-locked every VMA over the range, kept ones included.

@@ -102,6 +102,8 @@ mod fork_tests;
 mod madvise_tests;
 #[cfg(all(test, not(loom)))]
 mod mremap_tests;
+#[cfg(all(test, not(loom)))]
+mod shared_tests;
 #[cfg(test)]
 mod stack_tests;
 #[cfg(all(test, not(loom)))]

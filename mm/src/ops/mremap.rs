@@ -129,7 +129,7 @@ impl<P: Platform> AddressSpace<P> {
         }
         let old = old_addr..old_addr + old_len;
         if to_new_addr {
-            return self.mremap_to(g, old, (vma.prot(), vma.flags()), new_len, flags, new_addr);
+            return self.mremap_to(g, old, vma.attr(), new_len, flags, new_addr);
         }
         if new_len <= old_len {
             if new_len < old_len {
@@ -142,7 +142,7 @@ impl<P: Platform> AddressSpace<P> {
         let grown = old.end..old_addr.saturating_add(new_len);
         if old.end == vma.end() && grown.end <= USER_END && self.vmas_in(grown.clone()).is_empty() {
             // `vma_expand`: a longer VMA replaces it (merged with an equal neighbour after).
-            rewrite_edit(self, &g, grown, Edit::Map((vma.prot(), vma.flags())))?;
+            rewrite_edit(self, &g, grown, Edit::Map(vma.attr()))?;
             return Ok(old_addr);
         }
         if !flags.contains(MremapFlags::MAYMOVE) {
@@ -152,13 +152,7 @@ impl<P: Platform> AddressSpace<P> {
             .tree()
             .find_gap(new_len, PAGE, MMAP_MIN_ADDR, USER_END, GapDir::TopDown)
             .ok_or(MremapError::NoSpace)?;
-        self.move_vma(
-            g,
-            old,
-            (vma.prot(), vma.flags()),
-            start..start + new_len,
-            true,
-        )
+        self.move_vma(g, old, vma.attr(), start..start + new_len, true)
     }
 
     /// `mremap_to`: the move to a given address (`FIXED`: exactly there, replacing what is
@@ -231,7 +225,10 @@ impl<P: Platform> AddressSpace<P> {
             cleanup(&g);
             return Err(MremapError::OutOfMemory);
         }
-        if rewrite_edit(self, &g, dest.clone(), Edit::Map(attr)).is_err() {
+        // A shared mapping keeps its object; the page mapped at `old.start` is at `dest.start`.
+        let (prot, flags, shared) = attr;
+        let shared = shared.map(|l| l.moved(old.start, dest.start));
+        if rewrite_edit(self, &g, dest.clone(), Edit::Map((prot, flags, shared))).is_err() {
             cleanup(&g);
             return Err(MremapError::OutOfMemory);
         }

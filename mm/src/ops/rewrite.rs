@@ -20,13 +20,13 @@ use crate::vma::{Prot, VmFlags, Vma};
 pub(crate) struct TreeOutOfMemory;
 
 /// What a VMA is apart from its range: adjacent VMAs merge when these are equal.
-pub(crate) type Attr = (Prot, VmFlags);
+pub(crate) type Attr = crate::vma::VmaAttr;
 
 /// A VMA as the plan sees it: its range and attributes.
 pub(crate) type Seg = (Range<u64>, Attr);
 
 /// What a rewrite does to its range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Edit {
     /// Unmap it (`munmap`).
     Unmap,
@@ -62,7 +62,7 @@ pub(crate) fn rewrite<P: Platform>(
     new: Option<Prot>,
 ) -> Result<Vec<Arc<Vma>>, TreeOutOfMemory> {
     let new = match new {
-        Some(p) => Edit::Map((p, VmFlags::empty())),
+        Some(p) => Edit::Map((p, VmFlags::empty(), None)),
         None => Edit::Unmap,
     };
     rewrite_edit(mm, g, edit, new)
@@ -87,11 +87,8 @@ pub(crate) fn rewrite_edit<P: Platform>(
         // Lock order: mmap_lock (write) > VMA write lock.
         v.start_write(g);
     }
-    let layout: Vec<Seg> = old
-        .iter()
-        .map(|v| (v.range(), (v.prot(), v.flags())))
-        .collect();
-    match plan_rewrite(&layout, edit.clone(), new) {
+    let layout: Vec<Seg> = old.iter().map(|v| (v.range(), v.attr())).collect();
+    match plan_rewrite(&layout, edit.clone(), new.clone()) {
         Some(plan) if plan.added.len() > MapleTree::<Arc<Vma>, P>::MAX_SPAN_ENTRIES => {
             // Only `Protect` over VMAs that stay apart (their flags differ) gets here: `Map` and
             // `Unmap` leave at most three pieces. One VMA at a time then, each a small rewrite;
@@ -104,7 +101,7 @@ pub(crate) fn rewrite_edit<P: Platform>(
                 .filter(|v| v.start() < edit.end && v.end() > edit.start)
             {
                 let part = v.start().max(edit.start)..v.end().min(edit.end);
-                removed.extend(rewrite_edit(mm, g, part, new)?);
+                removed.extend(rewrite_edit(mm, g, part, new.clone())?);
             }
             Ok(removed)
         }
@@ -123,20 +120,20 @@ pub(crate) fn plan_rewrite(old: &[Seg], edit: Range<u64>, new: Edit) -> Option<R
     let mut segs: Vec<Seg> = Vec::with_capacity(old.len() + 2);
     for (r, a) in old {
         if r.start < edit.start {
-            segs.push((r.start..r.end.min(edit.start), *a));
+            segs.push((r.start..r.end.min(edit.start), a.clone()));
         }
         if r.end > edit.end {
-            segs.push((r.start.max(edit.end)..r.end, *a));
+            segs.push((r.start.max(edit.end)..r.end, a.clone()));
         }
         if let Edit::Protect(p) = new {
             let inside = r.start.max(edit.start)..r.end.min(edit.end);
             if inside.start < inside.end {
-                segs.push((inside, (p, a.1)));
+                segs.push((inside, (p, a.1, a.2.clone())));
             }
         }
     }
-    if let Edit::Map(a) = new {
-        segs.push((edit.clone(), a));
+    if let Edit::Map(a) = &new {
+        segs.push((edit.clone(), a.clone()));
     }
     segs.sort_by_key(|(r, _)| r.start);
     let mut merged: Vec<Seg> = Vec::with_capacity(segs.len());
@@ -218,7 +215,7 @@ fn apply<P: Platform>(
     let added: Vec<Arc<Vma>> = plan
         .added
         .into_iter()
-        .map(|(r, (p, f))| Vma::new_locked_flags(g, mm.id(), r, p, f))
+        .map(|(r, a)| Vma::new_locked_attr(g, mm.id(), r, a))
         .collect();
     for v in &removed {
         // Lock order: mmap_lock (write) > VMA write lock.
@@ -245,6 +242,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::vma::{SharedAnon, ShmLink};
 
     /// Pages of the model's small address space (page 0 is never mapped, as in an `mm`).
     const PAGES: u64 = 24;
@@ -253,23 +251,39 @@ mod tests {
         [Prot::READ, Prot::READ | Prot::WRITE, Prot::empty()][usize::from(i % 3)]
     }
 
-    /// Attributes by number: the three protections, and a read-write stack.
-    fn attr_of(i: u8) -> Attr {
-        if i % 4 == 3 {
-            (Prot::READ | Prot::WRITE, VmFlags::GROWSDOWN)
-        } else {
-            (prot_of(i % 4), VmFlags::empty())
+    /// Two shared objects for the plans to map (never faulted: they hold no frames).
+    fn objects() -> [Arc<SharedAnon>; 2] {
+        let none = alloc::sync::Weak::<crate::testutil::NoFrames>::new();
+        [SharedAnon::new(none.clone()), SharedAnon::new(none)]
+    }
+
+    /// Attributes by number: the three protections, a read-write stack, and shared mappings:
+    /// two of object 0 whose offsets are not contiguous with each other, one of object 1.
+    fn attr_of(i: u8, objs: &[Arc<SharedAnon>; 2]) -> Attr {
+        let rw = Prot::READ | Prot::WRITE;
+        let link = |o: usize, delta: u64| {
+            Some(ShmLink {
+                obj: objs[o].clone(),
+                delta,
+            })
+        };
+        match i % 7 {
+            3 => (rw, VmFlags::GROWSDOWN, None),
+            4 => (rw, VmFlags::empty(), link(0, 0)),
+            5 => (rw, VmFlags::empty(), link(0, 3)),
+            6 => (Prot::READ, VmFlags::empty(), link(1, 0)),
+            n => (prot_of(n), VmFlags::empty(), None),
         }
     }
 
     /// The merged layout of a page-by-page model (page -> attributes).
     fn layout(model: &BTreeMap<u64, Attr>) -> Vec<Seg> {
         let mut out: Vec<Seg> = Vec::new();
-        for (&page, &p) in model {
+        for (&page, p) in model {
             let r = page * PAGE..(page + 1) * PAGE;
             match out.last_mut() {
-                Some((last, lp)) if last.end == r.start && *lp == p => last.end = r.end,
-                _ => out.push((r, p)),
+                Some((last, lp)) if last.end == r.start && lp == p => last.end = r.end,
+                _ => out.push((r, p.clone())),
             }
         }
         out
@@ -282,33 +296,34 @@ mod tests {
         /// with the edit applied; it replaces only what changes, inside its span.
         #[test]
         fn a_plan_turns_the_layout_into_the_edited_model(
-            pages in proptest::collection::vec(proptest::option::of(0u8..4), PAGES as usize),
+            pages in proptest::collection::vec(proptest::option::of(0u8..7), PAGES as usize),
             start in 1..PAGES,
             len in 1..8u64,
             kind in 0u8..3,
-            what in 0u8..4,
+            what in 0u8..7,
         ) {
+            let objs = objects();
             let before: BTreeMap<u64, Attr> = (1..PAGES)
-                .filter_map(|i| pages[i as usize].map(|p| (i, attr_of(p))))
+                .filter_map(|i| pages[i as usize].map(|p| (i, attr_of(p, &objs))))
                 .collect();
             let end = (start + len).min(PAGES);
             let new = match kind {
                 0 => Edit::Unmap,
-                1 => Edit::Map(attr_of(what)),
+                1 => Edit::Map(attr_of(what, &objs)),
                 _ => Edit::Protect(prot_of(what)),
             };
             let mut after = before.clone();
             for page in start..end {
-                match new {
+                match &new {
                     Edit::Map(a) => {
-                        after.insert(page, a);
+                        after.insert(page, a.clone());
                     }
                     Edit::Unmap => {
                         after.remove(&page);
                     }
                     Edit::Protect(p) => {
                         if let Some(a) = after.get_mut(&page) {
-                            a.0 = p;
+                            a.0 = *p;
                         }
                     }
                 }
@@ -322,7 +337,7 @@ mod tests {
                 .filter(|(r, _)| r.start < window.end && r.end > window.start)
                 .cloned()
                 .collect();
-            let plan = plan_rewrite(&old, edit.clone(), new);
+            let plan = plan_rewrite(&old, edit.clone(), new.clone());
             let Some(plan) = plan else {
                 prop_assert_eq!(layout(&after), all, "a plan that changes nothing changed something");
                 return Ok(());

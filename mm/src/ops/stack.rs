@@ -114,8 +114,7 @@ pub(crate) fn expand_downwards<P: Platform>(
         return Err(ExpandError::TooBig);
     }
     // A stack or PROT_NONE VMA below may be reached; one with the same attributes merges.
-    let merge =
-        prev.filter(|p| p.end() == start && p.prot() == vma.prot() && p.flags() == vma.flags());
+    let merge = prev.filter(|p| p.end() == start && p.attr() == vma.attr());
     let mut removed: Vec<&Arc<Vma>> = Vec::from([vma]);
     removed.extend(merge.as_ref());
     let new_start = merge.as_ref().map_or(start, |p| p.start());
@@ -125,7 +124,7 @@ pub(crate) fn expand_downwards<P: Platform>(
         // Lock order: mmap_lock (write) > VMA write lock.
         v.start_write(g);
     }
-    let grown = Vma::new_locked_flags(g, mm.id(), new_start..vma.end(), vma.prot(), vma.flags());
+    let grown = Vma::new_locked_attr(g, mm.id(), new_start..vma.end(), vma.attr());
     grown.lock().mark_attached(g);
     if mm
         .tree()

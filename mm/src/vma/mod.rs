@@ -7,17 +7,19 @@
 //! the VMA is locked, and detaching tells a reader that its VMA went away.
 
 mod lock;
+pub mod shared;
 
 use alloc::sync::Arc;
 use core::marker::PhantomData;
 use core::ops::Range;
 
 pub use lock::{StartReadError, VmaLock};
+pub use shared::{SharedAnon, ShmLink};
 
 use crate::sync::{MmapLock, MmapWriteGuard, Park};
 
 bitflags::bitflags! {
-    /// Access a VMA allows (`PROT_*`). Anonymous and private is all there is for now.
+    /// Access a VMA allows (`PROT_*`).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct Prot: u32 {
         /// `PROT_READ`.
@@ -40,11 +42,16 @@ bitflags::bitflags! {
     }
 }
 
+/// What a VMA is apart from its range and lock: protection, flags, and the shared object it
+/// maps (`None`: private anonymous memory). Adjacent VMAs merge when these are equal.
+pub type VmaAttr = (Prot, VmFlags, Option<ShmLink>);
+
 /// One mapped area `[start, end)` of an address space.
 ///
 /// # Invariants
 /// `start < end`, both page-aligned, inside the user half. `vm_mm` is the id of the address space
-/// whose tree holds (or held) this VMA. Fields other than `lock` never change.
+/// whose tree holds (or held) this VMA. Fields other than `lock` never change. A VMA with
+/// `shared` maps the pages of that object (`MAP_SHARED`), never private copies.
 // The lock comes first so that `vm_refcnt` shares a cache line with the `Arc` count, which a
 // read guard also touches.
 #[repr(C)]
@@ -55,6 +62,7 @@ pub struct Vma {
     prot: Prot,
     flags: VmFlags,
     vm_mm: u64,
+    shared: Option<ShmLink>,
 }
 
 impl Vma {
@@ -76,6 +84,16 @@ impl Vma {
         prot: Prot,
         flags: VmFlags,
     ) -> Arc<Vma> {
+        Self::new_locked_attr(guard, vm_mm, range, (prot, flags, None))
+    }
+
+    /// [`new_locked`](Self::new_locked) with all of its attributes.
+    pub fn new_locked_attr<W: Park>(
+        guard: &MmapWriteGuard<'_, W>,
+        vm_mm: u64,
+        range: Range<u64>,
+        (prot, flags, shared): VmaAttr,
+    ) -> Arc<Vma> {
         debug_assert!(
             range.start < range.end
                 && range.start.is_multiple_of(4096)
@@ -89,6 +107,7 @@ impl Vma {
             prot,
             flags,
             vm_mm,
+            shared,
         })
     }
 
@@ -115,6 +134,16 @@ impl Vma {
     /// Its flags (`VM_GROWSDOWN`).
     pub fn flags(&self) -> VmFlags {
         self.flags
+    }
+
+    /// The shared object it maps (`MAP_SHARED`), or `None` for private memory.
+    pub fn shared(&self) -> Option<&ShmLink> {
+        self.shared.as_ref()
+    }
+
+    /// Protection, flags and shared object: what must be equal for two VMAs to merge.
+    pub fn attr(&self) -> VmaAttr {
+        (self.prot, self.flags, self.shared.clone())
     }
 
     /// Whether it is a stack that grows down.
@@ -162,8 +191,12 @@ impl core::fmt::Debug for Vma {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "Vma({:#x}..{:#x} {:?} {:?})",
-            self.vm_start, self.vm_end, self.prot, self.flags
+            "Vma({:#x}..{:#x} {:?} {:?}{})",
+            self.vm_start,
+            self.vm_end,
+            self.prot,
+            self.flags,
+            if self.shared.is_some() { " shared" } else { "" }
         )
     }
 }
