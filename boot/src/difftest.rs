@@ -249,6 +249,13 @@ pub const PROGRAMS: &[Program] = &[
         note: "",
     },
     Program {
+        name: "shared_anon",
+        args: &[],
+        compare: ALL,
+        expect: Status::Exit(0),
+        note: "",
+    },
+    Program {
         name: "fork_race",
         args: &["40"],
         compare: ALL,

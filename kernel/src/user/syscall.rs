@@ -344,14 +344,14 @@ fn mprotect_prot(bits: u64) -> Result<Prot> {
 fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     let [addr, len, prot_bits, flags, fd, off] = a;
     let prot = mmap_prot(prot_bits);
+    let mut mflags = MapFlags::ANONYMOUS;
     match flags & MAP_SHARED_VALIDATE {
-        MAP_PRIVATE => {}
-        MAP_SHARED | MAP_SHARED_VALIDATE if flags & MAP_ANONYMOUS != 0 => {
-            // Shared anonymous memory does not exist yet (Linux maps it; nothing here could
-            // share it before fork exists): refused with EINVAL, documented in the README.
-            return Err(Errno::EINVAL);
-        }
-        MAP_SHARED | MAP_SHARED_VALIDATE => {}
+        MAP_PRIVATE => mflags |= MapFlags::PRIVATE,
+        MAP_SHARED => mflags |= MapFlags::SHARED,
+        // Linux checks MAP_SHARED_VALIDATE's flags only for files: an anonymous mapping of
+        // that type is EINVAL.
+        MAP_SHARED_VALIDATE if flags & MAP_ANONYMOUS != 0 => return Err(Errno::EINVAL),
+        MAP_SHARED_VALIDATE => {}
         _ => return Err(Errno::EINVAL),
     }
     if flags & MAP_ANONYMOUS == 0 {
@@ -365,7 +365,6 @@ fn mmap(ut: &UserThread, a: [u64; 6]) -> Result {
     if off & 0xfff != 0 || len == 0 {
         return Err(Errno::EINVAL);
     }
-    let mut mflags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
     if flags & MAP_FIXED_NOREPLACE != 0 {
         mflags |= MapFlags::FIXED_NOREPLACE;
     } else if flags & MAP_FIXED != 0 {

@@ -3,7 +3,7 @@
 //! page faults, where an unpopulated mapping takes one per page), `MAP_NORESERVE` (accepted),
 //! and how hints are rounded (down to their page; a hint in page 0 is no hint; one below
 //! `mmap_min_addr` is raised to it, a low address on both systems although the minimum differs).
-//! `MAP_SHARED | MAP_ANONYMOUS` is left out: Linux maps it, the kernel refuses it (see README).
+//! `MAP_SHARED | MAP_ANONYMOUS` has a program of its own, `shared_anon`.
 
 use difftest::sys::{
     self, Errno, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE,
