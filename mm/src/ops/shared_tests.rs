@@ -246,3 +246,56 @@ fn a_shared_fault_out_of_memory_fails_cleanly_and_frames_are_exact() {
     }
     env.assert_baseline();
 }
+
+/// Faults racing to allocate the same object pages from several CPUs of two processes (a parent
+/// and its fork, on a fresh object each round): each page ends with one frame that every mapping
+/// shares (the losers of the race put their frames back), every write is seen by both
+/// processes, and every frame comes back.
+#[test]
+fn faults_racing_on_one_object_page_share_one_frame() {
+    use std::thread;
+    const CPUS: usize = 4;
+    const PAGES: u64 = 32;
+    let env = Env::new(8, CPUS);
+    for round in 0..100u64 {
+        let start = std::sync::Barrier::new(CPUS);
+        let parent = env.mm();
+        map_shared(&parent, 0, PAGES);
+        let child = parent.fork().unwrap();
+        thread::scope(|s| {
+            for cpu in 0..CPUS {
+                let mm = if cpu % 2 == 0 { &parent } else { &child };
+                let start = &start;
+                env.p.spawn_cpu(s, cpu, move || {
+                    start.wait();
+                    for i in 0..PAGES {
+                        // Every CPU writes its own word of every page.
+                        let at = page(i) + 8 * cpu as u64;
+                        let v = (round << 16) | (i << 4) | cpu as u64;
+                        assert_eq!(mmu::store(mm, at, v, true), Ok(()));
+                    }
+                });
+            }
+        });
+        for i in 0..PAGES {
+            let (p, c) = (
+                parent.page_tables().lookup_pte(page(i)),
+                child.page_tables().lookup_pte(page(i)),
+            );
+            assert!(p.holds_frame() && c.holds_frame());
+            assert_eq!(
+                p.frame(),
+                c.frame(),
+                "page {i}: two frames for one object page"
+            );
+            for cpu in 0..CPUS as u64 {
+                let want = (round << 16) | (i << 4) | cpu;
+                assert_eq!(mmu::load(&parent, page(i) + 8 * cpu, true), Ok(want));
+                assert_eq!(mmu::load(&child, page(i) + 8 * cpu, true), Ok(want));
+            }
+        }
+        parent.validate().unwrap();
+        child.validate().unwrap();
+    }
+    env.assert_baseline();
+}
