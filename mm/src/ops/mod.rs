@@ -1,7 +1,8 @@
 //! Address-space operations: [`mmap`](crate::address_space::AddressSpace::mmap),
 //! [`munmap`](crate::address_space::AddressSpace::munmap), [`mprotect`](crate::address_space::AddressSpace::mprotect),
-//! [`madvise`](crate::address_space::AddressSpace::madvise), and `fork`'s
-//! [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module).
+//! [`madvise`](crate::address_space::AddressSpace::madvise), `fork`'s
+//! [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module), and
+//! [`exit_mmap`](crate::address_space::AddressSpace::exit_mmap) for a process's exit.
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -20,6 +21,7 @@
 //! change, and a fault under its read lock must not run while they do (`pgtable::zap`). The
 //! outcome equals unmapping the range and mapping it anew: the same VMAs, the pages gone.
 
+mod exit;
 mod fork;
 mod madvise;
 mod mmap;
