@@ -132,7 +132,7 @@ user-toolchain:
 ##   SMP=2 (scaling figures on this host's cores; SMP=8 THREADS=1,2,4,8 works too)
 ##   THREADS=1,2 WORKLOADS=page_fault1,pft,churn POLICIES=vma,mmap,floor REPS=3 KVM=0
 ##   (empty: the kernel's defaults; also BENCH_WINDOW_MS, BENCH_WARMUP_MS, BENCH_REGION_MIB,
-##   BENCH_PIECE_MIB, BENCH_PROFILE=0|1, BENCH_TIMEOUT seconds)
+##   BENCH_PIECE_MIB, BENCH_PROFILE=0|1, BENCH_FORK=0|1 (the fork-cost table), BENCH_TIMEOUT seconds)
 ##   USER=1: the same workloads as a user program (fault_bench, as make bench-linux runs it) on
 ##   the plain kernel -> target/bench/user.log (policy=user), then the report with every log
 BENCH_SMP     := $(if $(filter command line environment,$(origin SMP)),$(SMP),2)

@@ -105,6 +105,14 @@ MUTANTS = [
         "dup_mmap copies a parent VMA's pages without write-locking it (Linux 6.4)",
     ),
     Mutant(
+        "exit-mmap-leaves-upper-tables",
+        "mm/src/ops/exit.rs",
+        "        self.page_tables().free_user_tables(&g, &mut zap);\n",
+        "",
+        "host", "an_exited_child_keeps_only_its_root",
+        "exit_mmap frees the PTE tables but leaves the PDs and PDPTs of an exited process",
+    ),
+    Mutant(
         "fork-parent-pte-left-writable",
         "mm/src/ops/fork.rs",
         "                while old.writable() {\n",

@@ -558,3 +558,82 @@ fn the_thread_cpu_clock_does_not_count_sleep() {
     ]);
     assert_eq!(run(&code), Status::Exited(0));
 }
+
+/// Frames in use, beyond what is free with nothing running, while a program sleeps after
+/// `fork` (or, with `fork` false, after `getpid` in its place) and its child exited: the
+/// child mapped and wrote 16 pages, and the parent saw it end with `waitid(WNOWAIT)`, which
+/// leaves it unreaped. After the sleep the parent reaps it with `wait4` and exits; every frame
+/// then comes back.
+fn frames_while_a_child_is_unreaped(fork: bool) -> u64 {
+    const PAGES: u32 = 16;
+    const DATA: u32 = PAGES * 4096;
+    const WRITE: u64 = 1;
+    const NANOSLEEP: u64 = 35;
+    const GETPID: u64 = 39;
+    const FORK: u64 = 57;
+    const WAIT4: u64 = 61;
+    const WAITID: u64 = 247;
+    let nr = |n: u64| if fork { n } else { GETPID };
+    // `mov r10, imm64`: the fourth syscall argument.
+    let r10 = |v: u64| [&[0x49u8, 0xba][..], &v.to_le_bytes()].concat();
+    let mut child: Vec<u8> = (0..PAGES)
+        .flat_map(|i| scratch::store(i * 4096, 1))
+        .collect();
+    child.extend(asm::exit_group(0));
+    let parent = program(&[
+        &r10(4 | 0x0100_0000), // WEXITED | WNOWAIT
+        &scratch::call(nr(WAITID), [Num(0), Num(0), Num(0)]),
+        &scratch::call(WRITE, [Num(1), At(DATA), Num(2)]),
+        &scratch::call(NANOSLEEP, [At(DATA + 16), Num(0), Num(0)]),
+        &scratch::call(WRITE, [Num(1), At(DATA + 8), Num(2)]),
+        &r10(0),
+        &scratch::call(nr(WAIT4), [Num(u64::MAX), Num(0), Num(0)]),
+        &asm::exit_group(0),
+    ]);
+    let mut jnz = vec![0x48, 0x85, 0xc0, 0x0f, 0x85]; // test rax, rax; jnz rel32
+    jnz.extend_from_slice(&(child.len() as u32).to_le_bytes());
+    let code = program(&[
+        &scratch::map(u64::from(PAGES) + 1),
+        &scratch::store(DATA, 0x0a7a),     // "z\n"
+        &scratch::store(DATA + 8, 0x0a79), // "y\n"
+        &scratch::store(DATA + 16, 2),     // the sleep: 2 s
+        &scratch::store(DATA + 24, 0),
+        &asm::mov_rax(nr(FORK)),
+        &asm::SYSCALL,
+        &jnz,
+        &child,
+        &parent,
+    ]);
+    let baseline = free_frames();
+    let p = spawn_program(tiny_elf(&code), vec![String::from("zombie")]).expect("spawn");
+    let deadline = kernel::arch::apic::now_ns() + 20_000_000_000;
+    while p.bytes_written() < 2 {
+        assert!(
+            kernel::arch::apic::now_ns() < deadline,
+            "the parent never woke"
+        );
+        kernel::sched::sleep_ns(1_000_000);
+    }
+    let free = kernel::platform::settled_free_frames_beside(1);
+    assert_eq!(
+        p.bytes_written(),
+        2,
+        "the parent woke before the count was taken"
+    );
+    assert_eq!(p.wait(), Status::Exited(0));
+    drop(p);
+    assert_eq!(free_frames(), baseline, "frames leaked");
+    baseline - free
+}
+
+#[test_case]
+fn an_exited_child_frees_its_memory_before_it_is_reaped() {
+    let alone = frames_while_a_child_is_unreaped(false);
+    let with_child = frames_while_a_child_is_unreaped(true);
+    // The unreaped child keeps only its (empty) address space's root table.
+    assert_eq!(
+        with_child,
+        alone + 1,
+        "frames an unreaped child holds, plus one"
+    );
+}

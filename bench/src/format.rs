@@ -3,7 +3,7 @@
 //! on the kernel) and this crate.
 //! The README's "Benchmark" section repeats it for people.
 //!
-//! A record is one line: a tag, then `key=value` words. Three tags:
+//! A record is one line: a tag, then `key=value` words. Four tags:
 //!
 //! ```text
 //! BENCH-HEADER cpu_model="<text>" tsc_mhz=<n> accel=<TCG|KVM|qemu|linux> cpus=<n> mem_mib=<n> [host_cores=<n>] ...
@@ -11,6 +11,7 @@
 //!       faults_per_sec=<x> p50_ns=<n> p99_ns=<n> max_ns=<n> vma_lock_success=<n> vma_lock_abort=<n>
 //!       vma_lock_retry=<n> vma_lock_miss=<n> churn_ops=<n> [ipis=<n>] [munmaps=<n>] [cpu_ns=<n>] ...
 //! BENCH-PHASE workload=<w> policy=<p> threads=<T> phase=<name> samples=<n> median_cycles=<n> p99_cycles=<n> ...
+//! BENCH-FORK vmas=<N> pages=<M> rep=<i> forks=<n> ns=<n> ...
 //! ```
 //! (a `BENCH` record is one line; it is wrapped here only to be read).
 //!
@@ -63,6 +64,12 @@
 //! faults were timed; `median_cycles`, `p99_cycles` in TSC cycles. The report turns cycles into
 //! ns with the header's `tsc_mhz` and gives each phase's share of `total`. Several lines for the
 //! same phase (one per repetition) are summarized by their median.
+//!
+//! Meaning of the `BENCH-FORK` keys, one line per repetition of a fork-cost measurement: a
+//! process with `vmas` separate read-write private mappings and `pages` pages written in them
+//! (spread evenly, in address order) is forked `forks` times (`dup_mmap` into a new address
+//! space, whose teardown is not timed); `ns` the time of all of them together. The report gives
+//! `ns / forks` in µs, the median over the repetitions.
 
 use core::fmt;
 
@@ -72,6 +79,8 @@ pub const TAG_BENCH: &str = "BENCH";
 pub const TAG_HEADER: &str = "BENCH-HEADER";
 /// The tag of a phase-profile line.
 pub const TAG_PHASE: &str = "BENCH-PHASE";
+/// The tag of a fork-cost line.
+pub const TAG_FORK: &str = "BENCH-FORK";
 
 /// The keys of a `BENCH` line, in order. Those after `max_ns` may be left out (they count as 0).
 pub const BENCH_KEYS: [&str; 16] = [
@@ -110,6 +119,9 @@ pub const PHASE_KEYS: [&str; 7] = [
     "median_cycles",
     "p99_cycles",
 ];
+
+/// The keys of a `BENCH-FORK` line, in order.
+pub const FORK_KEYS: [&str; 5] = ["vmas", "pages", "rep", "forks", "ns"];
 
 /// How the measured system ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -253,12 +265,32 @@ pub struct Phase {
     pub extra: Vec<(String, String)>,
 }
 
+/// A `BENCH-FORK` line: one repetition of a fork-cost measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForkCost {
+    pub vmas: u64,
+    pub pages: u64,
+    pub rep: u64,
+    pub forks: u64,
+    pub ns: u64,
+    /// Keys this crate does not know, in line order.
+    pub extra: Vec<(String, String)>,
+}
+
+impl ForkCost {
+    /// Microseconds per fork.
+    pub fn us_per_fork(&self) -> f64 {
+        self.ns as f64 / self.forks as f64 / 1000.0
+    }
+}
+
 /// One parsed record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Header(Header),
     Measurement(Measurement),
     Phase(Phase),
+    Fork(ForkCost),
 }
 
 /// Why a line that looks like a record is not one.
@@ -285,7 +317,7 @@ pub enum LineError {
         value: String,
         expected: &'static str,
     },
-    /// `threads=0` or `ns=0`.
+    /// `threads=0`, `ns=0` or `forks=0`.
     Zero(&'static str),
     /// Latency percentiles out of order.
     LatencyOrder { p50: u64, p99: u64, max: u64 },
@@ -298,7 +330,7 @@ impl fmt::Display for LineError {
         match self {
             LineError::UnknownTag(t) => write!(
                 f,
-                "unknown tag `{t}` (the tags are {TAG_BENCH}, {TAG_HEADER}, {TAG_PHASE})"
+                "unknown tag `{t}` (the tags are {TAG_BENCH}, {TAG_HEADER}, {TAG_PHASE}, {TAG_FORK})"
             ),
             LineError::BadWord(w) => write!(f, "`{w}` is not a key=value word"),
             LineError::UnterminatedQuote => f.write_str("a quoted value does not end"),
@@ -355,6 +387,7 @@ pub fn parse_line(line: &str) -> Result<Option<Record>, LineError> {
         TAG_BENCH => |f: &mut Fields| parse_measurement(f).map(Record::Measurement),
         TAG_HEADER => |f: &mut Fields| parse_header(f).map(Record::Header),
         TAG_PHASE => |f: &mut Fields| parse_phase(f).map(Record::Phase),
+        TAG_FORK => |f: &mut Fields| parse_fork(f).map(Record::Fork),
         _ => return Err(LineError::UnknownTag(tag.into())),
     };
     parse(&mut Fields::new(split_words(rest)?)).map(Some)
@@ -471,6 +504,23 @@ fn parse_phase(f: &mut Fields) -> Result<Phase, LineError> {
         samples,
         median_cycles,
         p99_cycles,
+        extra,
+    })
+}
+
+fn parse_fork(f: &mut Fields) -> Result<ForkCost, LineError> {
+    let vmas = f.number("vmas")?;
+    let pages = f.number("pages")?;
+    let rep = f.number("rep")?;
+    let forks = f.nonzero("forks")?;
+    let ns = f.nonzero("ns")?;
+    let extra = f.rest(&FORK_KEYS)?;
+    Ok(ForkCost {
+        vmas,
+        pages,
+        rep,
+        forks,
+        ns,
         extra,
     })
 }

@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use crate::format::{self, Header, LineError, Measurement, Phase, Policy, Record};
+use crate::format::{self, ForkCost, Header, LineError, Measurement, Phase, Policy, Record};
 
 /// One log's records.
 #[derive(Clone, Debug, Default)]
@@ -14,6 +14,7 @@ pub struct Log {
     pub headers: Vec<Header>,
     pub measurements: Vec<Measurement>,
     pub phases: Vec<Phase>,
+    pub forks: Vec<ForkCost>,
     pub warnings: Vec<Warning>,
 }
 
@@ -116,10 +117,13 @@ impl Log {
                     log.measurements.push(m);
                 }
                 Ok(Some(Record::Phase(p))) => log.phases.push(p),
+                Ok(Some(Record::Fork(f))) => log.forks.push(f),
                 Err(e) => log.warn(Some(i + 1), Problem::BadLine(e)),
             }
         }
-        if log.headers.is_empty() && !(log.measurements.is_empty() && log.phases.is_empty()) {
+        if log.headers.is_empty()
+            && !(log.measurements.is_empty() && log.phases.is_empty() && log.forks.is_empty())
+        {
             log.warn(None, Problem::NoHeader);
         }
         log
@@ -132,7 +136,7 @@ impl Log {
 
     /// Lines that were records (for the report's summary).
     pub fn records(&self) -> usize {
-        self.headers.len() + self.measurements.len() + self.phases.len()
+        self.headers.len() + self.measurements.len() + self.phases.len() + self.forks.len()
     }
 
     /// Lines skipped as malformed.

@@ -1,7 +1,7 @@
 //! `report.md`: the measured systems at the top, then per workload a table of policy x threads
 //! (faults/s median, min-max, per thread, scaling against one thread, latencies, shootdown IPIs
 //! per munmap), the ratios between policies, the per-VMA lock counters and the phase profile,
-//! and last the lines that were skipped.
+//! then the fork cost, and last the lines that were skipped.
 
 use std::fmt::Write;
 
@@ -39,6 +39,7 @@ pub fn markdown(logs: &[Log], data: &Dataset, report_cores: Option<usize>) -> St
     for w in data.workloads() {
         workload(o, data, w);
     }
+    fork_cost(o, logs);
     warnings(o, logs);
     out
 }
@@ -325,6 +326,62 @@ fn phases(o: &mut String, data: &Dataset, w: &str) {
             r.median_ns().map_or(NONE.into(), time),
             r.p99_cycles,
         );
+    }
+    line(o, "");
+}
+
+/// The "Fork cost" section: per log, a row per (VMAs, pages) with the median µs per fork over
+/// the repetitions and their range.
+fn fork_cost(o: &mut String, logs: &[Log]) {
+    if logs.iter().all(|l| l.forks.is_empty()) {
+        return;
+    }
+    line(
+        o,
+        "## Fork cost
+",
+    );
+    line(
+        o,
+        "µs per fork of a process with N VMAs and M pages written in them (`dup_mmap` into a \
+         new address space; its teardown not counted): the median over the repetitions, their \
+         range beside it.",
+    );
+    line(o, "");
+    line(
+        o,
+        "| log | VMAs | pages | µs per fork | min–max | forks × reps |",
+    );
+    line(o, "|---|---:|---:|---:|---:|---:|");
+    for log in logs {
+        let mut keys: Vec<(u64, u64)> = log.forks.iter().map(|f| (f.vmas, f.pages)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for (vmas, pages) in keys {
+            let reps: Vec<_> = log
+                .forks
+                .iter()
+                .filter(|f| (f.vmas, f.pages) == (vmas, pages))
+                .collect();
+            let mut us: Vec<f64> = reps.iter().map(|f| f.us_per_fork()).collect();
+            us.sort_by(f64::total_cmp);
+            let mid = us.len() / 2;
+            let median = if us.len() % 2 == 1 {
+                us[mid]
+            } else {
+                (us[mid - 1] + us[mid]) / 2.0
+            };
+            let forks: u64 = reps.iter().map(|f| f.forks).sum();
+            let _ = writeln!(
+                o,
+                "| {} | {vmas} | {pages} | {} | {}–{} | {forks} × {} |",
+                cell(&log.name),
+                sig3(median),
+                sig3(us[0]),
+                sig3(us[us.len() - 1]),
+                reps.len(),
+            );
+        }
     }
     line(o, "");
 }

@@ -419,3 +419,37 @@ fn a_series_without_faults_at_one_thread_has_no_scaling() {
     let md = crate::render(&[user()], None).unwrap().report;
     assert!(!md.contains("NaN") && !md.contains("infx"), "{md}");
 }
+
+#[test]
+fn fork_cost_rows_take_the_median_over_repetitions() {
+    let text = "BENCH-HEADER cpu_model=\"x\" tsc_mhz=1000 accel=TCG cpus=8 mem_mib=1024\n\
+                BENCH-FORK vmas=64 pages=4096 rep=0 forks=10 ns=90000000\n\
+                BENCH-FORK vmas=1 pages=0 rep=0 forks=10 ns=1000000\n\
+                BENCH-FORK vmas=1 pages=0 rep=1 forks=10 ns=3000000\n\
+                BENCH-FORK vmas=1 pages=0 rep=2 forks=20 ns=4000000\n\
+                BENCH-FORK vmas=1 pages=0 rep=3 forks=10 ns=1500000\n";
+    let log = Log::parse("fork.log", text);
+    assert!(log.warnings.is_empty(), "{:?}", log.warnings);
+    assert_eq!(log.forks.len(), 5);
+    assert_eq!(log.records(), 6);
+    let report = crate::render(&[log], None).unwrap().report;
+    assert!(report.contains("## Fork cost"), "{report}");
+    // µs per fork 100, 300, 200, 150: median 175, range 100-300, 50 forks in 4 repetitions.
+    assert!(
+        report.contains("| fork.log | 1 | 0 | 175 | 100–300 | 50 × 4 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| fork.log | 64 | 4096 | 9000 | 9000–9000 | 10 × 1 |"),
+        "{report}"
+    );
+    // Rows by VMAs, then pages.
+    assert!(report.find("| fork.log | 1 | 0 |") < report.find("| fork.log | 64 | 4096 |"));
+    // No fork lines, no section.
+    assert!(
+        !crate::render(&[linux()], None)
+            .unwrap()
+            .report
+            .contains("Fork cost")
+    );
+}

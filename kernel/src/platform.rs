@@ -140,7 +140,14 @@ pub fn rcu() -> &'static Arc<Rcu<KernelPlatform>> {
 /// good, so they count as free. Two calls with nothing alive in between give equal counts: the
 /// exact accounting the tests and the program runner check. Blocks (up to 10 s, then panics).
 pub fn settled_free_frames() -> u64 {
-    let resident = crate::sched::resident_threads();
+    settled_free_frames_beside(0)
+}
+
+/// [`settled_free_frames`] with `others` threads still alive (say a user process blocked in a
+/// sleep): waits until every thread but those and the resident ones is released. The frames
+/// those threads hold count as used.
+pub fn settled_free_frames_beside(others: usize) -> u64 {
+    let resident = crate::sched::resident_threads() + others;
     let deadline = crate::arch::apic::now_ns() + 10_000_000_000;
     while crate::sched::live_threads() > resident {
         assert!(

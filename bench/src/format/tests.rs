@@ -219,3 +219,47 @@ fn interleaved_serial_output_is_an_error_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn fork_line() {
+    let line = "[INFO  cpu0] BENCH-FORK vmas=16 pages=256 rep=2 forks=20 ns=3000000 note=x";
+    let Ok(Some(Record::Fork(f))) = parse_line(line) else {
+        panic!("{line}")
+    };
+    assert_eq!(
+        (f.vmas, f.pages, f.rep, f.forks, f.ns),
+        (16, 256, 2, 20, 3_000_000)
+    );
+    assert_eq!(f.us_per_fork(), 150.0);
+    assert_eq!(f.extra, [("note".to_owned(), "x".to_owned())]);
+}
+
+#[test]
+fn malformed_fork_lines_are_errors() {
+    assert_eq!(
+        error("BENCH-FORK vmas=1 pages=0 rep=0 forks=0 ns=5"),
+        LineError::Zero("forks")
+    );
+    assert_eq!(
+        error("BENCH-FORK pages=0 vmas=1 rep=0 forks=1 ns=5"),
+        LineError::MissingKey {
+            expected: "vmas",
+            found: Some("pages".into())
+        }
+    );
+    assert_eq!(
+        error("BENCH-FORK vmas=1 pages=0 rep=0 forks=1"),
+        LineError::MissingKey {
+            expected: "ns",
+            found: None
+        }
+    );
+    assert!(matches!(
+        error("BENCH-FORK vmas=1 pages=-3 rep=0 forks=1 ns=5"),
+        LineError::BadValue { key: "pages", .. }
+    ));
+    assert_eq!(
+        error("BENCH-FORKS vmas=1"),
+        LineError::UnknownTag("BENCH-FORKS".into())
+    );
+}

@@ -23,6 +23,8 @@ pub struct Config {
     pub piece_mib: u64,
     /// Whether to add the phase-profile windows (one per workload and policy, at one thread).
     pub profile: bool,
+    /// Whether to measure the fork cost after the fault workloads.
+    pub fork: bool,
     /// Cores of the host running QEMU, if the build was told.
     pub host_cores: Option<u64>,
     /// `TCG` or `KVM` as the build was told, when the CPU does not say.
@@ -41,6 +43,7 @@ pub struct RawConfig<'a> {
     pub region_mib: Option<&'a str>,
     pub piece_mib: Option<&'a str>,
     pub profile: Option<&'a str>,
+    pub fork: Option<&'a str>,
     pub host_cores: Option<&'a str>,
     pub accel: Option<&'a str>,
 }
@@ -119,7 +122,7 @@ fn list<T: Copy>(
 impl Config {
     /// Checks and fills in the options. Defaults: every workload and policy, threads 1 and 2,
     /// 3 repetitions, 200 ms warm-up, 1 s window, 32 MiB regions and 16 MiB pieces (sized for
-    /// TCG; will-it-scale's 128 MiB works too), profiling on.
+    /// TCG; will-it-scale's 128 MiB works too), profiling and the fork cost on.
     pub fn parse(raw: &RawConfig) -> Result<Config, ConfigError> {
         let workloads = list("BENCH_WORKLOADS", raw.workloads, &Workload::ALL, |w| {
             Workload::ALL.into_iter().find(|x| x.name() == w)
@@ -138,6 +141,16 @@ impl Config {
             Some(v) => {
                 return Err(ConfigError::BadNumber {
                     option: "BENCH_PROFILE",
+                    value: v.into(),
+                });
+            }
+        };
+        let fork = match given(raw.fork) {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(v) => {
+                return Err(ConfigError::BadNumber {
+                    option: "BENCH_FORK",
                     value: v.into(),
                 });
             }
@@ -172,6 +185,7 @@ impl Config {
                 p
             },
             profile,
+            fork,
             host_cores: given(raw.host_cores)
                 .map(|_| number("BENCH_HOST_CORES", raw.host_cores, 0, 1..=4096))
                 .transpose()?,
@@ -193,6 +207,7 @@ mod tests {
     fn defaults_and_lists() {
         let c = Config::parse(&RawConfig::default()).expect("defaults");
         assert_eq!(c.threads, [1, 2]);
+        assert!(c.fork);
         assert_eq!(c.policies, Policy::ALL);
         assert_eq!(c.measurements(), 3 * 3 * 2 * 3);
         let c = Config::parse(&RawConfig {
@@ -243,6 +258,13 @@ mod tests {
         assert!(matches!(
             bad(RawConfig {
                 piece_mib: Some("3"),
+                ..Default::default()
+            }),
+            ConfigError::BadNumber { .. }
+        ));
+        assert!(matches!(
+            bad(RawConfig {
+                fork: Some("yes"),
                 ..Default::default()
             }),
             ConfigError::BadNumber { .. }

@@ -16,8 +16,12 @@
 //! noise hits all alike. With profiling on, one more window per workload and policy at one
 //! thread stamps the fault path's phases (`mm::fault::profile`, `BENCH-PHASE` lines); it is kept
 //! apart so that the stamps' own cost never reaches a `BENCH` line.
+//!
+//! Last, unless turned off, the fork cost ([`fork`]): µs per fork of a process with N VMAs and M
+//! written pages, as `BENCH-FORK` lines.
 
 pub mod config;
+pub mod fork;
 mod hook;
 pub mod record;
 pub mod workload;
@@ -128,6 +132,10 @@ pub fn run(cfg: &Config) -> bool {
         }
     }
     hook::uninstall();
+    if cfg.fork {
+        n += fork::VMAS.len() * fork::PAGES.len();
+        failed += fork::run(cfg.reps);
+    }
     info!("bench: {n} measurements, {failed} failed");
     failed == 0
 }
@@ -148,6 +156,12 @@ pub enum BenchError {
     /// A worker stopped with an error, or was ended by a fault (exit code).
     Worker(WorkerError),
     WorkerKilled(i64),
+    /// Mapping a fork-cost process's regions failed.
+    Mmap(mm::ops::MmapError),
+    /// A fork-cost `dup_mmap` failed.
+    Fork(mm::ops::ForkError),
+    /// Free frames before minus after a fork-cost measurement.
+    FramesLost(i64),
 }
 
 /// One measured window.

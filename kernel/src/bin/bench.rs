@@ -23,6 +23,7 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
         region_mib: option_env!("BENCH_REGION_MIB"),
         piece_mib: option_env!("BENCH_PIECE_MIB"),
         profile: option_env!("BENCH_PROFILE"),
+        fork: option_env!("BENCH_FORK"),
         host_cores: option_env!("BENCH_HOST_CORES"),
         accel: option_env!("BENCH_ACCEL"),
     };

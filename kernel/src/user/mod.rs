@@ -23,7 +23,9 @@
 //!
 //! # Processes
 //! `fork` (and `clone` without `CLONE_VM`, see `fork`) makes a child that the parent reaps with
-//! `wait4`/`waitid`. A parent that ends first leaves its children running, parented to nothing
+//! `wait4`/`waitid`. A process's memory is freed when its last thread exits (`exit_mmap`), so
+//! an unreaped child (a zombie) holds only its record and an empty address space. A parent
+//! that ends first leaves its children running, parented to nothing
 //! (`getppid` then gives 0, as for a program the kernel started); [`wait_all`] waits for every
 //! process, so the kernel can check that all frames came back.
 
@@ -446,6 +448,11 @@ fn exit_thread(code: i32) -> ! {
     drop(me);
     drop(ut);
     if last {
+        // Linux's `exit_mm`: the memory goes now, not when the parent reaps the process (a
+        // zombie keeps only this record and the empty address space's root, which this CPU
+        // runs on until it switches away). Before `finish`, so a parent woken by it sees the
+        // memory gone.
+        p.mm().exit_mmap();
         p.finish(code);
     }
     drop(p);

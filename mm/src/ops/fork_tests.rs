@@ -15,7 +15,7 @@ use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::platform::emulated::Emulated;
 use crate::platform::{PhysFrame, mmu};
 use crate::stats::Event;
-use crate::testutil::{Env, PAGE, PIC_BASE, anon, draw, picture};
+use crate::testutil::{Env, PAGE, PIC_BASE, anon, draw, fixed, picture};
 use crate::vma::Prot;
 
 fn page(i: u64) -> u64 {
@@ -123,6 +123,69 @@ fn a_parent_that_exits_first_leaves_the_child_its_pages() {
             (0..3).map(|i| read(&child, i)).collect::<Vec<_>>(),
             [100, 7, 102]
         );
+    }
+    env.assert_baseline();
+}
+
+/// A child that has exited but is not yet reaped (its `AddressSpace` still alive) holds, after
+/// `exit_mmap`, only its root table: its own copies, its page tables and its mappings of shared
+/// frames are gone, so the parent's next write reuses the frames it shared in place. Its VMAs
+/// spread over two PML4 entries, one PTE table emptied by `MADV_DONTNEED` beforehand.
+#[test]
+fn an_exited_child_keeps_only_its_root_until_it_is_dropped() {
+    let env = Env::new(4, 2);
+    {
+        let parent = env.mm();
+        env.mem.quiesce();
+        let empty = env.p.free_frames();
+        draw(&parent, "wwwr w");
+        for i in 0..3 {
+            write(&parent, i, 10 + i);
+        }
+        let far = 0x7f00_0000_0000;
+        let rw = Prot::READ | Prot::WRITE;
+        parent.mmap(far, 4 * PAGE, rw, fixed()).unwrap();
+        assert_eq!(mmu::store(&parent, far + 8, 5, true), Ok(()));
+        env.mem.quiesce();
+        let parent_only = env.p.free_frames();
+        let child = parent.fork().unwrap();
+        // Copies of its own: page 0 and a fresh page, a zero-frame read, a table of its own.
+        write(&child, 0, 20);
+        write(&child, 2, 22);
+        assert_eq!(read(&child, 5), 0);
+        assert_eq!(mmu::store(&child, far + 2 * PAGE, 7, true), Ok(()));
+        child.madvise(far + 2 * PAGE, PAGE, MADV_DONTNEED).unwrap();
+        env.mem.quiesce();
+        assert!(env.p.free_frames() < parent_only - 3);
+        child.exit_mmap();
+        env.mem.quiesce();
+        assert_eq!(
+            env.p.free_frames(),
+            parent_only - 1,
+            "the exited child holds more than its root"
+        );
+        assert!(child.vmas().is_empty());
+        assert_eq!(child.page_tables().count_tables(), 1);
+        child.validate().unwrap();
+        assert!(matches!(
+            mmu::store(&child, page(0) + 8, 1, true),
+            Err(FaultResult::Segv { .. })
+        ));
+        // The parent's frames are mapped once again: its writes reuse them.
+        let before = frames(&env, &[&parent], 6);
+        for i in 0..3 {
+            write(&parent, i, 30 + i);
+        }
+        assert_eq!(frames(&env, &[&parent], 6), before);
+        assert_eq!(read(&parent, 1), 31);
+        assert_eq!(mmu::load(&parent, far + 8, true), Ok(5));
+        drop(child);
+        env.mem.quiesce();
+        assert_eq!(env.p.free_frames(), parent_only);
+        // `exit_mmap` of the parent too: every frame but its root back.
+        parent.exit_mmap();
+        env.mem.quiesce();
+        assert_eq!(env.p.free_frames(), empty);
     }
     env.assert_baseline();
 }

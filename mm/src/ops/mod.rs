@@ -3,8 +3,9 @@
 //! [`madvise`](crate::address_space::AddressSpace::madvise),
 //! [`brk`](crate::address_space::AddressSpace::brk), stack growth
 //! ([`expand_stack`](crate::address_space::AddressSpace::expand_stack), from the fault path),
-//! `fork`'s [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module), and
-//! [`mremap`](crate::address_space::AddressSpace::mremap).
+//! `fork`'s [`dup_mmap`](crate::address_space::AddressSpace::dup_mmap) (see its module),
+//! [`mremap`](crate::address_space::AddressSpace::mremap), and
+//! [`exit_mmap`](crate::address_space::AddressSpace::exit_mmap) for a process's exit.
 //!
 //! Every operation validates its arguments (an error, never a panic). `madvise` changes no VMA
 //! and runs under read locks (see its module). The others take `mmap_lock` for write, and
@@ -36,6 +37,7 @@
 //! with a longer one, write-locking the old one first (see `stack`).
 
 mod brk;
+mod exit;
 mod fork;
 mod madvise;
 mod mmap;

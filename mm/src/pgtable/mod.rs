@@ -115,7 +115,10 @@ impl<P: Platform> PageTables<P> {
     }
 
     /// The PMD entry (level-2 entry) covering `addr`, allocating missing upper levels.
-    /// No lock needed: upper levels are installed by CAS and live as long as `self`.
+    /// Upper levels are installed by CAS; they are unhooked only by
+    /// [`free_user_tables`](Self::free_user_tables) (`exit_mmap`), under `mmap_lock` for write
+    /// with every VMA write-locked or gone. So the caller holds a VMA read lock or `mmap_lock`
+    /// (the fault path), or owns the tables outright (a fork's child, tests).
     pub fn pmd_alloc(&self, addr: u64) -> Result<&AtomicU64, FrameAllocError> {
         debug_assert!(addr < USER_END);
         let mut table = self.table(self.root);

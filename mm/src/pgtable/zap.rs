@@ -14,6 +14,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
+use core::sync::atomic::Ordering;
 
 use super::{PTE_PROTNONE, PageTables, Pte, pmd_chunks};
 use crate::memory::Memory;
@@ -240,6 +241,49 @@ impl<P: Platform> PageTables<P> {
             }
         }
         out
+    }
+
+    /// `free_pgtables` for a whole address space (`exit_mmap`): unhooks every upper-level
+    /// table (PDPT, PD) of the user half that maps nothing, bottom-up, into `out`, whose flush
+    /// shoots them down and frees them after an RCU grace period. The root stays.
+    ///
+    /// Needs `mmap_lock` for write (`_proof`) and every VMA write-locked or gone: the walkers
+    /// that keep a pointer into an upper table without RCU (`pmd_alloc` in the fault path)
+    /// hold one of those locks, and lockless walkers (`pte_offset_map_lock`, `with_pte`) hold
+    /// an RCU read section. PTE tables are not touched: `zap` unhooks those under their lock,
+    /// so after the VMAs' ranges were zapped a PD still pointing to one is kept.
+    pub fn free_user_tables(&self, _proof: &MmapWriteGuard<'_, P>, out: &mut ZapFlush) {
+        let before = out.tables.len();
+        self.unhook_empty_upper(self.root, 4, out);
+        if out.tables.len() > before && out.range.is_empty() {
+            // Stale paging-structure cache entries may point into the unhooked tables.
+            out.range = 0..super::USER_END;
+        }
+    }
+
+    /// Unhooks the empty tables below `table` (a level-`level` table, 4..=2); returns whether
+    /// `table` maps nothing afterwards.
+    fn unhook_empty_upper(&self, table: PhysFrame, level: u32, out: &mut ZapFlush) -> bool {
+        let slots = self.table(table);
+        let slots = if level == 4 {
+            &slots[..super::USER_PML4_ENTRIES]
+        } else {
+            &slots[..]
+        };
+        let mut empty = true;
+        for slot in slots {
+            let e = Pte::from_bits(slot.load(Ordering::Acquire));
+            if !e.present() {
+                continue;
+            }
+            if level > 2 && self.unhook_empty_upper(e.frame(), level - 1, out) {
+                slot.store(0, Ordering::Release);
+                out.tables.push(e.frame());
+            } else {
+                empty = false;
+            }
+        }
+        empty
     }
 
     /// `change_protection`: gives every PTE in `range` the permissions of `prot`, never adding
