@@ -46,7 +46,7 @@ const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 /// Forks of the first test without `FORK_STRESS_FORKS`.
-const DEFAULT_FORKS: u64 = 600;
+const DEFAULT_FORKS: u64 = 300;
 /// Writer threads (at most; one per CPU but 0).
 const WRITERS: u64 = 3;
 /// Pages of the buffer.

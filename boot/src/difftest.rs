@@ -257,11 +257,12 @@ pub const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "fork_race",
-        args: &["40"],
+        args: &["10"],
         compare: ALL,
         expect: Status::Exit(0),
-        note: "40 forks: on one CPU its four spinning threads stretch each fork to a few \
-               timeslices; the long run of the same race is tests/fork_stress.rs",
+        note: "10 forks: on one CPU its four spinning threads stretch each fork to a few \
+               timeslices (half a second); the long run of the same race is \
+               tests/fork_stress.rs",
     },
 ];
 
