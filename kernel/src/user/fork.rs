@@ -21,7 +21,7 @@ use x86_64::instructions::interrupts;
 
 use super::resources;
 use super::syscall::Errno;
-use super::{Status, UserProcess, UserThread, start_thread};
+use super::{ChildStart, Status, UserProcess, UserThread, start_thread};
 use crate::arch::fpu::FpuState;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess::write_user;
@@ -103,35 +103,21 @@ pub(super) fn clone_process(ut: &Arc<UserThread>, frame: &TrapFrame, a: [u64; 6]
         let _ = write_user(ptid, &(pid as u32));
     }
     crate::serial_println!("user {pid} fork {}", parent.pid);
-    let mut regs = *frame;
-    regs.rax = 0;
-    if stack != 0 {
-        regs.rsp = stack;
-    }
-    let fs = if flags & CLONE_SETTLS != 0 {
-        tls
-    } else {
-        ut.fs_base.load(Ordering::Relaxed)
-    };
-    let gs = ut.gs_base.load(Ordering::Relaxed);
-    let set_tid = (flags & CLONE_CHILD_SETTID != 0).then_some(ctid);
+    let tls = (flags & CLONE_SETTLS != 0).then_some(tls);
     let clear = if flags & CLONE_CHILD_CLEARTID != 0 {
         ctid
     } else {
         0
     };
-    let mask = ut.sigmask.load(Ordering::Relaxed);
+    let start = ChildStart::new(ut, frame, stack, tls, clear);
+    let set_tid = (flags & CLONE_CHILD_SETTID != 0).then_some(ctid);
     interrupts::without_interrupts(|| parent.children.lock().push(child.clone()));
     let started = start_thread(&child, pid, fpu, move |me| {
         // In the child's address space: its copy of the word.
         if let Some(ctid) = set_tid {
             let _ = write_user(ctid, &(pid as u32));
         }
-        me.set_fs_base(fs);
-        me.set_gs_base(gs);
-        me.clear_child_tid.store(clear, Ordering::Relaxed);
-        me.sigmask.store(mask, Ordering::Relaxed);
-        Ok(regs)
+        Ok(start.apply(me))
     });
     if started.is_err() {
         // No thread ever ran: the process ends here, unreaped.

@@ -367,6 +367,52 @@ impl UserContext for UserThread {
     }
 }
 
+/// How a new thread (`clone` of a thread) or process (`fork`) starts, as Linux starts it: the
+/// creator's registers with `rax` 0 and the new stack if one is given, the creator's FS base or
+/// the new TLS, its GS base and signal mask, and the `clear_child_tid` word.
+#[derive(Clone, Copy)]
+pub(crate) struct ChildStart {
+    regs: TrapFrame,
+    fs_base: u64,
+    gs_base: u64,
+    sigmask: u64,
+    clear_child_tid: u64,
+}
+
+impl ChildStart {
+    /// The start of a child of the calling thread `ut`, whose system call entered with `frame`.
+    pub(crate) fn new(
+        ut: &UserThread,
+        frame: &TrapFrame,
+        stack: u64,
+        tls: Option<u64>,
+        clear_child_tid: u64,
+    ) -> ChildStart {
+        let mut regs = *frame;
+        regs.rax = 0;
+        if stack != 0 {
+            regs.rsp = stack;
+        }
+        ChildStart {
+            regs,
+            fs_base: tls.unwrap_or_else(|| ut.fs_base.load(Ordering::Relaxed)),
+            gs_base: ut.gs_base.load(Ordering::Relaxed),
+            sigmask: ut.sigmask.load(Ordering::Relaxed),
+            clear_child_tid,
+        }
+    }
+
+    /// Sets it up on the new thread `me`, running; returns the frame to enter ring 3 with.
+    pub(crate) fn apply(self, me: &UserThread) -> TrapFrame {
+        me.set_fs_base(self.fs_base);
+        me.set_gs_base(self.gs_base);
+        me.clear_child_tid
+            .store(self.clear_child_tid, Ordering::Relaxed);
+        me.sigmask.store(self.sigmask, Ordering::Relaxed);
+        self.regs
+    }
+}
+
 /// The calling thread's user side (`None` in a kernel thread).
 fn current() -> Option<Arc<UserThread>> {
     sched::with_current(|t| {

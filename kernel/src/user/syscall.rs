@@ -13,7 +13,7 @@ use x86_64::instructions::interrupts;
 
 use super::futex::{self, WaitError};
 use super::resources;
-use super::{Status, UserThread, current, exit_thread, signal, start_thread};
+use super::{ChildStart, Status, UserThread, current, exit_thread, signal, start_thread};
 
 use crate::arch::fpu::FpuState;
 use crate::arch::trap::TrapFrame;
@@ -933,30 +933,14 @@ fn clone(ut: &Arc<UserThread>, frame: &TrapFrame, a: [u64; 6]) -> Result {
         write_user(ctid, &(tid as u32))?;
     }
     let fpu = FpuState::snapshot().ok_or(Errno::ENOMEM)?;
-    let mut child = *frame;
-    child.rax = 0;
-    if stack != 0 {
-        child.rsp = stack;
-    }
-    let fs = if flags & CLONE_SETTLS != 0 {
-        tls
-    } else {
-        ut.fs_base.load(Ordering::Relaxed)
-    };
-    let gs = ut.gs_base.load(Ordering::Relaxed);
+    let tls = (flags & CLONE_SETTLS != 0).then_some(tls);
     let clear = if flags & CLONE_CHILD_CLEARTID != 0 {
         ctid
     } else {
         0
     };
-    let mask = ut.sigmask.load(Ordering::Relaxed);
-    start_thread(&ut.process, tid, fpu, move |me| {
-        me.set_fs_base(fs);
-        me.set_gs_base(gs);
-        me.clear_child_tid.store(clear, Ordering::Relaxed);
-        me.sigmask.store(mask, Ordering::Relaxed);
-        Ok(child)
-    })
-    .map_err(|_| Errno::ENOMEM)?;
+    let start = ChildStart::new(ut, frame, stack, tls, clear);
+    start_thread(&ut.process, tid, fpu, move |me| Ok(start.apply(me)))
+        .map_err(|_| Errno::ENOMEM)?;
     Ok(tid)
 }
