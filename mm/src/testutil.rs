@@ -141,3 +141,53 @@ impl Drop for SetOnDrop<'_> {
         self.0.store(true, core::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// The address of page `i` of the picture window ([`PIC_BASE`]).
+pub(crate) fn pic_page(i: u64) -> u64 {
+    PIC_BASE + i * PAGE
+}
+
+/// Writes `v` at word 1 of picture page `i`, through the emulated MMU as user code would.
+pub(crate) fn pic_write(mm: &AddressSpace<Emulated>, i: u64, v: u64) {
+    assert_eq!(
+        crate::platform::mmu::store(mm, pic_page(i) + 8, v, true),
+        Ok(())
+    );
+}
+
+/// Reads word 1 of picture page `i`, through the emulated MMU as user code would.
+pub(crate) fn pic_read(mm: &AddressSpace<Emulated>, i: u64) -> u64 {
+    crate::platform::mmu::load(mm, pic_page(i) + 8, true).unwrap()
+}
+
+/// What backs each of `pages` picture pages, for each of `mms`: `' '` no VMA, `.` no PTE, `0`
+/// the zero frame, and a letter per frame (in order of first appearance over all of them: the
+/// same letter on two sides is one shared frame).
+pub(crate) fn frame_letters(
+    env: &Env,
+    mms: &[&AddressSpace<Emulated>],
+    pages: u64,
+) -> alloc::vec::Vec<String> {
+    let zero = env.mem.frames().zero_frame();
+    let mut letters: std::collections::HashMap<crate::platform::PhysFrame, char> =
+        std::collections::HashMap::new();
+    mms.iter()
+        .map(|mm| {
+            (0..pages)
+                .map(|i| {
+                    let e = mm.page_tables().lookup_pte(pic_page(i));
+                    if mm.vmas_in(pic_page(i)..pic_page(i) + PAGE).is_empty() {
+                        ' '
+                    } else if !e.holds_frame() {
+                        '.'
+                    } else if e.frame() == zero {
+                        '0'
+                    } else {
+                        let n = letters.len() as u8;
+                        *letters.entry(e.frame()).or_insert((b'a' + n) as char)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -2,60 +2,22 @@
 //! share, frame accounting over forks and exits, out of memory, and fault against `dup_mmap`
 //! on one VMA in every order of the steps where they meet (the Linux 6.4 per-VMA lock race).
 
-use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::{ForkError, MADV_DONTNEED, skip_parent_vma_lock};
 use crate::address_space::AddressSpace;
 use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::platform::emulated::Emulated;
-use crate::platform::{PhysFrame, mmu};
+use crate::platform::mmu;
 use crate::stats::Event;
-use crate::testutil::{Env, PAGE, PIC_BASE, anon, draw, fixed, picture};
+use crate::testutil::{
+    Env, PAGE, anon, draw, fixed, frame_letters as frames, pic_page as page, pic_read as read,
+    pic_write as write, picture,
+};
 use crate::vma::Prot;
-
-fn page(i: u64) -> u64 {
-    PIC_BASE + i * PAGE
-}
-
-fn write(mm: &AddressSpace<Emulated>, i: u64, v: u64) {
-    assert_eq!(mmu::store(mm, page(i) + 8, v, true), Ok(()));
-}
-
-fn read(mm: &AddressSpace<Emulated>, i: u64) -> u64 {
-    mmu::load(mm, page(i) + 8, true).unwrap()
-}
-
-/// What backs each page of `pages` from [`PIC_BASE`], for each of `mms`: `' '` no VMA, `.` no
-/// PTE, `0` the zero frame, and a letter per frame (in order of first appearance over all of
-/// them: the same letter on two sides is one shared frame).
-fn frames(env: &Env, mms: &[&AddressSpace<Emulated>], pages: u64) -> Vec<String> {
-    let zero = env.mem.frames().zero_frame();
-    let mut letters: HashMap<PhysFrame, char> = HashMap::new();
-    mms.iter()
-        .map(|mm| {
-            (0..pages)
-                .map(|i| {
-                    let e = mm.page_tables().lookup_pte(page(i));
-                    if mm.vmas_in(page(i)..page(i) + PAGE).is_empty() {
-                        ' '
-                    } else if !e.holds_frame() {
-                        '.'
-                    } else if e.frame() == zero {
-                        '0'
-                    } else {
-                        let n = letters.len() as u8;
-                        *letters.entry(e.frame()).or_insert((b'a' + n) as char)
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
 
 #[test]
 fn fork_shares_every_page_and_a_write_on_either_side_copies_or_reuses() {

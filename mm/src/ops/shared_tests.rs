@@ -2,9 +2,7 @@
 //! one object through splits, merges, moves and forks, which frames the processes share, exact
 //! frame accounting, and a fault that runs out of memory.
 
-use alloc::string::String;
 use alloc::vec::Vec;
-use std::collections::HashMap;
 
 use super::MADV_DONTNEED;
 use crate::address_space::AddressSpace;
@@ -12,14 +10,13 @@ use crate::fault::{Access, AccessKind, FaultResult, handle_mm_fault};
 use crate::ops::MapFlags;
 use crate::platform::emulated::Emulated;
 use crate::platform::{PhysFrame, mmu};
-use crate::testutil::{Env, PAGE, PIC_BASE, fixed, picture};
+use crate::testutil::{
+    Env, PAGE, fixed, frame_letters as frames, pic_page as page, pic_read as read,
+    pic_write as write, picture,
+};
 use crate::vma::Prot;
 
 const RW: Prot = Prot::READ.union(Prot::WRITE);
-
-fn page(i: u64) -> u64 {
-    PIC_BASE + i * PAGE
-}
 
 fn shared_fixed() -> MapFlags {
     MapFlags::SHARED | MapFlags::ANONYMOUS | MapFlags::FIXED
@@ -30,40 +27,6 @@ fn map_shared(mm: &AddressSpace<Emulated>, first: u64, pages: u64) {
         mm.mmap(page(first), pages * PAGE, RW, shared_fixed()),
         Ok(page(first))
     );
-}
-
-fn write(mm: &AddressSpace<Emulated>, i: u64, v: u64) {
-    assert_eq!(mmu::store(mm, page(i) + 8, v, true), Ok(()));
-}
-
-fn read(mm: &AddressSpace<Emulated>, i: u64) -> u64 {
-    mmu::load(mm, page(i) + 8, true).unwrap()
-}
-
-/// What backs each page, for each of `mms` (as in the fork tests): `' '` no VMA, `.` no PTE,
-/// `0` the zero frame, a letter per frame (the same letter twice: one frame).
-fn frames(env: &Env, mms: &[&AddressSpace<Emulated>], pages: u64) -> Vec<String> {
-    let zero = env.mem.frames().zero_frame();
-    let mut letters: HashMap<PhysFrame, char> = HashMap::new();
-    mms.iter()
-        .map(|mm| {
-            (0..pages)
-                .map(|i| {
-                    let e = mm.page_tables().lookup_pte(page(i));
-                    if mm.vmas_in(page(i)..page(i) + PAGE).is_empty() {
-                        ' '
-                    } else if !e.holds_frame() {
-                        '.'
-                    } else if e.frame() == zero {
-                        '0'
-                    } else {
-                        let n = letters.len() as u8;
-                        *letters.entry(e.frame()).or_insert((b'a' + n) as char)
-                    }
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// Frames in the platform's pool once every deferred free ran and the caches are drained.
