@@ -21,7 +21,7 @@ use x86_64::structures::gdt::SegmentSelector;
 
 use super::gdt::{KERNEL_CS, KERNEL_DS, USER_CS, USER_DS};
 use super::percpu::{KERNEL_RSP_OFFSET, USER_RSP_OFFSET};
-use super::trap::{RFLAGS_RF, RFLAGS_TF, SYSCALL_VECTOR, TrapFrame};
+use super::trap::{RFLAGS_RF, RFLAGS_TF, SYSCALL_VECTOR, TrapFrame, pop_gprs, push_gprs};
 
 /// The highest RIP `SYSRET` returns to: below the last user page, as Linux requires.
 const SYSRET_RIP_LIMIT: u64 = (1 << 47) - 4096;
@@ -64,40 +64,12 @@ unsafe extern "C" fn syscall_entry() {
         "push rcx",
         "push 0",
         "push {vector}",
-        "push rax",
-        "push rbx",
-        "push rcx",
-        "push rdx",
-        "push rsi",
-        "push rdi",
-        "push rbp",
-        "push r8",
-        "push r9",
-        "push r10",
-        "push r11",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_gprs!(),
         "mov rdi, rsp",
         "call {dispatch}",
         "test al, al",
         "jz {iret}",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop r11",
-        "pop r10",
-        "pop r9",
-        "pop r8",
-        "pop rbp",
-        "pop rdi",
-        "pop rsi",
-        "pop rdx",
-        "pop rcx",
-        "pop rbx",
-        "pop rax",
+        pop_gprs!(),
         // Interrupts are off (the dispatcher returns with them off): nothing runs between the
         // stack switch and `sysretq` with the user's stack or GS.
         "mov rsp, [rsp + 40]",

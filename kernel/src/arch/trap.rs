@@ -86,6 +86,25 @@ pub const RFLAGS_RESERVED: u64 = 1 << 1;
 /// SMAP is on: the entry code closes user access, the user-copy helpers open it.
 pub static SMAP: AtomicBool = AtomicBool::new(false);
 
+/// Saves the general registers below the words already on the stack, in [`TrapFrame`]'s order
+/// (`r15` lowest). One sequence for every entry, so the layout cannot drift between them.
+macro_rules! push_gprs {
+    () => {
+        "push rax\npush rbx\npush rcx\npush rdx\npush rsi\npush rdi\npush rbp\npush r8\n\
+         push r9\npush r10\npush r11\npush r12\npush r13\npush r14\npush r15"
+    };
+}
+pub(super) use push_gprs;
+
+/// Restores what [`push_gprs`] saved.
+macro_rules! pop_gprs {
+    () => {
+        "pop r15\npop r14\npop r13\npop r12\npop r11\npop r10\npop r9\npop r8\npop rbp\n\
+         pop rdi\npop rsi\npop rdx\npop rcx\npop rbx\npop rax"
+    };
+}
+pub(super) use pop_gprs;
+
 /// Every stub is 16 bytes apart, the first at `trap_stubs`: vector `v`'s is at `+ 16 * v`. The
 /// vectors whose exceptions push an error code (8, 10-14, 17, 21, 29, 30) get no `push 0`.
 macro_rules! stubs {
@@ -146,21 +165,7 @@ unsafe extern "C" fn trap_common() {
         "je 3f",
         "clac",
         "3:",
-        "push rax",
-        "push rbx",
-        "push rcx",
-        "push rdx",
-        "push rsi",
-        "push rdi",
-        "push rbp",
-        "push r8",
-        "push r9",
-        "push r10",
-        "push r11",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_gprs!(),
         "mov rdi, rsp",
         "cld",
         "call {dispatch}",
@@ -176,21 +181,7 @@ unsafe extern "C" fn trap_common() {
 #[unsafe(naked)]
 pub(crate) unsafe extern "C" fn trap_return() -> ! {
     core::arch::naked_asm!(
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop r11",
-        "pop r10",
-        "pop r9",
-        "pop r8",
-        "pop rbp",
-        "pop rdi",
-        "pop rsi",
-        "pop rdx",
-        "pop rcx",
-        "pop rbx",
-        "pop rax",
+        pop_gprs!(),
         "test byte ptr [rsp + 24], 3",
         "jz 2f",
         // No interrupt between the swap and the `iretq`: it would run with the user's GS.
