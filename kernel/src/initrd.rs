@@ -17,10 +17,9 @@ pub fn init(boot_info: &BootInfo) {
         if len == 0 {
             return None;
         }
-        // SAFETY: the bootloader mapped `len` bytes at `addr` in the kernel's half of the page
-        // tables and never unmaps them; the memory map reports their frames as the
-        // bootloader's, not usable, so the frame allocator never hands them out and nothing
-        // writes them: the bytes stay valid and unchanged for the kernel's lifetime.
+        // The memory map reports the ramdisk's frames as the bootloader's, not usable: the frame
+        // pool never hands them out, so nothing writes them.
+        // SAFETY: the bootloader mapped `len` bytes at `addr` for good; they never change.
         Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
     });
     match programs() {

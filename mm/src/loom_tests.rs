@@ -463,10 +463,9 @@ fn mremap_move(m: &MoveModel, lock_first: bool) -> u32 {
     }
     {
         let _pte = m.pte_lock.lock();
+        let old = &m.old_pte;
         // SAFETY: under the PTE lock.
-        let v = m
-            .old_pte
-            .with_mut(|p| unsafe { core::mem::replace(&mut *p, 0) });
+        let v = old.with_mut(|p| unsafe { core::mem::replace(&mut *p, 0) });
         // SAFETY: under the PTE lock.
         m.new_pte.with_mut(|p| unsafe { *p = v });
     }

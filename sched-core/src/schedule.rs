@@ -104,10 +104,9 @@ fn switch_away<M: Machine>(m: &M, irqs: &IrqsOff) -> bool {
     // The slot keeps `cur` alive across the switch; our reference must not, as an exited
     // thread's frame is never resumed to drop it.
     drop(cur);
-    // SAFETY: `save` points into `cur`, which `slots.prev` keeps alive until the thread this
-    // CPU switches to runs `finish_switch`, after the switch wrote it; `next_rsp` is where
-    // `next` was saved (or built), on a stack that `slots.current` keeps alive; interrupts are
-    // off.
+    // `slots.prev` keeps `cur` (and `save`, in it) alive until `next` runs `finish_switch`, after
+    // the switch wrote it; `slots.current` keeps `next`'s stack alive.
+    // SAFETY: `save` and `next_rsp` are valid by the above; interrupts are off.
     unsafe { m.switch_stacks(&*save, next_rsp) };
     true
 }

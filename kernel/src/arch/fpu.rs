@@ -84,9 +84,9 @@ impl FpuState {
         if area.is_null() {
             return None;
         }
-        // SAFETY: the area is at least 512 bytes: FCW at 0, MXCSR at 24 (the FXSAVE layout, which
-        // XSAVE's legacy region shares). A zero XSAVE header (offset 512) means every component
-        // is in its initial state, which XRSTOR then loads (MXCSR comes from offset 24).
+        // A zero XSAVE header (offset 512) means every component is in its initial state, which
+        // XRSTOR then loads; MXCSR comes from offset 24 either way.
+        // SAFETY: the area is >= 512 bytes: FCW at 0, MXCSR at 24 (FXSAVE's layout, XSAVE's too).
         unsafe {
             (area as *mut u16).write(0x37f);
             (area.add(24) as *mut u32).write(0x1f80);

@@ -61,9 +61,8 @@ impl CpuTables {
         let user_data = self.gdt.append(Descriptor::user_data_segment());
         let user_code = self.gdt.append(Descriptor::user_code_segment());
         // SAFETY: the TSS lives forever (`'static`) and is not moved: it is a field of `self`.
-        self.tss_sel = self
-            .gdt
-            .append(unsafe { Descriptor::tss_segment_unchecked(tss) });
+        let tss_descriptor = unsafe { Descriptor::tss_segment_unchecked(tss) };
+        self.tss_sel = self.gdt.append(tss_descriptor);
         assert_eq!(
             (self.code.0, self.data.0, user_data.0, user_code.0),
             (KERNEL_CS, KERNEL_DS, USER_DS, USER_CS),
@@ -111,8 +110,7 @@ pub fn set_rsp0(top: u64) {
         .tss
         .load(core::sync::atomic::Ordering::Relaxed);
     assert!(!tss.is_null(), "set_rsp0 before this CPU's GDT is loaded");
-    // SAFETY: the TSS lives forever (`CpuTables::load` takes `'static`), only this CPU writes its
-    // own TSS, and the CPU reads `rsp0` only at a privilege change, which cannot happen on this
-    // CPU while it runs this kernel code with interrupts off.
+    // The CPU reads `rsp0` only at a privilege change, impossible here (kernel, interrupts off).
+    // SAFETY: the TSS lives forever (`CpuTables::load`: `'static`); only this CPU writes it.
     unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new(top) };
 }

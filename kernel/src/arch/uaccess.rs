@@ -107,9 +107,8 @@ pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), Efault> {
 /// Reads a plain value (an integer or a `repr(C)` struct of them) from user memory.
 pub fn read_user<T: Copy + Default>(src: u64) -> Result<T, Efault> {
     let mut v = T::default();
-    // SAFETY: `v` is a `T` we own; we view it as bytes only to fill it, and `T` is a plain value
-    // for which every byte pattern the user can give is valid (the callers' types: integers and
-    // structs of integers).
+    // The callers' types are integers and structs of integers: any byte pattern is a valid `T`.
+    // SAFETY: `v` is a `T` we own, viewed as its bytes only to fill it.
     let bytes = unsafe {
         core::slice::from_raw_parts_mut(&raw mut v as *mut u8, core::mem::size_of::<T>())
     };

@@ -453,9 +453,8 @@ fn start_thread(
                 exit_thread(0);
             }
             let top = sched::with_current(|t| t.stack_top());
-            // SAFETY: `top` is this thread's kernel stack top, which the scheduler loaded into
-            // the TSS and the per-CPU `kernel_rsp` at the switch to this thread; the frame is a
-            // ring-3 frame; nothing below it is returned to.
+            // The scheduler loaded `top` into the TSS and `kernel_rsp` at the switch to us.
+            // SAFETY: `top` is our kernel stack's top; a ring-3 frame; nothing below returns.
             unsafe { crate::arch::trap::enter_user(&frame, top) }
         }),
     );

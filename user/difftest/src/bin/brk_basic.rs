@@ -10,11 +10,12 @@ const GROW: usize = 2 * PAGE_SIZE;
 
 /// Whether the bytes `0, 61, 122, ...` of `from..from + GROW` hold `v`.
 fn holds(from: usize, v: u8) -> bool {
-    // SAFETY: the callers pass the range they just grew the break over: readable, and used by
-    // nothing else (nothing in the program allocates between the calls).
-    (0..GROW)
-        .step_by(61)
-        .all(|i| unsafe { sys::load_byte(from + i) } == v)
+    // Nothing in the program allocates between the calls.
+    let load = |i| {
+        // SAFETY: the callers pass the range they just grew the break over: readable, unshared.
+        unsafe { sys::load_byte(from + i) }
+    };
+    (0..GROW).step_by(61).all(|i| load(i) == v)
 }
 
 fn fill(from: usize, v: u8) {

@@ -12,10 +12,12 @@ static A: AtomicU32 = AtomicU32::new(0);
 static B: AtomicU32 = AtomicU32::new(0);
 
 const FUTEX: usize = 202;
-const WAIT: usize = 0 | 128;
-const WAKE: usize = 1 | 128;
-const REQUEUE: usize = 3 | 128;
-const CMP_REQUEUE: usize = 4 | 128;
+/// `FUTEX_PRIVATE_FLAG`, on every operation here.
+const PRIVATE: usize = 128;
+const WAIT: usize = PRIVATE; // FUTEX_WAIT is 0
+const WAKE: usize = 1 | PRIVATE;
+const REQUEUE: usize = 3 | PRIVATE;
+const CMP_REQUEUE: usize = 4 | PRIVATE;
 
 fn futex(
     word: &AtomicU32,

@@ -99,7 +99,7 @@ fn main() {
         println!("hint in page 0 is no hint (placed high)={}", z >= 1 << 30);
         println!(
             "hint below mmap_min_addr raised to a low page={}",
-            low >= PAGE_SIZE && low < 1 << 20 && low % PAGE_SIZE == 0
+            (PAGE_SIZE..1 << 20).contains(&low) && low.is_multiple_of(PAGE_SIZE)
         );
     }
 }

@@ -33,10 +33,11 @@ const PROBES: &[(&str, usize, usize, usize, isize, usize)] = &[
 
 /// Whether bytes `0, 97, 194, ...` of the page at `page` hold `v`.
 fn page_holds(page: usize, v: u8) -> bool {
-    // SAFETY: the callers pass pages of `base` that are readable; nothing writes them meanwhile.
-    (0..PAGE_SIZE)
-        .step_by(97)
-        .all(|i| unsafe { sys::load_byte(page + i) } == v)
+    let load = |i| {
+        // SAFETY: the callers pass readable pages of `base` that nothing writes meanwhile.
+        unsafe { sys::load_byte(page + i) }
+    };
+    (0..PAGE_SIZE).step_by(97).all(|i| load(i) == v)
 }
 
 fn fill(page: usize, v: u8) {

@@ -50,10 +50,11 @@ fn holds(addr: usize, pages: usize, tag: u8) -> bool {
         } else {
             tag.wrapping_add(i as u8)
         };
-        // SAFETY: the callers pass readable pages that nothing writes meanwhile.
-        (0..P)
-            .step_by(97)
-            .all(|b| unsafe { sys::load_byte(addr + i * P + b) } == want)
+        let load = |b| {
+            // SAFETY: the callers pass readable pages that nothing writes meanwhile.
+            unsafe { sys::load_byte(addr + i * P + b) }
+        };
+        (0..P).step_by(97).all(|b| load(b) == want)
     })
 }
 
