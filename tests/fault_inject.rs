@@ -24,22 +24,19 @@ use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{free_frames, heap_used};
+use common::{ANON, PAGE, RW, free_frames, heap_used};
 use kernel::memory::inject::{self, Rate};
 use kernel::platform::{Mm, memory};
 use kernel::process::{EXIT_OOM, Process};
 use kernel::serial_println;
 use mm::frame::FrameKind;
-use mm::ops::{MADV_DONTNEED, MapFlags, MmapError, MprotectError, MunmapError};
+use mm::ops::{MADV_DONTNEED, MmapError, MprotectError, MunmapError};
 use mm::pgtable::Pte;
 use mm::platform::{PageTableFlags, PhysFrame};
 use mm::vma::Prot;
 
 kernel::test_kernel!();
 
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 const STEPS: u64 = 300;
 const DEFAULT_SEED: u64 = 0x5eed_0001;
 /// Frame allocations that fail while injection is on.

@@ -29,21 +29,15 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::free_frames;
+use common::{ANON, PAGE, RW, free_frames};
 use kernel::arch::apic::now_ns;
 use kernel::arch::percpu::online_count;
 use kernel::platform::{Mm, memory};
 use kernel::process::Process;
 use kernel::sched::JoinHandle;
 use kernel::serial_println;
-use mm::ops::MapFlags;
-use mm::vma::Prot;
 
 kernel::test_kernel!();
-
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 /// Forks of the first test without `FORK_STRESS_FORKS`.
 const DEFAULT_FORKS: u64 = 300;

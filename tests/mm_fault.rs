@@ -18,18 +18,13 @@ use kernel::arch::percpu::online_count;
 use kernel::platform::memory;
 use kernel::process::{EXIT_SEGV, Process};
 use mm::memory::FaultPolicy;
-use mm::ops::MapFlags;
 use mm::stats::Event;
 use mm::vma::Prot;
 
 kernel::test_kernel!();
 
 mod common;
-use common::free_frames;
-
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
+use common::{ANON, PAGE, RW, free_frames};
 
 fn assert_frames_back_to(baseline: u64) {
     let now = free_frames();

@@ -21,17 +21,13 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::arch::percpu::online_count;
 use kernel::arch::uaccess::{read_user, write_user};
 use kernel::process::Process;
-use mm::ops::{MapFlags, MremapFlags};
-use mm::vma::Prot;
+use mm::ops::MremapFlags;
 
 kernel::test_kernel!();
 
 mod common;
-use common::free_frames;
+use common::{ANON, PAGE, RW, free_frames};
 
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// Pages of the moving region (across a page-table boundary at most places it can land).
 const PAGES: u64 = 600;
 const MOVES: u64 = 150;

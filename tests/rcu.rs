@@ -23,18 +23,14 @@ use kernel::process::Process;
 use kernel::sched::{self, JoinHandle, sleep_ns};
 use mm::ops::MapFlags;
 use mm::rcu::BACKLOG_LIMIT;
-use mm::vma::Prot;
 use x86_64::instructions::interrupts;
 
 kernel::test_kernel!();
 
 mod common;
-use common::free_frames;
+use common::{ANON, PAGE, RW, free_frames};
 
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const FIXED: MapFlags = ANON.union(MapFlags::FIXED);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// Where a churning thread maps: a 2 MiB slot of its own process, so every munmap empties the
 /// slot's PTE table and frees it through `call_rcu` in `ZapFlush::flush`.
 const SLOT: u64 = 0x4000_0000;

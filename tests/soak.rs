@@ -24,22 +24,18 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{free_frames, heap_used};
+use common::{ANON, PAGE, RW, free_frames, heap_used};
 use kernel::arch::apic::now_ns;
 use kernel::arch::percpu::online_count;
 use kernel::memory::FRAMES;
 use kernel::platform::{Mm, memory};
 use kernel::process::Process;
 use kernel::serial_println;
-use mm::ops::{MADV_DONTNEED, MapFlags};
+use mm::ops::MADV_DONTNEED;
 use mm::stats::Event;
 use mm::vma::Prot;
 
 kernel::test_kernel!();
-
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 /// Processes, each with one faulting thread per CPU and one churn thread.
 const PROCESSES: u64 = 3;

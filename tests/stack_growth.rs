@@ -21,16 +21,12 @@ use kernel::platform::memory;
 use kernel::process::Process;
 use mm::ops::{MADV_DONTNEED, MapFlags, STACK_GUARD_GAP};
 use mm::stats::Event;
-use mm::vma::Prot;
 
 kernel::test_kernel!();
 
 mod common;
-use common::free_frames;
+use common::{ANON, PAGE, RW, free_frames};
 
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// Pages the stack grows by in each round.
 const DEPTH: u64 = 64;
 /// Pages of each neighbouring mapping.

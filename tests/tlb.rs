@@ -18,15 +18,12 @@ use kernel::arch::percpu::online_count;
 use kernel::arch::{apic, tlb};
 use kernel::process::Process;
 use kernel::sched;
-use mm::ops::MapFlags;
-use mm::vma::Prot;
 use x86_64::VirtAddr;
 
 kernel::test_kernel!();
 
-const PAGE: u64 = 4096;
-const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const RW: Prot = Prot::READ.union(Prot::WRITE);
+mod common;
+use common::{ANON, PAGE, RW};
 
 fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let deadline = apic::now_ns() + secs * 1_000_000_000;

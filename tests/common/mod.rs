@@ -2,6 +2,16 @@
 
 #![allow(dead_code)]
 
+use mm::ops::MapFlags;
+use mm::vma::Prot;
+
+/// A page.
+pub const PAGE: u64 = 4096;
+/// Private anonymous memory, the kind every test maps.
+pub const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+/// Read-write.
+pub const RW: Prot = Prot::READ.union(Prot::WRITE);
+
 /// Free frames once the machine has settled (see `kernel::platform::settled_free_frames`).
 pub fn free_frames() -> u64 {
     kernel::platform::settled_free_frames()
